@@ -1,0 +1,170 @@
+"""Plain values that flow through the pipeline: papers in, digest out.
+
+Nothing here does I/O. Renderers, channels and the store all speak in these types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# The four sections of a deep dive, in the order of the original daily report.
+SECTION_KEYS: tuple[str, ...] = ("contribution", "methodology", "takeaway", "limitations")
+
+SECTION_HEADINGS: dict[str, dict[str, str]] = {
+    "zh": {
+        "contribution": "核心创新点 (Key Contribution)",
+        "methodology": "技术细节 (Methodology)",
+        "takeaway": "对我的启发 (Takeaway)",
+        "limitations": "潜在缺陷 (Limitations)",
+    },
+    "en": {
+        "contribution": "Key Contribution",
+        "methodology": "Methodology",
+        "takeaway": "Takeaway",
+        "limitations": "Limitations",
+    },
+}
+
+# What the deep dive was written from, best first.
+SOURCE_HTML = "full text (arXiv HTML)"
+SOURCE_PDF = "full text (arXiv PDF)"
+SOURCE_ABSTRACT = "abstract only"
+
+
+@dataclass(frozen=True)
+class Paper:
+    """One paper as the sources describe it. `arxiv_id` is the bare ID, no version."""
+
+    arxiv_id: str
+    title: str
+    abstract: str
+    authors: tuple[str, ...] = ()
+    version: int | None = None
+    upvotes: int = 0
+    published: str | None = None
+    ai_summary: str | None = None
+    github_repo: str | None = None
+    project_page: str | None = None
+    abs_url: str = ""
+    source: str = "hf"  # where the metadata came from: "hf" or "arxiv"
+
+    @property
+    def versioned_id(self) -> str:
+        return f"{self.arxiv_id}v{self.version}" if self.version else self.arxiv_id
+
+
+@dataclass(frozen=True)
+class Score:
+    """A paper's relevance to the research profile, 0-100, with a one-line reason."""
+
+    arxiv_id: str
+    score: int
+    reason: str
+    by_llm: bool = True
+
+
+@dataclass(frozen=True)
+class DeepDive:
+    """The four-section analysis of one paper.
+
+    `sections` maps each of SECTION_KEYS to a Markdown body (without its heading).
+    """
+
+    arxiv_id: str
+    title: str
+    sections: dict[str, str]
+    language: str
+    source_read: str
+    model: str | None
+    prompt_version: str
+    tokens: int = 0
+    llm_used: bool = True
+    note: str | None = None  # e.g. "LLM unavailable: extractive summary"
+
+    def body_markdown(self, heading_level: int = 3) -> str:
+        """The sections as Markdown, headings in the configured language, then the footer."""
+        headings = SECTION_HEADINGS.get(self.language, SECTION_HEADINGS["en"])
+        hashes = "#" * heading_level
+        parts: list[str] = []
+        if self.note:
+            parts.append(f"> ⚠️ {self.note}")
+        for i, key in enumerate(SECTION_KEYS, start=1):
+            text = self.sections.get(key, "").strip() or "—"
+            parts.append(f"{hashes} {i}. {headings[key]}\n\n{text}")
+        parts.append(self.footer())
+        return "\n\n".join(parts)
+
+    def footer(self) -> str:
+        model = self.model or "none (built-in extractive analyser)"
+        return (
+            f"_Model: {model} · prompt {self.prompt_version} · read: {self.source_read}"
+            f" · tokens: {self.tokens}_"
+        )
+
+
+@dataclass(frozen=True)
+class DigestEntry:
+    paper: Paper
+    score: Score
+    deep_dive: DeepDive | None = None
+
+    @property
+    def picked(self) -> bool:
+        return self.deep_dive is not None
+
+
+@dataclass(frozen=True)
+class Digest:
+    """A finished day: every scanned paper with its score, the picked ones first."""
+
+    date: str  # YYYY-MM-DD
+    entries: tuple[DigestEntry, ...]
+    profile_name: str
+    language: str
+    threshold: int
+    llm_note: str | None = None  # set when scores did not come from the LLM
+    available: int = 0  # how many papers HF listed that day (before the top-N cut)
+
+    @property
+    def picked(self) -> tuple[DigestEntry, ...]:
+        return tuple(e for e in self.entries if e.picked)
+
+    @property
+    def others(self) -> tuple[DigestEntry, ...]:
+        return tuple(e for e in self.entries if not e.picked)
+
+    @property
+    def quiet(self) -> bool:
+        """No paper reached the threshold: nothing is deep-dived."""
+        return bool(self.entries) and not self.picked
+
+    @property
+    def empty(self) -> bool:
+        return not self.entries
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An answer to a question about one paper."""
+
+    arxiv_id: str
+    text: str  # Markdown
+    model: str | None
+    tokens: int = 0
+    llm_used: bool = True
+    note: str | None = None
+
+
+@dataclass
+class Usage:
+    """Tokens spent by one pipeline run, summed over its LLM calls."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
