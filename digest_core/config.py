@@ -261,11 +261,17 @@ def load_settings(env: Mapping[str, str] | None = None, path: str | Path | None 
         model=model,
         timeout_seconds=_get(llm_t, "timeout_seconds", float, 120.0, "llm"),
         max_retries=_range(_get(llm_t, "max_retries", int, 2, "llm"), "llm.max_retries", 0, 10),
-        max_concurrency=_positive(_get(llm_t, "max_concurrency", int, 4, "llm"), "llm.max_concurrency", 64),
+        max_concurrency=_positive(
+            _get(llm_t, "max_concurrency", int, 4, "llm"), "llm.max_concurrency", 64
+        ),
         structured_output=mode,
-        score_batch_size=_positive(_get(llm_t, "score_batch_size", int, 15, "llm"), "llm.score_batch_size", 100),
+        score_batch_size=_positive(
+            _get(llm_t, "score_batch_size", int, 15, "llm"), "llm.score_batch_size", 100
+        ),
         fulltext_token_budget=_positive(
-            _get(llm_t, "fulltext_token_budget", int, 12000, "llm"), "llm.fulltext_token_budget", 10**6
+            _get(llm_t, "fulltext_token_budget", int, 12000, "llm"),
+            "llm.fulltext_token_budget",
+            10**6,
         ),
     )
 
@@ -298,7 +304,11 @@ def load_settings(env: Mapping[str, str] | None = None, path: str | Path | None 
     if webhook_secret and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", webhook_secret.get()):
         raise ConfigError("TELEGRAM_WEBHOOK_SECRET: 1-256 characters of A-Z a-z 0-9 _ - only")
     webhook_url = env.get("TELEGRAM_WEBHOOK_URL", "").strip() or None
-    if webhook_url and not webhook_url.startswith("https://") and not webhook_url.startswith("http://"):
+    if (
+        webhook_url
+        and not webhook_url.startswith("https://")
+        and not webhook_url.startswith("http://")
+    ):
         raise ConfigError("TELEGRAM_WEBHOOK_URL: expected an http(s) URL")
     telegram = TelegramSettings(
         bot_token=_secret(env, "TELEGRAM_BOT_TOKEN"),
@@ -317,7 +327,9 @@ def load_settings(env: Mapping[str, str] | None = None, path: str | Path | None 
         user_requests_per_hour=_get(i, "user_requests_per_hour", int, 20, "interactive"),
         daily_token_budget=_get(i, "daily_token_budget", int, 2_000_000, "interactive"),
         allowed_slack_teams=tuple(_get(i, "allowed_slack_teams", list, [], "interactive")),
-        allowed_telegram_chats=tuple(str(c) for c in _get(i, "allowed_telegram_chats", list, [], "interactive")),
+        allowed_telegram_chats=tuple(
+            str(c) for c in _get(i, "allowed_telegram_chats", list, [], "interactive")
+        ),
         thread_memory_turns=_get(i, "thread_memory_turns", int, 6, "interactive"),
     )
 
@@ -357,5 +369,7 @@ def _packaged_defaults() -> dict[str, Any]:
     """The defaults shipped inside the package, for `digestbot` run outside the repository."""
     from importlib import resources
 
-    text = resources.files("digest_core").joinpath("data/digestbot.toml").read_text(encoding="utf-8")
+    text = (
+        resources.files("digest_core").joinpath("data/digestbot.toml").read_text(encoding="utf-8")
+    )
     return tomllib.loads(text)

@@ -1,0 +1,239 @@
+"""The `digestbot` command: digest, analyze, ask, export, serve, demo.
+
+Every failure a user can cause or meet ends with one line on stderr and a non-zero exit:
+2 for input that cannot be served (bad ID, bad date, bad configuration), 1 for a source or
+delivery that failed. Progress goes to stderr only when it is a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import sys
+import tempfile
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from importlib import metadata
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+log = logging.getLogger("digestbot")
+
+
+class UserError(Exception):
+    """Input that cannot be served; the message is the one line the user sees."""
+
+
+def _version() -> str:
+    try:
+        return metadata.version("digestbot")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="digestbot",
+        description="Research radar: the day's Hugging Face papers scored against your research "
+        "profile, with deep dives of the best, for the terminal, Slack and Telegram.",
+    )
+    parser.add_argument("--version", action="version", version=f"digestbot {_version()}")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log progress details to stderr"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("digest", help="build the day's digest and deliver it")
+    p.add_argument("--date", help="YYYY-MM-DD (default: today in UTC)")
+    p.add_argument("--dry-run", action="store_true", help="print to the terminal, post nothing")
+    p.add_argument("--to", help="comma-separated destinations: console,slack,telegram,markdown")
+
+    p = sub.add_parser("analyze", help="print a deep dive of any arXiv paper")
+    p.add_argument("paper", metavar="ARXIV_ID_OR_URL")
+
+    p = sub.add_parser("ask", help="answer a question about a paper")
+    p.add_argument("paper", metavar="ARXIV_ID")
+    p.add_argument("question")
+
+    p = sub.add_parser("export", help="write a stored digest as Markdown (the daily report format)")
+    p.add_argument("--date", required=True, help="YYYY-MM-DD")
+    p.add_argument("--out", help="file to write (default: stdout)")
+
+    sub.add_parser("serve", help="run the scheduler and the Slack and Telegram bots until SIGTERM")
+    sub.add_parser("demo", help="run the whole pipeline offline on a bundled real day")
+    return parser
+
+
+def parse_day(text: str | None, *, allow_future: bool = False) -> str:
+    """A YYYY-MM-DD date; today in UTC when not given (HF rejects dates after today in UTC)."""
+    today = datetime.now(UTC).date()
+    if text is None:
+        return today.isoformat()
+    text = text.strip()
+    if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
+        raise UserError(f"--date: expected YYYY-MM-DD, got {text[:40]!r}")
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise UserError(f"--date: {text} is not a calendar date") from None
+    if day > today and not allow_future:
+        raise UserError(f"--date: {text} is in the future (today in UTC is {today})")
+    return day.isoformat()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(_dispatch(args))
+    except UserError as exc:
+        print(f"digestbot: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    from bot.logs import configure_logging
+    from digest_core.config import ConfigError, load_settings
+    from digest_core.store import StoreError
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    configure_logging(settings.secrets(), logging.INFO if args.verbose else logging.WARNING)
+    try:
+        if args.command == "demo":
+            return await _demo(settings)
+        if args.command == "serve":
+            from bot.service import serve
+
+            return await serve(settings)
+        return await _with_pipeline(settings, args)
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+
+
+async def _with_pipeline(settings: object, args: argparse.Namespace) -> int:
+    from digest_core.arxiv_id import InvalidArxivId, parse_arxiv_id
+
+    from digest_core.pipeline import PaperNotFound, Pipeline
+    from digest_core.sources import SourceError
+
+    # Validate input before opening anything: malformed input makes no request at all.
+    day = parse_day(args.date) if args.command in ("digest", "export") else None
+    if args.command in ("analyze", "ask"):
+        try:
+            parse_arxiv_id(args.paper)
+        except InvalidArxivId as exc:
+            raise UserError(str(exc)) from None
+        if args.command == "ask" and not args.question.strip():
+            raise UserError("ask: the question is empty")
+
+    pipeline = await Pipeline.open(settings)  # type: ignore[arg-type]
+    try:
+        if args.command == "digest":
+            return await _digest(pipeline, day, args)  # type: ignore[arg-type]
+        if args.command == "analyze":
+            return await _analyze(pipeline, args.paper)
+        if args.command == "ask":
+            answer = await pipeline.answer(args.paper, args.question)
+            from digest_core.render.markdown import render_answer_markdown
+
+            print(render_answer_markdown(answer))
+            return EXIT_OK
+        if args.command == "export":
+            return await _export(pipeline, day, args.out)  # type: ignore[arg-type]
+    except PaperNotFound as exc:
+        raise UserError(str(exc)) from None
+    except SourceError as exc:
+        print(f"digestbot: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        await pipeline.aclose()
+    return EXIT_FAILED
+
+
+def _progress_printer() -> object:
+    """Progress lines on a terminal; nothing at all on a pipe."""
+    if not sys.stderr.isatty():
+        return lambda stage, done, total: None
+    labels = {"fetch": "fetching papers", "score": "scoring", "analyse": "writing deep dives"}
+
+    def show(stage: str, done: int, total: int) -> None:
+        end = "\n" if done >= total else ""
+        print(
+            f"\r{labels.get(stage, stage)}: {done}/{total}   ", end=end, file=sys.stderr, flush=True
+        )
+
+    return show
+
+
+async def _digest(pipeline: object, day: str, args: argparse.Namespace) -> int:
+    from bot.service import deliver_digest, parse_destinations
+
+    destinations = parse_destinations(args.to, pipeline.settings, dry_run=args.dry_run)  # type: ignore[attr-defined]
+    digest = await pipeline.build_digest(day, progress=_progress_printer())  # type: ignore[attr-defined]
+    return await deliver_digest(pipeline, digest, destinations)
+
+
+async def _analyze(pipeline: object, paper: str) -> int:
+    from digest_core.render.markdown import render_analysis_markdown
+
+    entry = await pipeline.analyze(paper)  # type: ignore[attr-defined]
+    print(render_analysis_markdown(entry, pipeline.settings.digest.language))  # type: ignore[attr-defined]
+    return EXIT_OK
+
+
+async def _export(pipeline: object, day: str, out: str | None) -> int:
+    text = await pipeline.export(day)  # type: ignore[attr-defined]
+    if text is None:
+        raise UserError(
+            f"export: no digest stored for {day}; run `digestbot digest --date {day}` first"
+        )
+    if out:
+        from bot.channels.console import write_text
+
+        await asyncio.to_thread(write_text, Path(out), text)
+        print(f"wrote {out}", file=sys.stderr)
+    else:
+        print(text)
+    return EXIT_OK
+
+
+DEMO_DAY = "2026-02-18"
+
+
+async def _demo(settings: object) -> int:
+    """The bundled real HF day, scored and analysed with the built-in analyser, no network."""
+    import json
+    from dataclasses import replace
+    from importlib import resources
+
+    from digest_core.render.markdown import render_report
+    from digest_core.sources.hf import parse_daily_papers
+
+    from digest_core.pipeline import Pipeline
+
+    raw = (
+        resources.files("digest_core").joinpath(f"data/hf_daily_{DEMO_DAY}.json").read_text("utf-8")
+    )
+    papers = parse_daily_papers(json.loads(raw), settings.sources.arxiv_url)  # type: ignore[attr-defined]
+    with tempfile.TemporaryDirectory(prefix="digestbot-demo-") as tmp:
+        demo_settings = replace(settings, db_path=Path(tmp) / "demo.db")  # type: ignore[type-var]
+        pipeline = await Pipeline.open(demo_settings, offline=True)
+        try:
+            digest = await pipeline.build_digest(
+                DEMO_DAY, progress=_progress_printer(), papers=papers
+            )
+        finally:
+            await pipeline.aclose()
+    print(render_report(digest))
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

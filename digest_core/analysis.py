@@ -1,0 +1,130 @@
+"""Writes the four-section deep dive of one paper, from its full text where it can be had.
+
+Cached by (arXiv id, version, prompt version, model, language): re-running a day or
+re-analysing a paper costs no LLM call. When the LLM is missing or fails after its retries,
+the extractive analyser writes the deep dive and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from digest_core import prompts
+from digest_core.config import Profile
+from digest_core.fallback import extractive_deep_dive
+from digest_core.llm import LLMClient, LLMError
+from digest_core.models import SECTION_KEYS, SOURCE_ABSTRACT, DeepDive, Paper
+from digest_core.scoring import LANGUAGE_NAMES
+from digest_core.sources.fulltext import FullText
+
+log = logging.getLogger(__name__)
+
+DIVE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {key: {"type": "string"} for key in SECTION_KEYS},
+    "required": list(SECTION_KEYS),
+    "additionalProperties": False,
+}
+
+# Openers the original report's model liked to write; a deep dive starts with content.
+_BOILERPLATE = re.compile(
+    r"^\s*(作为(一名)?(计算机视觉|CV)?(领域的)?(专家|研究员)[^。\n]*[。\n]"
+    r"|as an? (computer vision )?(expert|researcher)[^.\n]*[.\n])\s*",
+    re.IGNORECASE,
+)
+
+
+def analysis_cache_key(paper: Paper, version: str, model: str, language: str) -> str:
+    return f"{paper.arxiv_id}|v{paper.version or 0}|{version}|{model}|{language}"
+
+
+def parse_sections(data: object) -> dict[str, str]:
+    """The four sections, each non-empty Markdown with the boilerplate opener removed."""
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object with the four sections")
+    sections: dict[str, str] = {}
+    for key in SECTION_KEYS:
+        value = data.get(key)
+        if isinstance(value, list):  # some models answer a list of bullet strings
+            value = "\n".join(f"- {v}" for v in value if isinstance(v, str))
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"section '{key}' is missing or empty")
+        sections[key] = _BOILERPLATE.sub("", value.strip(), count=1).strip()
+    return sections
+
+
+def paper_data(paper: Paper, text: FullText, budget: int) -> str:
+    """The paper as a delimited data block: metadata, then the budgeted text."""
+    head = [f"Title: {paper.title}", f"arXiv: {paper.versioned_id}"]
+    if paper.authors:
+        shown = ", ".join(paper.authors[:12]) + (" et al." if len(paper.authors) > 12 else "")
+        head.append(f"Authors: {shown}")
+    head.append(f"Text given: {text.source}")
+    body = text.text(budget)
+    if text.source != SOURCE_ABSTRACT:
+        body = (
+            f"## Abstract\n{paper.abstract}\n\n{body}"
+            if "abstract" not in body[:200].lower()
+            else body
+        )
+    return prompts.data_block("paper", "\n".join(head) + "\n\n" + body)
+
+
+class Analyst:
+    def __init__(
+        self,
+        profile: Profile,
+        llm: LLMClient | None,
+        model: str,
+        token_budget: int,
+        no_llm_reason: str,
+    ) -> None:
+        self.profile = profile
+        self.llm = llm
+        self.model = model
+        self.token_budget = token_budget
+        self.no_llm_reason = no_llm_reason
+        self.prompt = prompts.load("deep_dive")
+
+    @property
+    def prompt_version(self) -> str:
+        return self.prompt.version
+
+    async def write(self, paper: Paper, text: FullText, language: str) -> DeepDive:
+        if self.llm is None:
+            return extractive_deep_dive(paper, self.profile, language, self.no_llm_reason)
+        system = self.prompt.render(
+            profile_name=self.profile.name,
+            profile_focus=self.profile.focus,
+            topics=", ".join(self.profile.topics),
+            language_name=LANGUAGE_NAMES.get(language, "English"),
+        )
+        try:
+            sections, result = await self.llm.json(
+                system=system,
+                user=paper_data(paper, text, self.token_budget),
+                schema=DIVE_SCHEMA,
+                schema_name="deep_dive",
+                purpose="deep_dive",
+                prompt_version=self.prompt.version,
+                max_tokens=3000,
+                validate=parse_sections,
+            )
+        except LLMError as exc:
+            log.warning(
+                "deep dive of %s fell back to the extractive analyser: %s", paper.arxiv_id, exc
+            )
+            return extractive_deep_dive(paper, self.profile, language, str(exc))
+        return DeepDive(
+            arxiv_id=paper.arxiv_id,
+            title=paper.title,
+            sections=sections,  # type: ignore[arg-type]
+            language=language,
+            source_read=text.source,
+            model=result.model or self.model,
+            prompt_version=self.prompt.version,
+            tokens=result.tokens,
+            llm_used=True,
+        )

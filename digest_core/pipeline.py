@@ -1,0 +1,269 @@
+"""Papers in, digest out: build_digest(date), analyze(id), answer(id, question), export(date).
+
+The pipeline returns values and never posts. It owns the HTTP client, the arXiv client (one
+per process, so arXiv's one-request-every-3-s rule holds for every caller), the LLM client
+and the store, and shares one in-flight analysis between concurrent requests for a paper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+import httpx
+
+from digest_core.analysis import Analyst, analysis_cache_key
+from digest_core.arxiv_id import ArxivId, parse_arxiv_id
+from digest_core.config import Settings
+from digest_core.llm import LLMClient
+from digest_core.models import SOURCE_ABSTRACT, Answer, DeepDive, Digest, DigestEntry, Paper, Score
+from digest_core.qa import Answerer
+from digest_core.render.markdown import render_report
+from digest_core.scoring import Scorer
+from digest_core.sources import SourceError, make_http_client
+from digest_core.sources.arxiv import ArxivClient
+from digest_core.sources.fulltext import FullText, fetch_fulltext
+from digest_core.sources.hf import fetch_daily_papers, fetch_hf_paper
+from digest_core.store import Store
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+class PaperNotFound(LookupError):
+    """A well-formed ID that names no paper. The message is one line for the user."""
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    return None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        http: httpx.AsyncClient,
+        *,
+        offline: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.http = http
+        self.offline = offline  # the demo: no network at all, built-in analyser
+        self.arxiv = ArxivClient(http, settings.sources)
+        llm_on = settings.llm.enabled and not offline
+        self.llm = LLMClient(settings.llm, on_call=store.record_llm_call) if llm_on else None
+        why = "offline demo" if offline else "no OPENAI_API_KEY set"
+        self.model = settings.llm.model
+        self.scorer = Scorer(
+            settings.profile,
+            store,
+            self.llm,
+            self.model,
+            settings.digest.language,
+            settings.llm.score_batch_size,
+            no_llm_reason=why,
+        )
+        self.analyst = Analyst(
+            settings.profile, self.llm, self.model, settings.llm.fulltext_token_budget, why
+        )
+        self.answerer = Answerer(
+            settings.profile, self.llm, settings.llm.fulltext_token_budget, why
+        )
+        self._inflight: dict[str, asyncio.Future[DeepDive]] = {}
+
+    @classmethod
+    async def open(cls, settings: Settings, *, offline: bool = False) -> Pipeline:
+        store = await Store.open(settings.db_path)
+        return cls(settings, store, make_http_client(settings.sources), offline=offline)
+
+    async def aclose(self) -> None:
+        if self.llm is not None:
+            await self.llm.aclose()
+        await self.http.aclose()
+        await self.store.close()
+
+    # -- the daily digest ------------------------------------------------------------------------
+
+    async def build_digest(
+        self, date: str, progress: Progress = _no_progress, papers: Sequence[Paper] | None = None
+    ) -> Digest:
+        """Fetch the day's list (unless given), score the top N, deep-dive the best K."""
+        cfg = self.settings.digest
+        if papers is None:
+            progress("fetch", 0, 1)
+            papers = await fetch_daily_papers(self.http, self.settings.sources, date)
+            progress("fetch", 1, 1)
+        available = len(papers)
+        top = list(papers[: cfg.top_n])
+        if not top:
+            digest = Digest(
+                date, (), self.settings.profile.name, cfg.language, cfg.threshold, None, 0
+            )
+            await self.store.save_digest(digest)
+            return digest
+        await self.store.save_papers(top)
+
+        progress("score", 0, len(top))
+        scoring = await self.scorer.score(top)
+        progress("score", len(top), len(top))
+        upvotes = {p.arxiv_id: p.upvotes for p in top}
+        ranked = sorted(
+            top, key=lambda p: (-scoring.scores[p.arxiv_id].score, -upvotes[p.arxiv_id])
+        )
+        picked = [p for p in ranked if scoring.scores[p.arxiv_id].score >= cfg.threshold][
+            : cfg.pick
+        ]
+        picked = await self._with_versions(picked)
+
+        progress("analyse", 0, len(picked))
+        done = 0
+
+        async def one(paper: Paper) -> DeepDive:
+            nonlocal done
+            dive = await self.deep_dive(paper)
+            done += 1
+            progress("analyse", done, len(picked))
+            return dive
+
+        dives = await asyncio.gather(*(one(p) for p in picked))
+        picked_ids = {p.arxiv_id for p in picked}
+        entries = [
+            DigestEntry(p, scoring.scores[p.arxiv_id], d)
+            for p, d in zip(picked, dives, strict=True)
+        ] + [
+            DigestEntry(p, scoring.scores[p.arxiv_id])
+            for p in ranked
+            if p.arxiv_id not in picked_ids
+        ]
+        digest = Digest(
+            date=date,
+            entries=tuple(entries),
+            profile_name=self.settings.profile.name,
+            language=cfg.language,
+            threshold=cfg.threshold,
+            llm_note=scoring.note,
+            available=available,
+        )
+        await self.store.save_digest(digest)
+        return digest
+
+    async def _with_versions(self, papers: list[Paper]) -> list[Paper]:
+        """The arXiv version of each picked paper (HF lists none), so a new version gets a new
+        analysis. One batched request; on failure the papers go on without versions."""
+        if not papers or self.offline:
+            return papers
+        try:
+            found = await self.arxiv.fetch([ArxivId(p.arxiv_id, None) for p in papers])
+        except SourceError as exc:
+            log.warning("arXiv metadata unavailable, continuing without versions: %s", exc)
+            return papers
+        out = []
+        for p in papers:
+            meta = found.get(p.arxiv_id)
+            out.append(_replace_version(p, meta.version) if meta and meta.version else p)
+        return out
+
+    # -- one paper -------------------------------------------------------------------------------
+
+    async def deep_dive(self, paper: Paper) -> DeepDive:
+        """The cached analysis, or one new one shared by every concurrent caller."""
+        language = self.settings.digest.language
+        key = analysis_cache_key(paper, self.analyst.prompt_version, self.model, language)
+        if self.llm is not None:
+            cached = await self.store.get_analysis(key)
+            if cached is not None:
+                return cached
+        running = self._inflight.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[DeepDive] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            text = await self.fulltext(paper)
+            dive = await self.analyst.write(paper, text, language)
+            await self.store.save_analysis(key, dive, paper.version)
+            future.set_result(dive)
+            return dive
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters get it, nobody else must
+            raise
+        finally:
+            del self._inflight[key]
+
+    async def fulltext(self, paper: Paper) -> FullText:
+        if self.offline:
+            return FullText(SOURCE_ABSTRACT, (("Abstract", paper.abstract),))
+        cached = await self.store.get_fulltext(paper.versioned_id)
+        if cached is not None:
+            return FullText(cached[0], tuple(cached[1]))
+        text = await fetch_fulltext(self.http, self.settings.sources, paper)
+        if text.source != SOURCE_ABSTRACT:  # the HTML may appear later: don't cache a miss
+            await self.store.save_fulltext(paper.versioned_id, text.source, text.sections)
+        return text
+
+    async def resolve(self, id_or_url: str | ArxivId) -> Paper:
+        """The paper an ID names, from arXiv (HF's paper API when arXiv cannot answer).
+
+        Raises InvalidArxivId for malformed input (before any request), PaperNotFound for an
+        ID that names nothing, SourceError when neither source can be reached."""
+        aid = id_or_url if isinstance(id_or_url, ArxivId) else parse_arxiv_id(id_or_url)
+        arxiv_error: SourceError | None = None
+        try:
+            found = await self.arxiv.fetch([aid])
+        except SourceError as exc:
+            arxiv_error = exc
+            found = {}
+        paper = found.get(aid.base)
+        if paper is None and arxiv_error is not None:
+            paper = await fetch_hf_paper(self.http, self.settings.sources, aid.base)
+            if paper is None:
+                raise arxiv_error
+        if paper is None:
+            raise PaperNotFound(f"arXiv has no paper {aid}")
+        await self.store.save_papers([paper])
+        return paper
+
+    async def score_one(self, paper: Paper) -> Score:
+        result = await self.scorer.score([paper])
+        return result.scores[paper.arxiv_id]
+
+    async def analyze(self, id_or_url: str | ArxivId) -> DigestEntry:
+        """A deep dive of any arXiv paper, with its score against the profile."""
+        paper = await self.resolve(id_or_url)
+        score, dive = await asyncio.gather(self.score_one(paper), self.deep_dive(paper))
+        return DigestEntry(paper, score, dive)
+
+    async def cached_analysis(self, id_or_url: str | ArxivId) -> DeepDive | None:
+        """An analysis already in the store for this paper, without any request."""
+        aid = id_or_url if isinstance(id_or_url, ArxivId) else parse_arxiv_id(id_or_url)
+        return await self.store.latest_analysis(aid.base, self.settings.digest.language)
+
+    # -- questions -------------------------------------------------------------------------------
+
+    async def answer(
+        self, id_or_url: str | ArxivId, question: str, history: Sequence[tuple[str, str]] = ()
+    ) -> Answer:
+        aid = id_or_url if isinstance(id_or_url, ArxivId) else parse_arxiv_id(id_or_url)
+        paper = await self.store.get_paper(aid.base)
+        if paper is None or (aid.version and paper.version != aid.version):
+            paper = await self.resolve(aid)
+        dive = await self.store.latest_analysis(paper.arxiv_id, self.settings.digest.language)
+        text = await self.fulltext(paper)
+        return await self.answerer.answer(paper, dive, text, question, history)
+
+    # -- export ----------------------------------------------------------------------------------
+
+    async def export(self, date: str) -> str | None:
+        digest = await self.store.load_digest(date)
+        return render_report(digest) if digest is not None else None
+
+
+def _replace_version(paper: Paper, version: int) -> Paper:
+    from dataclasses import replace
+
+    return replace(paper, version=version)

@@ -1,0 +1,100 @@
+"""The store: migrations, WAL, caches, ledgers, and clear refusals of unusable files."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from digest_core.models import DeepDive, Digest, DigestEntry, Paper, Score
+from digest_core.store import Store, StoreError
+
+
+def _paper(i: int = 1) -> Paper:
+    return Paper(f"2602.1494{i}", f"Title {i}", "Abstract.", ("Ann", "李明"), upvotes=i, abs_url="x")
+
+
+async def test_creates_missing_directory_and_uses_wal(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "bot.db"
+    store = await Store.open(path)
+    try:
+        assert path.exists()
+        mode = await store._run(lambda: store.db.execute("pragma journal_mode").fetchone()[0])
+        assert mode == "wal"
+    finally:
+        await store.close()
+    # opening again applies nothing new and keeps the data
+    store = await Store.open(path)
+    await store.close()
+
+
+async def test_corrupt_file_stops_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "bot.db"
+    path.write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(StoreError) as info:
+        await Store.open(path)
+    assert str(info.value).startswith("DIGEST_DB:") and "\n" not in str(info.value)
+
+
+async def test_database_from_newer_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bot.db"
+    store = await Store.open(path)
+    await store.close()
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "insert into _sqlite_migrations(migration_set, name, applied_at) values ('digestbot', 'm999_future', 'now')"
+    )
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer digestbot"):
+        await Store.open(path)
+
+
+async def test_digest_round_trip(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "bot.db")
+    dive = DeepDive("2602.14941", "Title 1", {"contribution": "x"}, "zh", "abstract only", "m", "dive-1", 10)
+    digest = Digest(
+        "2026-02-18",
+        (DigestEntry(_paper(1), Score("2602.14941", 90, "r"), dive), DigestEntry(_paper(2), Score("2602.14942", 10, "r"))),
+        "prof",
+        "zh",
+        60,
+        None,
+        13,
+    )
+    await store.save_digest(digest)
+    assert await store.load_digest("2026-02-18") == digest
+    assert await store.load_digest("2026-02-19") is None
+    await store.close()
+
+
+async def test_run_claimed_once_even_concurrently(tmp_path: Path) -> None:
+    path = tmp_path / "bot.db"
+    a, b = await Store.open(path), await Store.open(path)
+    results = await asyncio.gather(*(s.claim_run("2026-02-18", f"p{i}") for i, s in enumerate((a, b, a, b))))
+    assert sorted(results) == [False, False, False, True]
+    # a run left 'running' by a dead process can be reclaimed after it is marked interrupted
+    owner = "p0" if results[0] or results[2] else "p1"
+    assert await a.mark_interrupted(owner_other_than="new") == ["2026-02-18"]
+    assert await b.claim_run("2026-02-18", "new") is True
+    await b.finish_run("2026-02-18", "done")
+    assert await a.claim_run("2026-02-18", "other") is False
+    assert owner
+    await a.close()
+    await b.close()
+
+
+async def test_event_first_sight_and_rate_window(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    store = await Store.open(tmp_path / "bot.db")
+    assert await store.first_sight("slack:Ev1") is True
+    assert await store.first_sight("slack:Ev1") is False
+    for _ in range(3):
+        assert await store.count_request("u1", timedelta(hours=1), 3) is None
+    wait = await store.count_request("u1", timedelta(hours=1), 3)
+    assert wait is not None and 0 < wait <= 3601
+    assert await store.count_request("u2", timedelta(hours=1), 3) is None
+    await store.close()
