@@ -193,23 +193,20 @@ def split_sentences(text: str) -> list[str]:
 
 
 def extractive_deep_dive(paper: Paper, profile: Profile, language: str, why: str) -> DeepDive:
-    """Four sections from the abstract's sentences, each sentence used once."""
+    """Four sections from the abstract's sentences; each sentence goes to the section whose
+    cue words it matches most, in the abstract's order."""
     sentences = split_sentences(paper.abstract)
-    used: set[int] = set()
+    chosen = _assign(sentences)
     sections: dict[str, str] = {}
+    empty = _EMPTY.get(language, _EMPTY["en"])
     for key in SECTION_KEYS:
-        chosen = _pick(sentences, _CUES[key], used, limit=2 if key != "methodology" else 3)
-        if key == "contribution" and not chosen and sentences:
-            chosen = [0] if 0 not in used else []
-        used.update(chosen)
-        lines = [f"- {sentences[i]}" for i in sorted(chosen)]
+        lines = [f"- {sentences[i]}" for i in chosen[key]]
         if key == "methodology":
             relation = _relation(paper, profile, language)
             if relation:
                 lines.append(relation)
         if key == "takeaway" and paper.github_repo:
             lines.append(f"- Code: {paper.github_repo}")
-        empty = _EMPTY.get(language, _EMPTY["en"])
         sections[key] = "\n".join(lines) or empty.get(key, empty["default"])
     notes = NO_LLM_NOTES.get(language, NO_LLM_NOTES["en"])
     return DeepDive(
@@ -226,16 +223,21 @@ def extractive_deep_dive(paper: Paper, profile: Profile, language: str, why: str
     )
 
 
-def _pick(sentences: list[str], cues: tuple[str, ...], used: set[int], limit: int) -> list[int]:
-    scored = []
-    for i, s in enumerate(sentences):
-        if i in used:
-            continue
-        low = s.lower()
-        hits = sum(1 for c in cues if c in low)
-        if hits:
-            scored.append((-hits, i))
-    return [i for _, i in sorted(scored)[:limit]]
+_LIMITS = {"contribution": 2, "methodology": 3, "takeaway": 2, "limitations": 2}
+
+
+def _assign(sentences: list[str]) -> dict[str, list[int]]:
+    chosen: dict[str, list[int]] = {key: [] for key in SECTION_KEYS}
+    for i, sentence in enumerate(sentences):
+        low = sentence.lower()
+        hits = {key: sum(1 for c in _CUES[key] if c in low) for key in SECTION_KEYS}
+        best = max(SECTION_KEYS, key=lambda k: hits[k])  # ties go to the earlier section
+        if hits[best] and len(chosen[best]) < _LIMITS[best]:
+            chosen[best].append(i)
+    used = {i for picked in chosen.values() for i in picked}
+    if not chosen["contribution"] and sentences and 0 not in used:
+        chosen["contribution"] = [0]  # the opening sentence usually states the problem or claim
+    return chosen
 
 
 def _relation(paper: Paper, profile: Profile, language: str) -> str | None:

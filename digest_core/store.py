@@ -121,6 +121,7 @@ def m003_delivery(db: Database) -> None:
             "status": str,
             "owner": str,
             "started_at": str,
+            "heartbeat_at": str,
             "finished_at": str,
             "detail": str,
         },
@@ -413,22 +414,41 @@ class Store:
 
     # -- run ledger (one digest per day) ---------------------------------------------------------
 
-    async def claim_run(self, digest_date: str, owner: str) -> bool:
-        """Claim the day. True for exactly one caller; an interrupted or failed run can be
-        reclaimed so a restart finishes what was started."""
+    async def claim_run(self, digest_date: str, owner: str, lease_seconds: float = 600) -> bool:
+        """Claim the day. True for exactly one caller. A run that failed, or whose owner stopped
+        renewing its lease for `lease_seconds` (a dead process), can be reclaimed so a restart finishes it; a run
+        that is done, or alive in another process, cannot."""
 
         def claim() -> bool:
+            now = datetime.now(UTC)
+            stale = (now - timedelta(seconds=lease_seconds)).isoformat(timespec="seconds")
             with self.db.conn:
                 cur = self.db.conn.execute(
-                    "insert into runs(digest_date, status, owner, started_at) values (?, 'running', ?, ?) "
-                    "on conflict(digest_date) do update set status = 'running', owner = excluded.owner, "
-                    "started_at = excluded.started_at "
-                    "where runs.status in ('interrupted', 'failed')",
-                    [digest_date, owner, _now()],
+                    "insert into runs(digest_date, status, owner, started_at, heartbeat_at) "
+                    "values (?, 'running', ?, ?, ?) "
+                    "on conflict(digest_date) do update set status = 'running', "
+                    "owner = excluded.owner, started_at = excluded.started_at, "
+                    "heartbeat_at = excluded.heartbeat_at, detail = null "
+                    "where runs.status = 'failed' "
+                    "or (runs.status = 'running' and runs.heartbeat_at < ?)",
+                    [digest_date, owner, now.isoformat(timespec="seconds"), now.isoformat(timespec="seconds"), stale],
                 )
                 return cur.rowcount == 1
 
         return await self._run(claim)
+
+    async def heartbeat(self, digest_date: str, owner: str) -> None:
+        """Renew the lease of a running day (the job calls it as it goes)."""
+
+        def write() -> None:
+            with self.db.conn:
+                self.db.conn.execute(
+                    "update runs set heartbeat_at = ? where digest_date = ? and owner = ? "
+                    "and status = 'running'",
+                    [_now(), digest_date, owner],
+                )
+
+        await self._run(write)
 
     async def finish_run(self, digest_date: str, status: str, detail: str = "") -> None:
         def write() -> None:
@@ -446,23 +466,6 @@ class Store:
             return rows[0]["status"] if rows else None
 
         return await self._run(read)
-
-    async def mark_interrupted(self, owner_other_than: str) -> list[str]:
-        """At start-up: runs left 'running' by a dead process become 'interrupted'."""
-
-        def write() -> list[str]:
-            with self.db.conn:
-                rows = self.db.conn.execute(
-                    "select digest_date from runs where status = 'running' and owner != ?",
-                    [owner_other_than],
-                ).fetchall()
-                self.db.conn.execute(
-                    "update runs set status = 'interrupted' where status = 'running' and owner != ?",
-                    [owner_other_than],
-                )
-            return [r[0] for r in rows]
-
-        return await self._run(write)
 
     # -- posting ledger ------------------------------------------------------------------------
 

@@ -75,13 +75,15 @@ async def test_run_claimed_once_even_concurrently(tmp_path: Path) -> None:
     a, b = await Store.open(path), await Store.open(path)
     results = await asyncio.gather(*(s.claim_run("2026-02-18", f"p{i}") for i, s in enumerate((a, b, a, b))))
     assert sorted(results) == [False, False, False, True]
-    # a run left 'running' by a dead process can be reclaimed after it is marked interrupted
-    owner = "p0" if results[0] or results[2] else "p1"
-    assert await a.mark_interrupted(owner_other_than="new") == ["2026-02-18"]
-    assert await b.claim_run("2026-02-18", "new") is True
+    # a live owner keeps its lease; a dead one (lease expired) can be taken over
+    assert await a.claim_run("2026-02-18", "late", lease_seconds=600) is False
+    assert await a.claim_run("2026-02-18", "rescuer", lease_seconds=-1) is True
     await b.finish_run("2026-02-18", "done")
-    assert await a.claim_run("2026-02-18", "other") is False
-    assert owner
+    assert await a.claim_run("2026-02-18", "other", lease_seconds=-1) is False
+    # a failed day can be tried again
+    assert await a.claim_run("2026-02-19", "x") is True
+    await a.finish_run("2026-02-19", "failed", "HF down")
+    assert await b.claim_run("2026-02-19", "y") is True
     await a.close()
     await b.close()
 

@@ -1,0 +1,192 @@
+"""The daily digest on a schedule: APScheduler 3.x cron, catch-up after downtime, one post a day.
+
+APScheduler's defaults drop a run that is a second late and forget runs missed while the
+process was down, so the job runs with a misfire grace of minutes, and at start-up the last
+due run is caught up if it is still within the configured window. Exactly-once does not rest
+on the scheduler: every run first claims its day in SQLite (with a lease that a live run keeps
+renewing), so a restart, a second process or a daylight-saving night never posts twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from digest_core.config import Settings
+from digest_core.models import Paper
+from digest_core.sources import SourceError
+from digest_core.sources.hf import fetch_daily_papers
+
+from bot.service import Delivered, Destination, deliver
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 600.0
+HEARTBEAT_SECONDS = 60.0
+DELIVERY_ATTEMPTS = 3
+
+
+def make_trigger(settings: Settings) -> CronTrigger | None:
+    if settings.digest.time is None:
+        return None
+    hour, minute = (int(x) for x in settings.digest.time.split(":"))
+    return CronTrigger(hour=hour, minute=minute, timezone=settings.digest.tz)
+
+
+def last_due(trigger: CronTrigger, now: datetime) -> datetime | None:
+    """The most recent fire time at or before `now` (looking back two days)."""
+    fire = trigger.get_next_fire_time(None, now - timedelta(days=2))
+    last = None
+    while fire is not None and fire <= now:
+        last = fire
+        fire = trigger.get_next_fire_time(fire, fire + timedelta(seconds=1))
+    return last
+
+
+def digest_day(fire_time: datetime) -> str:
+    """The HF date a run covers: its local date, never later than today in UTC (HF answers
+    400 for a date after today in UTC)."""
+    local = fire_time.date()
+    utc_today = fire_time.astimezone(UTC).date()
+    return min(local, utc_today).isoformat()
+
+
+class DailyJob:
+    """One day's digest: claim, wait for the list to fill, build, deliver, record."""
+
+    def __init__(
+        self,
+        pipeline: Any,
+        destinations: Sequence[Destination],
+        settings: Settings,
+        owner: str,
+        *,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self.pipeline = pipeline
+        self.destinations = list(destinations)
+        self.settings = settings
+        self.owner = owner
+        self.now = now
+        self.sleep = sleep
+        self.trigger = make_trigger(settings)
+        self.last_status: dict[str, str] = {}
+
+    @property
+    def store(self) -> Any:
+        return self.pipeline.store
+
+    async def fire(self) -> None:
+        """The scheduler's entry point: the day of this fire time."""
+        await self.run(digest_day(self.now().astimezone(self.settings.digest.tz)))
+
+    async def catch_up(self) -> str | None:
+        """At start-up: run the last due digest if it was missed and is still within the window."""
+        if self.trigger is None:
+            return None
+        now = self.now().astimezone(self.settings.digest.tz)
+        due = last_due(self.trigger, now)
+        if due is None or now - due > timedelta(hours=self.settings.digest.catch_up_hours):
+            return None
+        day = digest_day(due)
+        if await self.store.run_status(day) == "done":
+            return None
+        log.info("catching up the digest of %s (due %s)", day, due.isoformat())
+        return await self.run(day)
+
+    async def run(self, day: str) -> str:
+        if not await self.store.claim_run(day, self.owner, LEASE_SECONDS):
+            log.info("digest %s already claimed or done: not posting", day)
+            self.last_status[day] = "skipped"
+            return "skipped"
+        status, detail = "failed", ""
+        try:
+            papers = await self.wait_for_papers(day)
+            digest = await self.pipeline.build_digest(day, papers=papers)
+            failed = await self._deliver_all(digest)
+            status = "failed" if failed else "done"
+            detail = "; ".join(f"{r.destination}: {r.error}" for r in failed)
+        except SourceError as exc:
+            detail = str(exc)
+            log.error("digest %s failed: %s", day, exc)
+        except Exception as exc:  # the job must record its end whatever happened
+            detail = type(exc).__name__
+            log.exception("digest %s failed", day)
+        finally:
+            await self.store.finish_run(day, status, detail[:500])
+        self.last_status[day] = status
+        return status
+
+    async def wait_for_papers(self, day: str) -> list[Paper]:
+        """Poll HF until the day's list holds top_n papers or the cut-off passes."""
+        cfg = self.settings.digest
+        cutoff_time = time.fromisoformat(cfg.wait_until)
+        cutoff = datetime.combine(datetime.fromisoformat(day).date(), cutoff_time, tzinfo=cfg.tz)
+        while True:
+            try:
+                papers = await fetch_daily_papers(self.pipeline.http, self.settings.sources, day)
+            except SourceError:
+                if self.now() >= cutoff:
+                    raise
+                papers = None
+            if papers is not None and (len(papers) >= cfg.top_n or self.now() >= cutoff):
+                return papers
+            if self.now() >= cutoff:
+                return papers or []
+            have = "unreachable" if papers is None else f"{len(papers)} paper(s)"
+            log.info("HF list for %s: %s; looking again in %.0f min", day, have, cfg.poll_minutes)
+            await self._wait(day, min(cfg.poll_minutes * 60, (cutoff - self.now()).total_seconds()))
+
+    async def _wait(self, day: str, seconds: float) -> None:
+        """Sleep, renewing the day's lease so no other process takes it over."""
+        remaining = max(0.0, seconds)
+        while remaining > 0:
+            step = min(remaining, HEARTBEAT_SECONDS)
+            await self.sleep(step)
+            remaining -= step
+            await self.store.heartbeat(day, self.owner)
+
+    async def _deliver_all(self, digest: Any) -> list[Delivered]:
+        """Every destination; transient failures are tried again a few times, permanent ones
+        are reported once and left."""
+        pending = list(self.destinations)
+        failed: list[Delivered] = []
+        for attempt in range(DELIVERY_ATTEMPTS):
+            failed, retry = [], []
+            for dest in pending:
+                result = await deliver(self.store, dest, digest, self.settings)
+                await self.store.heartbeat(digest.date, self.owner)
+                if not result.ok:
+                    failed.append(result)
+                    state = await self.store.post_state(f"digest:{digest.date}", dest.channel.platform, dest.chat)
+                    if not any((r["error"] or "").startswith("permanent:") for r in state.values()):
+                        retry.append(dest)
+            if not retry or attempt == DELIVERY_ATTEMPTS - 1:
+                break
+            pending = retry
+            await self._wait(digest.date, 60.0 * (attempt + 1))
+        return failed
+
+
+def start_scheduler(job: DailyJob, settings: Settings) -> AsyncIOScheduler:
+    """Start the scheduler in the running loop, with the cron job unless DIGEST_TIME=off."""
+    trigger = make_trigger(settings)
+    scheduler = AsyncIOScheduler(timezone=settings.digest.tz)
+    if trigger is not None:
+        scheduler.add_job(
+            job.fire,
+            trigger,
+            id="daily_digest",
+            replace_existing=True,
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=15 * 60,
+        )
+    scheduler.start()
+    return scheduler
