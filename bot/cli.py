@@ -119,7 +119,6 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
 async def _with_pipeline(settings: object, args: argparse.Namespace) -> int:
     from digest_core.arxiv_id import InvalidArxivId, parse_arxiv_id
-
     from digest_core.pipeline import PaperNotFound, Pipeline
     from digest_core.sources import SourceError
 
@@ -141,9 +140,9 @@ async def _with_pipeline(settings: object, args: argparse.Namespace) -> int:
             return await _analyze(pipeline, args.paper)
         if args.command == "ask":
             answer = await pipeline.answer(args.paper, args.question)
-            from digest_core.render.markdown import render_answer_markdown
+            from digest_core.render.markdown import answer_markdown
 
-            print(render_answer_markdown(answer))
+            print(answer_markdown(answer))
             return EXIT_OK
         if args.command == "export":
             return await _export(pipeline, day, args.out)  # type: ignore[arg-type]
@@ -204,7 +203,7 @@ async def _export(pipeline: object, day: str, out: str | None) -> int:
     return EXIT_OK
 
 
-DEMO_DAY = "2026-02-18"
+DEMO_DAY = "2026-01-23"
 
 
 async def _demo(settings: object) -> int:
@@ -213,10 +212,9 @@ async def _demo(settings: object) -> int:
     from dataclasses import replace
     from importlib import resources
 
+    from digest_core.pipeline import Pipeline
     from digest_core.render.markdown import render_report
     from digest_core.sources.hf import parse_daily_papers
-
-    from digest_core.pipeline import Pipeline
 
     raw = (
         resources.files("digest_core").joinpath(f"data/hf_daily_{DEMO_DAY}.json").read_text("utf-8")

@@ -17,12 +17,12 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
+
+from bot.service import Delivered, Destination, deliver
 from digest_core.config import Settings
 from digest_core.models import Paper
 from digest_core.sources import SourceError
 from digest_core.sources.hf import fetch_daily_papers
-
-from bot.service import Delivered, Destination, deliver
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,9 @@ class DailyJob:
                 await self.store.heartbeat(digest.date, self.owner)
                 if not result.ok:
                     failed.append(result)
-                    state = await self.store.post_state(f"digest:{digest.date}", dest.channel.platform, dest.chat)
+                    state = await self.store.post_state(
+                        f"digest:{digest.date}", dest.channel.platform, dest.chat
+                    )
                     if not any((r["error"] or "").startswith("permanent:") for r in state.values()):
                         retry.append(dest)
             if not retry or attempt == DELIVERY_ATTEMPTS - 1:

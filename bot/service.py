@@ -8,6 +8,7 @@ platforms that can be searched). One destination's failure never stops the other
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from digest_core.store import Store
 log = logging.getLogger(__name__)
 
 LOCAL_PLATFORMS = ("console", "markdown")
+SEND_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ async def deliver(store: Store, dest: Destination, digest: Digest, settings: Set
     messages = channel.render_digest(digest)
     if channel.platform in LOCAL_PLATFORMS:
         for out in messages:
-            await channel.send(dest.chat, out.payload, None, key=out.key)  # type: ignore[call-arg]
+            await channel.send(dest.chat, out.payload, None, key=out.key)
         return Delivered(dest.label, True, len(messages), 0)
     return await post_thread(
         store,
@@ -158,6 +160,7 @@ async def post_thread(
     kind: str,
     papers: list[str],
     thread: str | None = None,
+    retry_pause: float = 1.0,
 ) -> Delivered:
     """Post a root and its replies exactly once through the ledger (or only replies, into an
     existing `thread`). Returns what happened; never raises DeliveryError."""
@@ -190,7 +193,7 @@ async def post_thread(
                 thread_ref=reply_to,
             )
             try:
-                ref = await _send(channel, chat, out, reply_to)
+                ref = await _send_once(channel, chat, out, reply_to, retry_pause)
             except DeliveryError as exc:
                 tag = "permanent" if exc.permanent else "transient"
                 await store.record_post(
@@ -224,13 +227,25 @@ async def post_thread(
     return Delivered(dest.label, True, posted, skipped)
 
 
-async def _send(channel: Channel, chat: str, out: Outgoing, thread: str | None) -> str:
-    try:
-        return await channel.send(chat, out.payload, thread, key=out.key)  # type: ignore[call-arg]
-    except TypeError as exc:
-        if "key" not in str(exc):
-            raise
-        return await channel.send(chat, out.payload, thread)
+async def _send_once(
+    channel: Channel, chat: str, out: Outgoing, thread: str | None, pause: float
+) -> str:
+    """Send, and after a transient failure look for the message before sending it again: a
+    5xx or a dropped connection can come after the platform stored the post."""
+    for attempt in range(SEND_ATTEMPTS):
+        try:
+            return await channel.send(chat, out.payload, thread, key=out.key)
+        except DeliveryError as exc:
+            if exc.permanent or attempt == SEND_ATTEMPTS - 1:
+                raise
+            log.warning(
+                "%s: transient failure (%s); checking, then trying again", out.summary, exc.reason
+            )
+            await asyncio.sleep(pause * (2**attempt))
+            found = await _find_previous(channel, chat, thread, out.key)
+            if found is not None:
+                return found
+    raise AssertionError("unreachable")
 
 
 async def _find_previous(channel: Channel, chat: str, thread: str | None, key: str) -> str | None:

@@ -39,11 +39,14 @@ _VARIANTS: dict[str, tuple[str, ...]] = {
         "image generation",
         "text-to-image",
         "image synthesis",
-        "generative model",
+        "video generation",
+        "visual generation",
+        "image editing",
+        "text-to-video",
     ),
     "image restoration": (
         "image restoration",
-        "restoration",
+        "video restoration",
         "denoising",
         "deblurring",
         "deraining",
@@ -98,6 +101,14 @@ def _topic_match(topic: str, title: str, abstract: str) -> tuple[float, str | No
     return (0.3 * share, "abstract") if share >= 0.5 else (0.0, None)
 
 
+# A topic word in a paper about language models or physics is not the topic: "diffusion"
+# in "code diffusion LLMs" or "diffusion-limited aggregation". Matches count in full only in
+# a paper about images or video.
+_VISION = re.compile(
+    r"\b(image|images|video|videos|visual|pixel|pixels|vision|3d|scene|camera|photo|render\w*)\b"
+)
+
+
 def lexical_score(paper: Paper, profile: Profile) -> Score:
     """Relevance 0-100 from topic matches in title and abstract; the reason names them."""
     title = _norm(paper.title)
@@ -109,7 +120,9 @@ def lexical_score(paper: Paper, profile: Profile) -> Score:
             matches.append((topic, strength, where))
     # Several weaker matches add up, but never past 100: 1 - prod(1 - s).
     combined = 1.0 - math.prod(1.0 - 0.8 * s for _, s, _ in matches)
-    score = round(100 * combined)
+    visual = len(_VISION.findall(title + abstract))
+    domain = 1.0 if visual >= 2 else 0.75 if visual == 1 else 0.5
+    score = round(100 * combined * domain)
     if matches:
         matches.sort(key=lambda m: -m[1])
         named = ", ".join(f"{t} ({w})" for t, _, w in matches[:3])

@@ -13,6 +13,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +24,10 @@ from sqlite_utils import Database, Migrations
 from digest_core.models import DeepDive, Digest, DigestEntry, Paper, Score
 
 T = TypeVar("T")
+
+# Who caused the LLM calls made in the current task: "digest" (the daily job, the CLI) or
+# "interactive" (a person in a chat). The daily token budget counts only the latter.
+ORIGIN: ContextVar[str] = ContextVar("digestbot_llm_origin", default="digest")
 
 MIGRATION_SET = "digestbot"
 migrations = Migrations(MIGRATION_SET)
@@ -106,6 +111,7 @@ def m002_core(db: Database) -> None:
             "outcome": str,
             "attempts": int,
             "started_at": str,
+            "origin": str,
         },
         pk="id",
     )
@@ -389,23 +395,21 @@ class Store:
     # -- LLM calls -----------------------------------------------------------------------------
 
     def record_llm_call(self, call: Any) -> None:
-        """Callback for LLMClient(on_call=...): queued on the store's thread, awaited by close()."""
-        record = asdict(call)
+        """Callback for LLMClient(on_call=...): queued on the store's thread, awaited by close().
+        `origin` says who caused the call (the daily digest or a person), for the budget."""
+        record = asdict(call) | {"origin": ORIGIN.get()}
         self.submit(lambda: self.db["llm_calls"].insert(record))
 
     async def llm_calls(self) -> list[dict[str, Any]]:
         return await self._run(lambda: list(self.db["llm_calls"].rows_where(order_by="id")))
 
-    async def tokens_since(self, since: datetime, purposes: Iterable[str]) -> int:
-        purposes = list(purposes)
-        marks = ",".join("?" for _ in purposes)
-
+    async def tokens_since(self, since: datetime, origin: str) -> int:
         def read() -> int:
             rows = list(
                 self.db.query(
                     "select coalesce(sum(prompt_tokens + completion_tokens), 0) as t from llm_calls "
-                    f"where started_at >= ? and purpose in ({marks})",
-                    [since.isoformat(timespec="seconds"), *purposes],
+                    "where started_at >= ? and origin = ?",
+                    [since.isoformat(timespec="seconds"), origin],
                 )
             )
             return int(rows[0]["t"])
@@ -431,7 +435,13 @@ class Store:
                     "heartbeat_at = excluded.heartbeat_at, detail = null "
                     "where runs.status = 'failed' "
                     "or (runs.status = 'running' and runs.heartbeat_at < ?)",
-                    [digest_date, owner, now.isoformat(timespec="seconds"), now.isoformat(timespec="seconds"), stale],
+                    [
+                        digest_date,
+                        owner,
+                        now.isoformat(timespec="seconds"),
+                        now.isoformat(timespec="seconds"),
+                        stale,
+                    ],
                 )
                 return cur.rowcount == 1
 

@@ -25,7 +25,10 @@ def test_on_topic_paper_outranks_off_topic_one() -> None:
         PROFILE,
     )
     agent = lexical_score(
-        _paper("Tool-Using LLM Agents for Spreadsheets", "We study language agents that edit spreadsheets."),
+        _paper(
+            "Tool-Using LLM Agents for Spreadsheets",
+            "We study language agents that edit spreadsheets.",
+        ),
         PROFILE,
     )
     assert sr.score >= 80 > 20 >= agent.score
@@ -35,7 +38,10 @@ def test_on_topic_paper_outranks_off_topic_one() -> None:
 
 
 def test_abbreviations_and_variants_count() -> None:
-    s = lexical_score(_paper("Rectified Flow for Fast Text-to-Image Synthesis", "A DDPM baseline is compared."), PROFILE)
+    s = lexical_score(
+        _paper("Rectified Flow for Fast Text-to-Image Synthesis", "A DDPM baseline is compared."),
+        PROFILE,
+    )
     assert s.score >= 60
     assert "flow matching" in s.reason
 
@@ -62,15 +68,25 @@ def test_extractive_deep_dive_has_four_sections_from_the_abstract_and_says_so() 
     for key in SECTION_KEYS:
         for line in dive.sections[key].splitlines():
             text = line.removeprefix("- ")
-            assert text in abstract or text.startswith("Relation to") or text.startswith("The abstract")
+            assert (
+                text in abstract
+                or text.startswith("Relation to")
+                or text.startswith("The abstract")
+            )
 
 
 def test_chinese_headings_and_note() -> None:
-    dive = extractive_deep_dive(_paper("X", "We present X. It is good."), PROFILE, "zh", "LLM timed out")
+    dive = extractive_deep_dive(
+        _paper("X", "We present X. It is good."), PROFILE, "zh", "LLM timed out"
+    )
     body = dive.body_markdown()
     assert "核心创新点 (Key Contribution)" in body and "潜在缺陷 (Limitations)" in body
     assert "LLM 不可用" in body
 
 
 def test_sentence_split_keeps_numbers() -> None:
-    assert split_sentences("We get 1.2 dB. Then v2.0 works! Done.") == ["We get 1.2 dB.", "Then v2.0 works!", "Done."]
+    assert split_sentences("We get 1.2 dB. Then v2.0 works! Done.") == [
+        "We get 1.2 dB.",
+        "Then v2.0 works!",
+        "Done.",
+    ]

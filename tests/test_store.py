@@ -13,7 +13,9 @@ from digest_core.store import Store, StoreError
 
 
 def _paper(i: int = 1) -> Paper:
-    return Paper(f"2602.1494{i}", f"Title {i}", "Abstract.", ("Ann", "李明"), upvotes=i, abs_url="x")
+    return Paper(
+        f"2602.1494{i}", f"Title {i}", "Abstract.", ("Ann", "李明"), upvotes=i, abs_url="x"
+    )
 
 
 async def test_creates_missing_directory_and_uses_wal(tmp_path: Path) -> None:
@@ -54,10 +56,15 @@ async def test_database_from_newer_version_is_refused(tmp_path: Path) -> None:
 
 async def test_digest_round_trip(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "bot.db")
-    dive = DeepDive("2602.14941", "Title 1", {"contribution": "x"}, "zh", "abstract only", "m", "dive-1", 10)
+    dive = DeepDive(
+        "2602.14941", "Title 1", {"contribution": "x"}, "zh", "abstract only", "m", "dive-1", 10
+    )
     digest = Digest(
         "2026-02-18",
-        (DigestEntry(_paper(1), Score("2602.14941", 90, "r"), dive), DigestEntry(_paper(2), Score("2602.14942", 10, "r"))),
+        (
+            DigestEntry(_paper(1), Score("2602.14941", 90, "r"), dive),
+            DigestEntry(_paper(2), Score("2602.14942", 10, "r")),
+        ),
         "prof",
         "zh",
         60,
@@ -73,7 +80,9 @@ async def test_digest_round_trip(tmp_path: Path) -> None:
 async def test_run_claimed_once_even_concurrently(tmp_path: Path) -> None:
     path = tmp_path / "bot.db"
     a, b = await Store.open(path), await Store.open(path)
-    results = await asyncio.gather(*(s.claim_run("2026-02-18", f"p{i}") for i, s in enumerate((a, b, a, b))))
+    results = await asyncio.gather(
+        *(s.claim_run("2026-02-18", f"p{i}") for i, s in enumerate((a, b, a, b)))
+    )
     assert sorted(results) == [False, False, False, True]
     # a live owner keeps its lease; a dead one (lease expired) can be taken over
     assert await a.claim_run("2026-02-18", "late", lease_seconds=600) is False

@@ -11,14 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from digest_core.render.markdown import (
-    render_analysis_markdown,
-    render_answer_markdown,
-    render_report,
-)
-
 from bot.channels.base import Outgoing
 from digest_core.models import Answer, Digest, DigestEntry
+from digest_core.render.markdown import (
+    answer_markdown,
+    render_analysis_markdown,
+    render_report,
+)
 
 
 class ConsoleChannel:
@@ -36,7 +35,7 @@ class ConsoleChannel:
         return [Outgoing("analysis", text, f"analysis {entry.paper.arxiv_id}")]
 
     def render_answer(self, answer: Answer) -> list[Outgoing]:
-        return [Outgoing("answer", render_answer_markdown(answer), f"answer {answer.arxiv_id}")]
+        return [Outgoing("answer", answer_markdown(answer), f"answer {answer.arxiv_id}")]
 
     async def send(
         self, chat: str, payload: Any, thread: str | None, *, key: str | None = None

@@ -1,0 +1,187 @@
+"""What the bot does when a person asks: `/analyze` and follow-up questions, on any platform.
+
+The Slack and Telegram apps only translate events into these calls. Paid work is admitted
+here (allow-list, per-user rate limit, daily token budget), an analysis thread is started
+once per paper per chat (concurrent requests share it, and the deep dive is shared across
+chats by the pipeline), and a question is matched to the paper it means before it is answered
+with the thread's earlier turns as memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bot.service import Delivered, Destination, post_thread
+from digest_core.arxiv_id import ArxivId, InvalidArxivId, parse_arxiv_id
+from digest_core.models import Answer
+from digest_core.pipeline import PaperNotFound
+from digest_core.sources import SourceError
+from digest_core.store import ORIGIN
+
+log = logging.getLogger(__name__)
+
+MAX_QUESTION_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a request came to: `line` is the short text shown to the requester (ephemeral on
+    Slack where possible); `thread` the thread that holds the result, if any."""
+
+    ok: bool
+    line: str
+    thread: str | None = None
+    delivered: Delivered | None = None
+
+
+class Assistant:
+    def __init__(self, pipeline: Any, settings: Any) -> None:
+        self.pipeline = pipeline
+        self.settings = settings
+        self.store = pipeline.store
+        self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+
+    # -- admission -------------------------------------------------------------------------------
+
+    def allowed(self, platform: str, *, team: str | None = None, chat: str | None = None) -> bool:
+        cfg = self.settings.interactive
+        if platform == "slack" and cfg.allowed_slack_teams:
+            return team in cfg.allowed_slack_teams
+        if platform == "telegram" and cfg.allowed_telegram_chats:
+            return (chat or "").split(":")[0] in cfg.allowed_telegram_chats
+        return True
+
+    async def admit(
+        self, platform: str, user: str, *, team: str | None = None, chat: str | None = None
+    ) -> str | None:
+        """None when the request may spend LLM work; otherwise the one line to answer with."""
+        if not self.allowed(platform, team=team, chat=chat):
+            return "digestbot is not enabled for this workspace or chat."
+        cfg = self.settings.interactive
+        if self.pipeline.llm is not None:
+            midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+            spent = await self.store.tokens_since(midnight, "interactive")
+            if spent >= cfg.daily_token_budget:
+                return "Today's budget for on-demand analysis is spent; try again after 00:00 UTC."
+        wait = await self.store.count_request(
+            f"{platform}:{user}", timedelta(hours=1), cfg.user_requests_per_hour
+        )
+        if wait is not None:
+            return f"You have reached {cfg.user_requests_per_hour} requests this hour; try again in {wait} s."
+        return None
+
+    # -- /analyze --------------------------------------------------------------------------------
+
+    @staticmethod
+    def parse(text: str) -> ArxivId | str:
+        """The ArxivId, or the one line that says why the input cannot be served."""
+        try:
+            return parse_arxiv_id(text)
+        except InvalidArxivId as exc:
+            return str(exc)
+
+    async def known_title(self, aid: ArxivId) -> str | None:
+        paper = await self.store.get_paper(aid.base)
+        return paper.title if paper else None
+
+    async def analyze(self, dest: Destination, aid: ArxivId) -> Outcome:
+        """Start (once) the analysis thread of a paper in a chat, or point at the one there is."""
+        ORIGIN.set("interactive")
+        scope = f"analysis:{aid.base}"
+        lock = self._locks.setdefault((dest.channel.platform, dest.chat, aid.base), asyncio.Lock())
+        async with lock:
+            state = await self.store.post_state(scope, dest.channel.platform, dest.chat)
+            root = state.get("root")
+            if (
+                root
+                and root["status"] == "sent"
+                and all(r["status"] == "sent" for r in state.values())
+            ):
+                return Outcome(
+                    True, f"Already analysed here: arXiv:{aid.base}", thread=root["message_ref"]
+                )
+            try:
+                entry = await self.pipeline.analyze(aid)
+            except PaperNotFound as exc:
+                return Outcome(False, str(exc))
+            except SourceError as exc:
+                log.warning("analyze %s: %s", aid, exc)
+                return Outcome(
+                    False, "arXiv cannot be reached right now; try again in a few minutes."
+                )
+            messages = dest.channel.render_analysis(entry)
+            delivered = await post_thread(
+                self.store, dest, scope, messages, kind="analysis", papers=[entry.paper.arxiv_id]
+            )
+            state = await self.store.post_state(scope, dest.channel.platform, dest.chat)
+            thread = state.get("root", {}).get("message_ref")
+        if not delivered.ok:
+            return Outcome(
+                False, f"Could not post the analysis: {delivered.error}", thread, delivered
+            )
+        return Outcome(
+            True, f"Analysed: {entry.paper.title} (arXiv:{entry.paper.arxiv_id})", thread, delivered
+        )
+
+    # -- questions in threads ----------------------------------------------------------------------
+
+    async def thread_of(self, platform: str, chat: str, ref: str) -> dict[str, Any] | None:
+        """The bot's thread that `ref` belongs to (root or one of its messages), if any."""
+        return await self.store.find_thread(platform, chat, ref)
+
+    async def which_paper(self, thread: dict[str, Any], question: str) -> str | list[str]:
+        """The arXiv ID the question means, or the candidates to ask about."""
+        papers: list[str] = thread["papers"]
+        if len(papers) == 1:
+            return papers[0]
+        for pid in papers:
+            if pid in question:
+                return pid
+        number = re.search(r"(?:#|no\.?\s*|paper\s+|第\s*)(\d{1,2})", question, re.IGNORECASE)
+        if number and 1 <= int(number.group(1)) <= len(papers):
+            return papers[int(number.group(1)) - 1]
+        words = {w.lower() for w in re.findall(r"[A-Za-z][A-Za-z0-9-]{3,}", question)}
+        best, best_hits = None, 0
+        for pid in papers:
+            paper = await self.store.get_paper(pid)
+            if paper is None:
+                continue
+            title_words = {w.lower() for w in re.findall(r"[A-Za-z][A-Za-z0-9-]{3,}", paper.title)}
+            hits = len(words & title_words)
+            if hits > best_hits:
+                best, best_hits = pid, hits
+        if best is not None:
+            return best
+        digest = await self.store.load_digest(thread["scope"].removeprefix("digest:"))
+        picked = [e.paper.arxiv_id for e in digest.picked] if digest else []
+        return picked[0] if len(picked) == 1 else (picked or papers)
+
+    async def answer(
+        self, platform: str, chat: str, thread_ref: str, paper_id: str, question: str
+    ) -> Answer:
+        """Answer with the thread's earlier turns as memory, and remember this turn."""
+        ORIGIN.set("interactive")
+        question = question.strip()[:MAX_QUESTION_CHARS]
+        limit = self.settings.interactive.thread_memory_turns * 2
+        earlier = await self.store.turns(platform, chat, thread_ref, limit)
+        history = [(t["role"], t["text"]) for t in earlier if t["arxiv_id"] == paper_id]
+        answer = await self.pipeline.answer(paper_id, question, history)
+        await self.store.add_turn(platform, chat, thread_ref, paper_id, "user", question)
+        await self.store.add_turn(platform, chat, thread_ref, paper_id, "assistant", answer.text)
+        return answer
+
+    async def describe(self, ids: list[str]) -> str:
+        """A short numbered list of papers, for 'which paper do you mean?'."""
+        lines = []
+        for i, pid in enumerate(ids, start=1):
+            paper = await self.store.get_paper(pid)
+            lines.append(f"{i}. {paper.title if paper else pid} (arXiv:{pid})")
+        return (
+            "Which paper do you mean? Reply with its number, ID or a word of its title:\n"
+            + "\n".join(lines)
+        )

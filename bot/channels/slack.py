@@ -1,0 +1,392 @@
+"""Slack as a Channel: render with `digest_core.render.slack`, post with slack_sdk's AsyncWebClient.
+
+Delivery rules this module owns:
+
+* Every post carries message metadata `{"event_type": "digestbot_post", "event_payload":
+  {"key": <ledger key>}}`. Slack has no idempotency key for `chat.postMessage`, so when a post's
+  outcome is unknown (the connection dropped after Slack may have stored it) the caller asks
+  `find_posted` before posting again; the metadata is how the earlier copy is recognised.
+* The client never re-sends a `chat.postMessage` after a connection error (see
+  `make_slack_client`): a blind retry is exactly how a "delivered but timed out" post becomes
+  two posts. Such failures surface as a transient `DeliveryError` and the ledger reconciles.
+* 429s are retried by the SDK after `Retry-After`; 500/503 a couple of times with backoff.
+* Error reasons are short code-like strings (`"slack chat.postMessage: not_in_channel"`) built
+  from the API error code or the exception class name only, so no token or URL can leak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.http_retry.interval_calculator import RetryIntervalCalculator
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.channels.base import DeliveryError, Outgoing
+from digest_core.models import Answer, Digest, DigestEntry
+
+if TYPE_CHECKING:
+    from digest_core.render.slack import SlackMessage
+
+log = logging.getLogger(__name__)
+
+SLACK_API = "https://slack.com/api/"
+METADATA_EVENT_TYPE = "digestbot_post"
+
+# Errors that the same request will hit again however often it is retried.
+PERMANENT_ERRORS = frozenset(
+    {
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "token_expired",
+        "missing_scope",
+        "not_allowed_token_type",
+        "team_access_not_granted",
+        "ekm_access_denied",
+        "invalid_blocks",
+        "invalid_blocks_format",
+        "msg_too_long",
+        "msg_blocks_too_long",
+        "no_text",
+        "too_many_attachments",
+        "invalid_metadata_format",
+        "invalid_metadata_schema",
+        "metadata_too_large",
+        "invalid_arguments",
+        "thread_not_found",
+        "message_not_found",
+        "cant_update_message",
+        "edit_window_closed",
+        "user_not_in_channel",
+        "restricted_action",
+        "restricted_action_read_only_channel",
+        "restricted_action_thread_only_channel",
+        "restricted_action_non_threadable_channel",
+    }
+)
+
+# Methods whose request may have taken effect even though the client saw a connection error;
+# repeating them blindly can post the same message twice.
+NOT_SAFE_TO_REPEAT = frozenset({"chat.postMessage", "chat.postEphemeral", "chat.scheduleMessage"})
+
+# How long a 429 may ask us to wait before we give up and report a transient failure instead
+# of parking the whole digest (Slack has answered with Retry-After of many minutes).
+MAX_RETRY_AFTER = 120
+
+
+def _api_method(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+class _ReadsOnly:
+    """Mixin: never repeat a method that posts.
+
+    Reads (conversations.replies, auth.test, apps.connections.open) are safe to repeat. A reset
+    or a 5xx on chat.postMessage may come after Slack stored the message (reliability.md §2.1:
+    duplicate posts from outbound retries), so the ledger looks for it before posting again
+    (bot.service.post_thread) instead of the SDK repeating it blindly.
+    """
+
+    async def _can_retry_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        if _api_method(request.url) in NOT_SAFE_TO_REPEAT:
+            return False
+        return await super()._can_retry_async(  # type: ignore[misc]
+            state=state, request=request, response=response, error=error
+        )
+
+
+class _ReadsOnlyConnectionErrorRetryHandler(_ReadsOnly, AsyncConnectionErrorRetryHandler):
+    pass
+
+
+class _ReadsOnlyServerErrorRetryHandler(_ReadsOnly, AsyncServerErrorRetryHandler):
+    pass
+
+
+def _retry_after(response: HttpResponse | None) -> float:
+    if response is None:
+        return 1.0
+    for name, values in response.headers.items():
+        if name.lower() == "retry-after":
+            raw = values[0] if isinstance(values, list) and values else values
+            try:
+                return max(0.0, float(str(raw)))
+            except ValueError:
+                return 1.0
+    return 1.0
+
+
+class _CappedRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
+    """The SDK's 429 handler (sleep Retry-After + jitter), but only for waits we can afford.
+
+    A 429 is rejected before Slack does anything, so re-sending a post after one is safe.
+    """
+
+    def __init__(self, max_retry_count: int = 5, max_wait: float = MAX_RETRY_AFTER) -> None:
+        super().__init__(max_retry_count=max_retry_count)
+        self.max_wait = max_wait
+
+    async def _can_retry_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        if response is None or response.status_code != 429:
+            return False
+        return _retry_after(response) <= self.max_wait
+
+    async def prepare_for_next_attempt_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> None:
+        state.next_attempt_requested = True
+        # Jitter keeps concurrent senders from hitting the limit again in lock-step.
+        await asyncio.sleep(_retry_after(response) + random.random())
+        state.increment_current_attempt()
+
+
+def make_slack_client(
+    token: str,
+    base_url: str = SLACK_API,
+    *,
+    timeout: int = 30,
+    retry_interval: RetryIntervalCalculator | None = None,
+) -> AsyncWebClient:
+    """An AsyncWebClient with the retry policy digestbot needs.
+
+    * 429: retried up to 5 times after `Retry-After` (+ up to 1 s jitter), if that is at most
+      MAX_RETRY_AFTER seconds.
+    * HTTP 500/503 and connection errors: retried for reads only (5xx twice with exponential
+      backoff, `retry_interval`; a reset once). slack_sdk's handlers would also repeat a
+      chat.postMessage whose 5xx or reset came after Slack accepted it, which duplicates the
+      post; the ledger reconciles with `SlackChannel.find_posted` and then posts again instead.
+
+    Note the SDK counts attempts across all handlers (one shared RetryState per call).
+    """
+    server_kwargs: dict[str, Any] = {}
+    if retry_interval is not None:
+        server_kwargs["interval_calculator"] = retry_interval
+    handlers: list[AsyncRetryHandler] = [
+        _ReadsOnlyConnectionErrorRetryHandler(max_retry_count=1, **server_kwargs),
+        _CappedRateLimitRetryHandler(max_retry_count=5),
+        _ReadsOnlyServerErrorRetryHandler(max_retry_count=2, **server_kwargs),
+    ]
+    return AsyncWebClient(token=token, base_url=base_url, timeout=timeout, retry_handlers=handlers)
+
+
+def _delivery_error(method: str, exc: BaseException) -> DeliveryError:
+    """Translate whatever the SDK raised into a DeliveryError with a short, secret-free reason."""
+    if isinstance(exc, SlackApiError):
+        response = exc.response
+        status = getattr(response, "status_code", 0) or 0
+        data = getattr(response, "data", None)
+        code = data.get("error") if isinstance(data, dict) else None
+        if status == 429 or code == "ratelimited":
+            return DeliveryError(f"slack {method}: ratelimited (429)", permanent=False)
+        if code in PERMANENT_ERRORS:
+            return DeliveryError(f"slack {method}: {code}", permanent=True)
+        if status >= 500:
+            return DeliveryError(f"slack {method}: http {status}", permanent=False)
+        # Unknown codes (internal_error, fatal_error, service_unavailable, new ones...) are
+        # treated as transient: a later run may retry, bounded by the ledger's attempt count.
+        label = code if isinstance(code, str) and code.isidentifier() else f"http {status}"
+        return DeliveryError(f"slack {method}: {label}", permanent=False)
+    if isinstance(exc, TimeoutError):
+        return DeliveryError(f"slack {method}: timeout", permanent=False)
+    # aiohttp.ClientError covers resets, refused connections and server disconnects. Only the
+    # class name is kept: exception text can carry URLs and request details.
+    return DeliveryError(f"slack {method}: {type(exc).__name__}", permanent=False)
+
+
+class SlackChannel:
+    """Slack implementation of the Channel protocol (bot.channels.base.Channel)."""
+
+    platform = "slack"
+
+    def __init__(self, client: AsyncWebClient, language: str = "zh") -> None:
+        self.client = client
+        self.language = language
+
+    # ------------------------------------------------------------------ render
+
+    def render_digest(self, digest: Digest) -> list[Outgoing]:
+        """`toc` first, then `<arxiv_id>#<j>` (j from 0, as Telegram) for each part of each pick."""
+        from digest_core.render import slack as render
+
+        out = [
+            Outgoing(
+                key="toc",
+                payload=render.render_toc(digest),
+                summary=f"toc {digest.date}: {len(digest.picked)} picked of {len(digest.entries)}",
+            )
+        ]
+        language = digest.language or self.language
+        for i, entry in enumerate(digest.picked, start=1):
+            out.extend(self._parts(entry, render.render_deep_dive(entry, i, language)))
+        return out
+
+    def render_analysis(self, entry: DigestEntry) -> list[Outgoing]:
+        """`root` naming the paper, then its deep dive as `<arxiv_id>#<j>` replies."""
+        from digest_core.render import slack as render
+
+        root = Outgoing(
+            key="root",
+            payload=render.render_paper_root(entry, self.language),
+            summary=f"analysis root {entry.paper.arxiv_id}",
+        )
+        return [root, *self._parts(entry, render.render_deep_dive(entry, 1, self.language))]
+
+    def render_answer(self, answer: Answer) -> list[Outgoing]:
+        """`answer#<j>` (j from 0), as many messages as the limits need."""
+        from digest_core.render import slack as render
+
+        return [
+            Outgoing(key=f"answer#{j}", payload=msg, summary=f"answer {answer.arxiv_id} part {j}")
+            for j, msg in enumerate(render.render_answer(answer))
+        ]
+
+    @staticmethod
+    def _parts(entry: DigestEntry, messages: list[SlackMessage]) -> list[Outgoing]:
+        arxiv_id = entry.paper.arxiv_id
+        return [
+            Outgoing(key=f"{arxiv_id}#{j}", payload=msg, summary=f"deep dive {arxiv_id} part {j}")
+            for j, msg in enumerate(messages)
+        ]
+
+    # -------------------------------------------------------------------- send
+
+    async def send(
+        self, chat: str, payload: SlackMessage, thread: str | None, *, key: str | None = None
+    ) -> str:
+        """Post one message (a reply when `thread` is a parent ts). Returns the new `ts`.
+
+        `key` goes into message metadata so `find_posted` can recognise the post later.
+        Raises DeliveryError; `permanent` tells the caller not to try again.
+        """
+        kwargs: dict[str, Any] = {
+            "channel": chat,
+            "text": payload.text,
+            # Link previews of arXiv pages would bury the digest; never set link_names either,
+            # so nothing in a paper or an LLM answer can turn into a ping.
+            "unfurl_links": False,
+            "unfurl_media": False,
+        }
+        if payload.blocks:
+            kwargs["blocks"] = payload.blocks
+        if thread:
+            kwargs["thread_ts"] = thread
+        if key is not None:
+            kwargs["metadata"] = {
+                "event_type": METADATA_EVENT_TYPE,
+                "event_payload": {"key": key},
+            }
+        try:
+            response = await self.client.chat_postMessage(**kwargs)
+        except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
+            raise self._fail("chat.postMessage", exc) from None
+        return str(response["ts"])
+
+    async def find_posted(self, chat: str, thread: str | None, key: str) -> str | None:
+        """The ts of an earlier post carrying `key`, or None if Slack has no such message.
+
+        For a reply, reads the whole thread (`conversations.replies`); for a root, the last 50
+        top-level messages (`conversations.history`). Raises DeliveryError if Slack cannot be
+        asked, in which case the outcome is still unknown and the caller must not re-post yet.
+        """
+        if thread:
+            method = "conversations.replies"
+            cursor: str | None = None
+            # A digest thread is tens of messages; the page cap only guards against loops.
+            for _ in range(20):
+                try:
+                    response = await self.client.conversations_replies(
+                        channel=chat,
+                        ts=thread,
+                        include_all_metadata=True,
+                        limit=200,
+                        cursor=cursor,
+                    )
+                except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
+                    raise self._fail(method, exc) from None
+                found = _match(response.get("messages") or [], key)
+                if found:
+                    return found
+                cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
+                if not cursor:
+                    return None
+            return None
+        try:
+            response = await self.client.conversations_history(
+                channel=chat, include_all_metadata=True, limit=50
+            )
+        except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
+            raise self._fail("conversations.history", exc) from None
+        return _match(response.get("messages") or [], key)
+
+    async def update(self, chat: str, ts: str, payload: SlackMessage) -> None:
+        """Replace message `ts` (e.g. a "working on it…" placeholder) with `payload`."""
+        kwargs: dict[str, Any] = {"channel": chat, "ts": ts, "text": payload.text}
+        # An empty list clears the old blocks, so the text becomes the visible body.
+        kwargs["blocks"] = payload.blocks or []
+        try:
+            await self.client.chat_update(**kwargs)
+        except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
+            raise self._fail("chat.update", exc) from None
+
+    async def post_ephemeral(self, chat: str, user: str, text: str) -> None:
+        """A message only `user` sees (refusals, usage hints). `text` must be escaped mrkdwn."""
+        try:
+            await self.client.chat_postEphemeral(channel=chat, user=user, text=text)
+        except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
+            raise self._fail("chat.postEphemeral", exc) from None
+
+    def _fail(self, method: str, exc: BaseException) -> DeliveryError:
+        error = _delivery_error(method, exc)
+        # Defence in depth: the reason is built from codes, but never let the token through.
+        token = self.client.token
+        if token and token in error.reason:
+            error = DeliveryError(error.reason.replace(token, "***"), permanent=error.permanent)
+        log.warning("%s (permanent=%s)", error.reason, error.permanent)
+        return error
+
+
+def _match(messages: list[dict[str, Any]], key: str) -> str | None:
+    for message in messages:
+        metadata = message.get("metadata") or {}
+        if metadata.get("event_type") != METADATA_EVENT_TYPE:
+            continue
+        if (metadata.get("event_payload") or {}).get("key") == key:
+            return str(message["ts"])
+    return None

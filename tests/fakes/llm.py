@@ -1,0 +1,306 @@
+"""A fake OpenAI-compatible Chat Completions server, served over real loopback HTTP.
+
+The openai package 3.x talks through httpx2, which transport mocks cannot reach, so tests point
+the real client at this server (`base_url=fake.url + "/v1"`). Replies copy the shape of the
+recorded completions in tests/fixtures/openai/. Faults are scripted per request with
+`fail_next`; what an endpoint supports (json_schema, json_object, max_tokens) is a knob.
+
+Responder contract: `responder(request_json)` returns the reply content as a string, or a
+dict for anything else:
+  {"content": str | None, "refusal": str | None, "finish_reason": str}  a completion
+  {"status": int, "json": obj} or {"status": int, "text": str}, optional "headers"  an error
+  {"raw": obj}  served verbatim as a 200 JSON body (e.g. a recorded fixture)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from fakes.base import FakeServer
+
+CHAT_PATH = "/v1/chat/completions"
+DEFAULT_TEXT = "This is a fixed answer from the fake LLM."
+REFUSAL_TEXT = "I'm very sorry, but I can't assist with that."  # as in the recorded refusal
+
+FAULT_KINDS = frozenset(
+    {
+        "429",
+        "500",
+        "502_html",
+        "401",
+        "hang",
+        "truncated",
+        "refusal",
+        "blank",
+        "fenced",
+        "reject_json_schema",
+        "context_length",
+    }
+)
+
+_BAD_GATEWAY_HTML = (
+    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>cloudflare</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
+
+
+def default_responder(request: dict[str, Any]) -> str | dict[str, Any]:
+    return DEFAULT_TEXT
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
+    """The OpenAI error envelope."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def mask_key(key: str) -> str:
+    """How OpenAI echoes a wrong key in its 401 message: the first and last characters."""
+    return f"{key[:7]}{'*' * max(3, len(key) - 11)}{key[-4:]}" if len(key) > 11 else "***"
+
+
+@dataclass
+class _Fault:
+    kind: str
+    opts: dict[str, Any]
+
+
+@dataclass
+class FakeLLM(FakeServer):
+    responder: Callable[[dict[str, Any]], str | dict[str, Any]] = default_responder
+    supports_json_schema: bool = True
+    supports_json_object: bool = True
+    accepts_max_tokens: bool = True  # False: answer like OpenAI's reasoning models do
+    require_json_word: bool = True  # json_object needs "json" in the messages, as on OpenAI
+    latency: float = 0.0
+    model: str = "gpt-4o-2024-08-06"
+    in_flight: int = 0
+    max_in_flight: int = 0
+    _faults: deque[_Fault] = field(default_factory=deque)
+    _release: asyncio.Event = field(default_factory=asyncio.Event)
+    _ids: itertools.count = field(default_factory=itertools.count)
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post(CHAT_PATH, self._chat)
+
+    def fail_next(self, kind: str, times: int = 1, **opts: Any) -> None:
+        """Script a fault for each of the next `times` requests (after capability checks).
+
+        429: retry_after (seconds, header), retry_after_ms, code (rate_limit_exceeded |
+        insufficient_quota). blank: content (default whitespace). hang: seconds (default 60).
+        """
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault {kind!r}; one of {sorted(FAULT_KINDS)}")
+        for _ in range(times):
+            self._faults.append(_Fault(kind, opts))
+
+    @property
+    def calls(self) -> list[dict[str, Any]]:
+        """The parsed JSON of every chat completion request, in order."""
+        return [r.json() for r in self.requests if r.method == "POST" and r.path == CHAT_PATH]
+
+    async def stop(self) -> None:
+        self._release.set()  # let hung handlers finish so the runner can shut down
+        await super().stop()
+
+    # -- handling ------------------------------------------------------------------------------
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            return await self._answer(body, request.headers.get("Authorization", ""))
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, body: dict[str, Any], authorization: str) -> web.StreamResponse:
+        rejected = self._capability_error(body)
+        if rejected is not None:
+            return rejected
+        fault = self._faults.popleft() if self._faults else None
+        if fault is not None:
+            reply = await self._fault_reply(fault, body, authorization)
+            if reply is not None:
+                return reply
+        return self._reply(body, self.responder(body))
+
+    def _capability_error(self, body: dict[str, Any]) -> web.Response | None:
+        fmt = (body.get("response_format") or {}).get("type")
+        if fmt == "json_schema" and not self.supports_json_schema:
+            return _reject_format("json_schema")
+        if fmt == "json_object" and not self.supports_json_object:
+            return _reject_format("json_object")
+        if fmt == "json_object" and self.require_json_word and "json" not in _prompt(body).lower():
+            message = (
+                "'messages' must contain the word 'json' in some form, to use 'response_format'"
+                " of type 'json_object'."
+            )
+            return web.json_response(
+                error_body(message, "invalid_request_error", "messages"), status=400
+            )
+        if "max_tokens" in body and not self.accepts_max_tokens:
+            message = (
+                "Unsupported parameter: 'max_tokens' is not supported with this model."
+                " Use 'max_completion_tokens' instead."
+            )
+            return web.json_response(
+                error_body(message, "invalid_request_error", "max_tokens", "unsupported_parameter"),
+                status=400,
+            )
+        return None
+
+    async def _fault_reply(
+        self, fault: _Fault, body: dict[str, Any], authorization: str
+    ) -> web.StreamResponse | None:
+        kind, opts = fault.kind, fault.opts
+        if kind == "429":
+            return _rate_limited(opts)
+        if kind == "500":
+            body_500 = error_body(
+                "The server had an error while processing your request. Sorry about that!",
+                "server_error",
+            )
+            return web.json_response(body_500, status=500)
+        if kind == "502_html":
+            return web.Response(text=_BAD_GATEWAY_HTML, status=502, content_type="text/html")
+        if kind == "401":
+            key = authorization.removeprefix("Bearer ").strip()
+            message = (
+                f"Incorrect API key provided: {opts.get('masked') or mask_key(key)}. You can find"
+                " your API key at https://platform.openai.com/account/api-keys."
+            )
+            return web.json_response(
+                error_body(message, "invalid_request_error", None, "invalid_api_key"), status=401
+            )
+        if kind == "context_length":
+            message = (
+                "This model's maximum context length is 128000 tokens. However, your messages"
+                " resulted in 131072 tokens. Please reduce the length of the messages."
+            )
+            return web.json_response(
+                error_body(message, "invalid_request_error", "messages", "context_length_exceeded"),
+                status=400,
+            )
+        if kind == "hang":
+            try:
+                await asyncio.wait_for(self._release.wait(), opts.get("seconds", 60.0))
+            except TimeoutError:
+                pass
+            return web.json_response(
+                error_body("hung request released", "server_error"), status=504
+            )
+        if kind == "reject_json_schema":
+            fmt = (body.get("response_format") or {}).get("type")
+            return _reject_format("json_schema") if fmt == "json_schema" else None
+        return self._content_fault(kind, opts, body)
+
+    def _content_fault(self, kind: str, opts: dict[str, Any], body: dict[str, Any]) -> web.Response:
+        if kind == "truncated":
+            return self._reply(body, {"content": '{"', "finish_reason": "length"})
+        if kind == "refusal":
+            return self._reply(body, {"content": None, "refusal": opts.get("text", REFUSAL_TEXT)})
+        if kind == "blank":
+            return self._reply(body, {"content": opts.get("content", "  \n")})
+        # fenced: what the responder would have said, wrapped the way chatty models do
+        reply = self.responder(body)
+        content = reply if isinstance(reply, str) else str(reply.get("content") or "")
+        return self._reply(body, {"content": f"```json\n{content}\n```"})
+
+    def _reply(self, body: dict[str, Any], reply: str | dict[str, Any]) -> web.Response:
+        if isinstance(reply, str):
+            reply = {"content": reply}
+        if "raw" in reply:
+            return web.json_response(reply["raw"])
+        if "status" in reply:
+            headers = reply.get("headers")
+            if "json" in reply:
+                return web.json_response(reply["json"], status=reply["status"], headers=headers)
+            return web.Response(text=reply.get("text", ""), status=reply["status"], headers=headers)
+        return web.json_response(self._completion(body, reply))
+
+    def _completion(self, body: dict[str, Any], reply: dict[str, Any]) -> dict[str, Any]:
+        content = reply.get("content")
+        refusal = reply.get("refusal")
+        prompt_tokens = max(1, len(_prompt(body)) // 4)
+        completion_tokens = len(content or refusal or "") // 4
+        return {
+            "id": f"chatcmpl-fake{next(self._ids):06d}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content, "refusal": refusal},
+                    "logprobs": None,
+                    "finish_reason": reply.get("finish_reason", "stop"),
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "completion_tokens_details": {"reasoning_tokens": 0},
+            },
+            "system_fingerprint": "fp_fake",
+        }
+
+
+def _prompt(body: dict[str, Any]) -> str:
+    """All message text of a request, for the token estimate and the "json" word check."""
+    parts: list[str] = []
+    for message in body.get("messages", []):
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):  # content parts
+            parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "\n".join(parts)
+
+
+def _reject_format(fmt: str) -> web.Response:
+    return web.json_response(
+        error_body(
+            f"response_format {fmt} is not supported", "invalid_request_error", "response_format"
+        ),
+        status=400,
+    )
+
+
+def _rate_limited(opts: dict[str, Any]) -> web.Response:
+    code = opts.get("code", "rate_limit_exceeded")
+    if code == "insufficient_quota":
+        body = error_body(
+            "You exceeded your current quota, please check your plan and billing details. For"
+            " more information on this error, read the docs:"
+            " https://platform.openai.com/docs/guides/error-codes/api-errors.",
+            "insufficient_quota",
+            None,
+            "insufficient_quota",
+        )
+    else:
+        body = error_body(
+            "Rate limit reached for gpt-4o in organization org-fake on tokens per min (TPM):"
+            " Limit 30000, Used 29500, Requested 1200. Please try again in 1.4s. Visit"
+            " https://platform.openai.com/account/rate-limits to learn more.",
+            "tokens",
+            None,
+            code,
+        )
+    headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-remaining-tokens": "0"}
+    if opts.get("retry_after") is not None:
+        headers["retry-after"] = str(opts["retry_after"])
+    if opts.get("retry_after_ms") is not None:
+        headers["retry-after-ms"] = str(opts["retry_after_ms"])
+    return web.json_response(body, status=429, headers=headers)

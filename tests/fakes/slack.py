@@ -1,0 +1,579 @@
+"""A fake Slack: the Web API methods digestbot calls, plus a Socket Mode WebSocket.
+
+Point the real client at it with `AsyncWebClient(token=fake.token, base_url=fake.url + "/api/")`.
+It keeps every channel's messages in order with string `ts` values like Slack's
+("1700000000.000100", increasing), threads them by `thread_ts`, enforces the message-size
+limits that make real Slack reject a post, and lets a test inject the faults that matter for
+delivery: 429 with Retry-After, 5xx, permanent channel errors and "accepted, then the
+connection dropped" (the post exists but the client saw a failure).
+
+Socket Mode: `apps.connections.open` hands out `ws://127.0.0.1:PORT/socket`; the socket says
+`hello`, a test pushes envelopes with `push_envelope()`, and every ack the app sends back is
+recorded in `acks`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import WSMsgType, web
+
+from fakes.base import FakeServer
+
+DEFAULT_BOT_TOKEN = "xoxb-test-SECRET-123456"
+DEFAULT_APP_TOKEN = "xapp-1-test-APPSECRET-654321"
+DEFAULT_CHANNEL = "C0DIGEST01"
+
+# Documented Block Kit limits (platform-contracts.md §3.4). The total-text limit is the
+# markdown-block one; real Slack has answered msg_blocks_too_long somewhat above it.
+MAX_BLOCKS = 50
+MAX_SECTION_TEXT = 3000
+MAX_SECTION_FIELDS = 10
+MAX_FIELD_TEXT = 2000
+MAX_HEADER_TEXT = 150
+MAX_MARKDOWN_TEXT = 12000
+MAX_TOTAL_BLOCK_TEXT = 12000
+MAX_TEXT = 40000  # Slack truncates `text` beyond this rather than refusing the post
+
+
+def _block_texts(node: Any) -> list[str]:
+    """Every string under a "text" key, at any depth (section, fields, rich_text, markdown)."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "text" and isinstance(value, str):
+                found.append(value)
+            else:
+                found.extend(_block_texts(value))
+    elif isinstance(node, list):
+        for item in node:
+            found.extend(_block_texts(item))
+    return found
+
+
+def _text_of(obj: Any) -> str:
+    """The string inside a text object ({"type": "mrkdwn", "text": ...}) or a bare string."""
+    if isinstance(obj, dict):
+        value = obj.get("text", "")
+        return value if isinstance(value, str) else ""
+    return obj if isinstance(obj, str) else ""
+
+
+def check_blocks(blocks: Any) -> tuple[str, str] | None:
+    """Why Slack would refuse these blocks, as (error code, detail), or None if they pass."""
+    if not isinstance(blocks, list):
+        return "invalid_blocks_format", "blocks must be an array"
+    if len(blocks) > MAX_BLOCKS:
+        return "invalid_blocks", f"no more than {MAX_BLOCKS} items allowed [json-pointer:/blocks]"
+    for i, block in enumerate(blocks):
+        where = f"[json-pointer:/blocks/{i}"
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            return "invalid_blocks", f"missing required field: type {where}]"
+        kind = block["type"]
+        if kind == "section":
+            if len(_text_of(block.get("text"))) > MAX_SECTION_TEXT:
+                return "invalid_blocks", f"must be less than 3001 characters {where}/text/text]"
+            fields = block.get("fields") or []
+            if len(fields) > MAX_SECTION_FIELDS:
+                return "invalid_blocks", f"no more than 10 items allowed {where}/fields]"
+            for j, f in enumerate(fields):
+                if len(_text_of(f)) > MAX_FIELD_TEXT:
+                    return (
+                        "invalid_blocks",
+                        f"must be less than 2001 characters {where}/fields/{j}]",
+                    )
+        elif kind == "header":
+            if len(_text_of(block.get("text"))) > MAX_HEADER_TEXT:
+                return "invalid_blocks", f"must be less than 151 characters {where}/text/text]"
+        elif kind == "markdown":
+            if len(_text_of(block)) > MAX_MARKDOWN_TEXT:
+                return "invalid_blocks", f"must be less than 12001 characters {where}/text]"
+    total = sum(len(t) for t in _block_texts(blocks))
+    if total > MAX_TOTAL_BLOCK_TEXT:
+        return "msg_blocks_too_long", f"total block text {total} characters"
+    return None
+
+
+def _maybe_json(value: Any) -> Any:
+    """Form-encoded calls carry `blocks` and `metadata` as JSON strings."""
+    if isinstance(value, str) and value[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _truthy(value: Any) -> bool:
+    return str(value).lower() in ("1", "true", "yes")
+
+
+@dataclass
+class FakeSlack(FakeServer):
+    """Fake Slack Web API + Socket Mode endpoint. See the module docstring."""
+
+    token: str = DEFAULT_BOT_TOKEN
+    app_token: str = DEFAULT_APP_TOKEN
+    channels: set[str] = field(default_factory=lambda: {DEFAULT_CHANNEL})
+    # Channels the bot has joined; None means every channel in `channels`.
+    member_of: set[str] | None = None
+    user_id: str = "U0BOT0001"
+    bot_id: str = "B0BOT0001"
+    team_id: str = "T0TEAM001"
+    app_id: str = "A0APP0001"
+
+    acks: list[dict[str, Any]] = field(default_factory=list)
+    ephemerals: list[dict[str, Any]] = field(default_factory=list)
+
+    _store: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    _next_ts: int = 1_700_000_000_000_100  # microseconds; formatted as "1700000000.000100"
+    _rate_limits: list[tuple[str | None, int]] = field(default_factory=list)
+    _server_errors: list[tuple[str | None, int]] = field(default_factory=list)
+    _permanent: dict[str, str] = field(default_factory=dict)
+    _drops: list[str] = field(default_factory=list)
+    _sockets: list[web.WebSocketResponse] = field(default_factory=list)
+    _ack_event: asyncio.Event = field(default_factory=asyncio.Event)
+    _connected: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # ------------------------------------------------------------------ knobs
+
+    def rate_limit_next(
+        self, n: int = 1, retry_after: int = 1, method: str | None = "chat.postMessage"
+    ) -> None:
+        """The next `n` calls to `method` (None: any method) get HTTP 429 + Retry-After."""
+        self._rate_limits.extend([(method, retry_after)] * n)
+
+    def server_error_next(
+        self, n: int = 1, status: int = 500, method: str | None = "chat.postMessage"
+    ) -> None:
+        """The next `n` calls to `method` get an HTML 5xx page; nothing is stored."""
+        self._server_errors.extend([(method, status)] * n)
+
+    def permanent_error(self, channel: str, error: str = "not_in_channel") -> None:
+        """Every post/update/read in `channel` fails with `error` (e.g. is_archived)."""
+        self._permanent[channel] = error
+
+    def accept_then_drop_next(self, mode: str = "reset") -> None:
+        """The next chat.postMessage is stored, but the client sees a failure.
+
+        mode "reset": the connection is cut before any response byte (client: disconnected).
+        mode "500": an HTML 500 is returned after storing.
+        """
+        if mode not in ("reset", "500"):
+            raise ValueError(mode)
+        self._drops.append(mode)
+
+    # ---------------------------------------------------------------- helpers
+
+    def messages(self, channel: str) -> list[dict[str, Any]]:
+        """Everything posted to `channel` (roots and replies) in posting order."""
+        return [self._public(m) for m in self._store.get(channel, [])]
+
+    def thread(self, channel: str, ts: str) -> list[dict[str, Any]]:
+        """The parent `ts` followed by its replies, in order."""
+        return [
+            self._public(m)
+            for m in self._store.get(channel, [])
+            if m["ts"] == ts or m.get("thread_ts") == ts
+        ]
+
+    def api_calls(self, method: str) -> int:
+        """How many HTTP requests reached `method` (retries included)."""
+        return len(self.paths(f"/api/{method}"))
+
+    async def push_envelope(
+        self,
+        payload_type: str,
+        payload: dict[str, Any],
+        *,
+        envelope_id: str | None = None,
+        retry_attempt: int = 0,
+        retry_reason: str = "",
+        within: float = 3.0,
+    ) -> str:
+        """Send one Socket Mode envelope to the connected app; returns its envelope_id."""
+        await asyncio.wait_for(self._connected.wait(), within)
+        envelope_id = envelope_id or str(uuid.uuid4())
+        envelope: dict[str, Any] = {
+            "envelope_id": envelope_id,
+            "payload": payload,
+            "type": payload_type,
+            # Slack lets the app answer slash commands and interactions in the ack itself.
+            "accepts_response_payload": payload_type in ("slash_commands", "interactive"),
+        }
+        if payload_type == "events_api":
+            envelope["retry_attempt"] = retry_attempt
+            envelope["retry_reason"] = retry_reason
+        live = [ws for ws in self._sockets if not ws.closed]
+        if not live:
+            raise RuntimeError("no Socket Mode connection is open")
+        await live[-1].send_str(json.dumps(envelope))
+        return envelope_id
+
+    async def wait_for_ack(self, envelope_id: str, within: float = 3.0) -> dict[str, Any]:
+        """The ack the app sent for `envelope_id` (waits up to `within` seconds)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            for ack in self.acks:
+                if ack.get("envelope_id") == envelope_id:
+                    return ack
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"no ack for envelope {envelope_id}")
+            self._ack_event.clear()
+            try:
+                await asyncio.wait_for(self._ack_event.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    async def close_sockets(self) -> None:
+        for ws in list(self._sockets):
+            if not ws.closed:
+                await ws.close()
+        self._connected.clear()
+
+    async def stop(self) -> None:
+        # Open WebSockets would hold the runner's shutdown until its timeout.
+        await self.close_sockets()
+        await super().stop()
+
+    # ----------------------------------------------------------------- routes
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/api/{method}", self._api)
+        app.router.add_get("/socket", self._socket)
+
+    def _public(self, m: dict[str, Any]) -> dict[str, Any]:
+        return {k: m.get(k) for k in ("ts", "thread_ts", "text", "blocks", "metadata")}
+
+    def _new_ts(self) -> str:
+        value = self._next_ts
+        self._next_ts += 100
+        return f"{value // 1_000_000}.{value % 1_000_000:06d}"
+
+    def _find(self, channel: str, ts: str) -> dict[str, Any] | None:
+        for m in self._store.get(channel, []):
+            if m["ts"] == ts:
+                return m
+        return None
+
+    @staticmethod
+    def _pop_fault(queue: list[tuple[str | None, int]], method: str) -> int | None:
+        for i, (wanted, value) in enumerate(queue):
+            if wanted is None or wanted == method:
+                del queue[i]
+                return value
+        return None
+
+    async def _params(self, request: web.Request) -> dict[str, Any]:
+        """Query string, then a form or JSON body, merged the way Slack reads them."""
+        params: dict[str, Any] = dict(request.query)
+        body = await request.read()
+        if body:
+            if request.content_type == "application/json":
+                data = json.loads(body)
+                if isinstance(data, dict):
+                    params.update(data)
+            else:
+                params.update(parse_qsl(body.decode(), keep_blank_values=True))
+        return {k: _maybe_json(v) for k, v in params.items() if v is not None}
+
+    def _token(self, request: web.Request, params: dict[str, Any]) -> str:
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            return auth[len("Bearer ") :]
+        return str(params.get("token", ""))
+
+    @staticmethod
+    def _ok(**data: Any) -> web.Response:
+        return web.json_response({"ok": True, **data})
+
+    @staticmethod
+    def _error(error: str, **extra: Any) -> web.Response:
+        # Slack reports API errors with HTTP 200 and ok=false.
+        return web.json_response({"ok": False, "error": error, **extra})
+
+    @staticmethod
+    def _html_error(status: int) -> web.Response:
+        return web.Response(
+            status=status,
+            text=f"<html><body><h1>{status} Server Error</h1></body></html>",
+            content_type="text/html",
+        )
+
+    async def _api(self, request: web.Request) -> web.StreamResponse:
+        method = request.match_info["method"]
+        retry_after = self._pop_fault(self._rate_limits, method)
+        if retry_after is not None:
+            return web.json_response(
+                {"ok": False, "error": "ratelimited"},
+                status=429,
+                headers={"Retry-After": str(retry_after)},
+            )
+        status = self._pop_fault(self._server_errors, method)
+        if status is not None:
+            return self._html_error(status)
+
+        params = await self._params(request)
+        token = self._token(request, params)
+        if method == "apps.connections.open":
+            if token != self.app_token:
+                return self._error("invalid_auth")
+            return self._ok(url=f"ws://{request.host}/socket")
+        if token != self.token:
+            return self._error("not_authed" if not token else "invalid_auth")
+
+        handler = {
+            "auth.test": self._auth_test,
+            "chat.postMessage": self._post_message,
+            "chat.update": self._update,
+            "chat.postEphemeral": self._post_ephemeral,
+            "conversations.replies": self._replies,
+            "conversations.history": self._history,
+        }.get(method)
+        if handler is None:
+            return self._error("unknown_method")
+        return await handler(request, params)
+
+    def _channel_error(self, channel: Any) -> str | None:
+        if not channel:
+            return "channel_not_found"
+        if channel in self._permanent:
+            return self._permanent[channel]
+        if channel not in self.channels:
+            return "channel_not_found"
+        if self.member_of is not None and channel not in self.member_of:
+            return "not_in_channel"
+        return None
+
+    async def _auth_test(self, request: web.Request, params: dict[str, Any]) -> web.Response:
+        return self._ok(
+            url="https://fake-workspace.slack.com/",
+            team="Fake Workspace",
+            user="digestbot",
+            team_id=self.team_id,
+            user_id=self.user_id,
+            bot_id=self.bot_id,
+            is_enterprise_install=False,
+        )
+
+    async def _post_message(
+        self, request: web.Request, params: dict[str, Any]
+    ) -> web.StreamResponse:
+        channel = params.get("channel")
+        error = self._channel_error(channel)
+        if error:
+            return self._error(error)
+        text = params.get("text")
+        blocks = params.get("blocks")
+        if not text and not blocks:
+            return self._error("no_text")
+        if blocks is not None:
+            problem = check_blocks(blocks)
+            if problem:
+                code, detail = problem
+                return self._error(
+                    code, errors=[detail], response_metadata={"messages": [f"[ERROR] {detail}"]}
+                )
+        metadata = params.get("metadata")
+        if metadata is not None and not (
+            isinstance(metadata, dict)
+            and isinstance(metadata.get("event_type"), str)
+            and isinstance(metadata.get("event_payload"), dict)
+        ):
+            return self._error("invalid_metadata_format")
+        thread_ts = params.get("thread_ts") or None
+        if thread_ts is not None:
+            parent = self._find(channel, str(thread_ts))
+            if parent is None:
+                return self._error("thread_not_found")
+            # Slack threads are one level deep: replying to a reply joins the parent's thread.
+            thread_ts = parent.get("thread_ts") or parent["ts"]
+
+        ts = self._new_ts()
+        message = {
+            "type": "message",
+            "user": self.user_id,
+            "bot_id": self.bot_id,
+            "app_id": self.app_id,
+            "ts": ts,
+            "thread_ts": thread_ts,
+            "text": (text or "")[:MAX_TEXT],
+            "blocks": blocks,
+            "metadata": metadata,
+        }
+        self._store.setdefault(channel, []).append(message)
+
+        if self._drops:
+            mode = self._drops.pop(0)
+            if mode == "500":
+                return self._html_error(500)
+            # Cut the TCP connection before a single response byte: to the client this is
+            # indistinguishable from a post that never arrived.
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=200)  # never reaches the client
+
+        return self._ok(channel=channel, ts=ts, message=self._as_api(message, True))
+
+    async def _update(self, request: web.Request, params: dict[str, Any]) -> web.Response:
+        channel = params.get("channel")
+        error = self._channel_error(channel)
+        if error:
+            return self._error(error)
+        message = self._find(channel, str(params.get("ts", "")))
+        if message is None:
+            return self._error("message_not_found")
+        blocks = params.get("blocks")
+        if blocks is not None:
+            problem = check_blocks(blocks)
+            if problem:
+                return self._error(problem[0], errors=[problem[1]])
+        if "text" in params:
+            message["text"] = str(params["text"])[:MAX_TEXT]
+        if blocks is not None:
+            message["blocks"] = blocks
+        if isinstance(params.get("metadata"), dict):
+            message["metadata"] = params["metadata"]
+        message["edited"] = True
+        return self._ok(
+            channel=channel,
+            ts=message["ts"],
+            text=message["text"],
+            message=self._as_api(message, True),
+        )
+
+    async def _post_ephemeral(self, request: web.Request, params: dict[str, Any]) -> web.Response:
+        channel = params.get("channel")
+        error = self._channel_error(channel)
+        if error:
+            return self._error(error)
+        if not params.get("user"):
+            return self._error("user_not_in_channel")
+        if not params.get("text") and not params.get("blocks"):
+            return self._error("no_text")
+        message_ts = self._new_ts()
+        self.ephemerals.append(
+            {
+                "channel": channel,
+                "user": params["user"],
+                "text": params.get("text"),
+                "blocks": params.get("blocks"),
+                "thread_ts": params.get("thread_ts"),
+                "message_ts": message_ts,
+            }
+        )
+        return self._ok(message_ts=message_ts)
+
+    def _as_api(self, m: dict[str, Any], with_metadata: bool) -> dict[str, Any]:
+        """A stored message as conversations.* returns it."""
+        out: dict[str, Any] = {
+            "type": "message",
+            "user": m["user"],
+            "bot_id": m["bot_id"],
+            "app_id": m["app_id"],
+            "text": m["text"],
+            "ts": m["ts"],
+            "team": self.team_id,
+        }
+        if m.get("blocks") is not None:
+            out["blocks"] = m["blocks"]
+        if m.get("thread_ts"):
+            out["thread_ts"] = m["thread_ts"]
+            out["parent_user_id"] = self.user_id
+        if m.get("edited"):
+            out["edited"] = {"user": self.user_id, "ts": m["ts"]}
+        if with_metadata and m.get("metadata") is not None:
+            out["metadata"] = m["metadata"]
+        return out
+
+    @staticmethod
+    def _page(items: list[Any], params: dict[str, Any], default: int) -> tuple[list[Any], str]:
+        try:
+            limit = max(1, min(int(params.get("limit") or default), 1000))
+            start = int(params.get("cursor") or 0)
+        except ValueError:
+            limit, start = default, 0
+        chunk = items[start : start + limit]
+        nxt = str(start + limit) if start + limit < len(items) else ""
+        return chunk, nxt
+
+    async def _replies(self, request: web.Request, params: dict[str, Any]) -> web.Response:
+        channel = params.get("channel")
+        error = self._channel_error(channel)
+        if error:
+            return self._error(error)
+        parent = self._find(channel, str(params.get("ts", "")))
+        if parent is None:
+            return self._error("thread_not_found")
+        root_ts = parent.get("thread_ts") or parent["ts"]
+        with_meta = _truthy(params.get("include_all_metadata", ""))
+        thread = [
+            m
+            for m in self._store.get(channel, [])
+            if m["ts"] == root_ts or m.get("thread_ts") == root_ts
+        ]
+        out = [self._as_api(m, with_meta) for m in thread]
+        if out and len(out) > 1:
+            out[0]["thread_ts"] = root_ts
+            out[0]["reply_count"] = len(out) - 1
+            out[0].pop("parent_user_id", None)
+        page, nxt = self._page(out, params, 1000)
+        return self._ok(messages=page, has_more=bool(nxt), response_metadata={"next_cursor": nxt})
+
+    async def _history(self, request: web.Request, params: dict[str, Any]) -> web.Response:
+        channel = params.get("channel")
+        error = self._channel_error(channel)
+        if error:
+            return self._error(error)
+        with_meta = _truthy(params.get("include_all_metadata", ""))
+        # Top-level messages only, newest first, as Slack returns them.
+        roots = [m for m in self._store.get(channel, []) if not m.get("thread_ts")]
+        out = [self._as_api(m, with_meta) for m in reversed(roots)]
+        page, nxt = self._page(out, params, 100)
+        return self._ok(messages=page, has_more=bool(nxt), response_metadata={"next_cursor": nxt})
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        # autoping answers the SDK's "sdk-ping-pong:<t>" pings with the same data, which is
+        # how it decides the connection is alive.
+        ws = web.WebSocketResponse(autoping=True)
+        await ws.prepare(request)
+        self._sockets.append(ws)
+        await ws.send_str(
+            json.dumps(
+                {
+                    "type": "hello",
+                    "num_connections": len([s for s in self._sockets if not s.closed]),
+                    "debug_info": {
+                        "host": "fake-slack",
+                        "build_number": 1,
+                        "approximate_connection_time": 18060,
+                    },
+                    "connection_info": {"app_id": self.app_id},
+                }
+            )
+        )
+        self._connected.set()
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                try:
+                    data = json.loads(msg.data)
+                except ValueError:
+                    continue
+                if isinstance(data, dict) and "envelope_id" in data:
+                    self.acks.append(data)
+                    self._ack_event.set()
+        finally:
+            if ws in self._sockets:
+                self._sockets.remove(ws)
+            if not any(not s.closed for s in self._sockets):
+                self._connected.clear()
+        return ws

@@ -1,0 +1,173 @@
+"""Every outside service at once, for tests that run the whole product.
+
+`World` starts the Hugging Face, arXiv and LLM fakes (and Slack and Telegram when asked) and
+gives the environment the contract's variables would hold to point digestbot at them. The
+LLM fake answers like a research assistant would: scores for every paper it is asked about,
+four-section deep dives as JSON, and plain-text answers, all derived from the request, so
+tests can assert what the bot asked and what it did with the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .llm import FakeLLM
+from .papers import FakeArxiv, FakeHF
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+CONFIG = ROOT / "config" / "digestbot.toml"
+TEST_KEY = "sk-test-WORLD-0123456789abcdef"
+
+ON_TOPIC = ("diffusion", "restoration", "super-resolution", "flow matching", "denois", "generation")
+
+
+def topical_score(title: str, abstract: str) -> int:
+    """A deterministic stand-in for the model's judgement."""
+    text = f"{title} {abstract}".lower()
+    hits = sum(1 for word in ON_TOPIC if word in text)
+    return min(95, 30 + 30 * hits)
+
+
+def _user_text(body: dict[str, Any]) -> str:
+    return "\n".join(str(m.get("content", "")) for m in body["messages"] if m["role"] == "user")
+
+
+def _system(body: dict[str, Any]) -> str:
+    return next((str(m["content"]) for m in body["messages"] if m["role"] == "system"), "")
+
+
+def research_responder(
+    score: Callable[[str, str], object] = topical_score,
+) -> Callable[[dict[str, Any]], str | dict[str, Any]]:
+    """A responder for FakeLLM: scores, deep dives and answers from what the request holds."""
+
+    def respond(body: dict[str, Any]) -> str:
+        system, user = _system(body), _user_text(body)
+        if "rate research papers" in system:
+            block = re.search(r"<papers>\n(.*)\n</papers>", user, re.DOTALL)
+            papers = json.loads(block.group(1)) if block else []
+            scores = [
+                {
+                    "id": p["id"],
+                    "score": score(p["title"], p["abstract"]),
+                    "reason": f"about {p['title'][:40]}",
+                }
+                for p in papers
+            ]
+            return json.dumps({"scores": scores})
+        if "deep dive" in system:
+            title = re.search(r"Title: (.*)", user)
+            name = title.group(1) if title else "the paper"
+            given = re.search(r"Text given: (.*)", user)
+            return json.dumps(
+                {
+                    "contribution": f"**{name}** proposes something new.",
+                    "methodology": f"Built on the text given ({given.group(1) if given else '?'}); relates to diffusion.",
+                    "takeaway": "- Try it on restoration.\n- Reuse the prior.",
+                    "limitations": "Costly at high resolution.",
+                },
+                ensure_ascii=False,
+            )
+        question = re.findall(r"<question>\n(.*?)\n</question>", user, re.DOTALL)
+        return f"Answer to: {question[-1] if question else '?'} (Sec. 1)"
+
+    return respond
+
+
+@dataclass
+class World:
+    """The fakes, started and stopped together."""
+
+    tmp: Path
+    llm_key: str | None = TEST_KEY
+    hf: FakeHF = field(default_factory=FakeHF.with_fixture_days)
+    arxiv: FakeArxiv = field(default_factory=FakeArxiv.with_fixture_entries)
+    llm: FakeLLM = field(default_factory=lambda: FakeLLM(responder=research_responder()))
+    extra: dict[str, str] = field(default_factory=dict)
+
+    async def __aenter__(self) -> World:
+        for fake in (self.hf, self.arxiv, self.llm):
+            await fake.start()
+        self.config = self.tmp / "digestbot.toml"
+        self.config.write_text(fast_config(), encoding="utf-8")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for fake in (self.hf, self.arxiv, self.llm):
+            await fake.stop()
+
+    @property
+    def db(self) -> Path:
+        return self.tmp / "data" / "digestbot.db"
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        env = {
+            "DIGEST_CONFIG": str(self.config),
+            "DIGEST_DB": str(self.db),
+            "HF_ENDPOINT": self.hf.url,
+            "ARXIV_API_URL": self.arxiv.api_url,
+            "ARXIV_URL": self.arxiv.url,
+            "OPENAI_BASE_URL": f"{self.llm.url}/v1",
+            "DIGEST_LLM_MODEL": "gpt-test",
+        }
+        if self.llm_key:
+            env["OPENAI_API_KEY"] = self.llm_key
+        env.update(self.extra)
+        env.update(overrides)
+        return env
+
+    def settings(self, **overrides: str) -> Any:
+        from digest_core.config import load_settings
+
+        return load_settings(env=self.env(**overrides))
+
+
+def fast_config(**replace: str) -> str:
+    """The committed config with test timings: arXiv spacing, deadlines and retries kept short.
+    `replace` maps a line's start (e.g. "threshold =") to its new text."""
+    text = CONFIG.read_text(encoding="utf-8")
+    changes = {
+        "arxiv_min_interval_seconds =": "arxiv_min_interval_seconds = 0.05",
+        "timeout_seconds = 120": "timeout_seconds = 5",
+        "timeout_seconds = 30": "timeout_seconds = 5",
+        "max_retries = 2": "max_retries = 1",
+        "retries = 2": "retries = 1",
+        **replace,
+    }
+    lines = []
+    for line in text.splitlines():
+        for start, new in changes.items():
+            if line.startswith(start):
+                line = new
+                break
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+async def run_cli(
+    args: list[str], env: dict[str, str], stdin: bytes | None = None
+) -> tuple[int, str, str]:
+    """Run `digestbot ARGS` in a child process, as a user would, with only `env` (plus PATH)."""
+    import asyncio
+    import os
+
+    full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot.cli",
+        *args,
+        env=full_env,
+        cwd=str(ROOT),
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate(stdin)
+    return proc.returncode or 0, out.decode(), err.decode()
