@@ -231,12 +231,15 @@ async def _send_once(
     channel: Channel, chat: str, out: Outgoing, thread: str | None, pause: float
 ) -> str:
     """Send, and after a transient failure look for the message before sending it again: a
-    5xx or a dropped connection can come after the platform stored the post."""
-    for attempt in range(SEND_ATTEMPTS):
+    5xx or a dropped connection can come after the platform stored the post. A platform that
+    cannot be searched (Telegram) is tried once more only, so an unknown outcome costs at most
+    one duplicate, never a run of them."""
+    attempts = SEND_ATTEMPTS if hasattr(channel, "find_posted") else 2
+    for attempt in range(attempts):
         try:
             return await channel.send(chat, out.payload, thread, key=out.key)
         except DeliveryError as exc:
-            if exc.permanent or attempt == SEND_ATTEMPTS - 1:
+            if exc.permanent or attempt == attempts - 1:
                 raise
             log.warning(
                 "%s: transient failure (%s); checking, then trying again", out.summary, exc.reason

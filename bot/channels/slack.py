@@ -239,6 +239,12 @@ class SlackChannel:
         self.client = client
         self.language = language
 
+    async def aclose(self) -> None:
+        """Close the client's HTTP session (one-shot use from the CLI)."""
+        session = getattr(self.client, "session", None)
+        if session is not None and not session.closed:
+            await session.close()
+
     # ------------------------------------------------------------------ render
 
     def render_digest(self, digest: Digest) -> list[Outgoing]:

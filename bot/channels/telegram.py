@@ -328,6 +328,10 @@ class TelegramChannel:
         # Our own RetryAfter handling, behind the limiter's: how often, and how long at most.
         self.flood_retries = flood_retries
         self.max_flood_wait = max_flood_wait
+
+    async def aclose(self) -> None:
+        """Close the bot's HTTP client (one-shot use from the CLI)."""
+        await self.bot.shutdown()
         self._migrated: dict[int | str, int] = {}
 
     # ---------------------------------------------------------------- rendering
