@@ -328,11 +328,11 @@ class TelegramChannel:
         # Our own RetryAfter handling, behind the limiter's: how often, and how long at most.
         self.flood_retries = flood_retries
         self.max_flood_wait = max_flood_wait
+        self._migrated: dict[int | str, int] = {}
 
     async def aclose(self) -> None:
         """Close the bot's HTTP client (one-shot use from the CLI)."""
         await self.bot.shutdown()
-        self._migrated: dict[int | str, int] = {}
 
     # ---------------------------------------------------------------- rendering
 
