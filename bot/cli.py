@@ -109,7 +109,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "demo":
             return await _demo(settings)
         if args.command == "serve":
-            from bot.service import serve
+            from bot.serve import serve
 
             return await serve(settings)
         return await _with_pipeline(settings, args)

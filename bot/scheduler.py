@@ -176,13 +176,16 @@ class DailyJob:
         return failed
 
 
-def start_scheduler(job: DailyJob, settings: Settings) -> AsyncIOScheduler:
-    """Start the scheduler in the running loop, with the cron job unless DIGEST_TIME=off."""
+def start_scheduler(
+    job: DailyJob, settings: Settings, target: Callable[[], Awaitable[Any]] | None = None
+) -> AsyncIOScheduler:
+    """Start the scheduler in the running loop, with the cron job unless DIGEST_TIME=off.
+    `target` replaces `job.fire` as what runs (serve wraps it so shutdown can drain it)."""
     trigger = make_trigger(settings)
     scheduler = AsyncIOScheduler(timezone=settings.digest.tz)
     if trigger is not None:
         scheduler.add_job(
-            job.fire,
+            target or job.fire,
             trigger,
             id="daily_digest",
             replace_existing=True,

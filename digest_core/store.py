@@ -557,6 +557,25 @@ class Store:
 
         return await self._run(read)
 
+    async def latest_thread(self, platform: str, chat: str) -> dict[str, Any] | None:
+        """The newest thread the bot started in a chat (a Telegram forum topic's digest)."""
+
+        def read() -> dict[str, Any] | None:
+            rows = list(
+                self.db.query(
+                    "select * from threads where platform = ? and chat = ? "
+                    "order by created_at desc, rowid desc limit 1",
+                    [platform, chat],
+                )
+            )
+            if not rows:
+                return None
+            row = dict(rows[0])
+            row["papers"] = json.loads(row["papers"])
+            return row
+
+        return await self._run(read)
+
     async def is_bot_message(self, platform: str, chat: str, message_ref: str) -> bool:
         def read() -> bool:
             rows = list(
