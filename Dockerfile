@@ -24,6 +24,8 @@ RUN pip install .
 USER digestbot
 VOLUME ["/data"]
 EXPOSE 3000
+HEALTHCHECK --interval=60s --timeout=5s --start-period=30s \
+    CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"PORT\", \"3000\")}/healthz', timeout=4)"
 # exec form: digestbot is PID 1 and receives SIGTERM from `docker stop` directly.
 ENTRYPOINT ["digestbot"]
 CMD ["serve"]

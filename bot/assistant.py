@@ -26,6 +26,35 @@ from digest_core.store import ORIGIN
 log = logging.getLogger(__name__)
 
 MAX_QUESTION_CHARS = 4000
+NOT_ENABLED = "digestbot is not enabled for this workspace or chat."
+PENDING = "pending"  # a question kept while the bot asks which paper it is about
+
+# "#2", "no. 2", "paper 2", "第2篇": a paper by its number in the table of contents.
+_NUMBER = re.compile(
+    r"(?:#\s*|\bno\.?\s*|\bpaper\s+|\bnumber\s+|第\s*)(\d{1,2})(?![0-9A-Za-z])(?:\s*篇)?",
+    re.IGNORECASE,
+)
+# A reply that is only a number ("2", "2.", "#2").
+_SELECTOR = re.compile(r"\W*(\d{1,2})\W*")
+_ID_LIKE = re.compile(r"(?:arxiv:)?\d{4}\.\d{4,5}(?:v\d+)?|[a-z-]+(?:\.[A-Z]{2})?/\d{7}", re.I)
+_TITLE_WORD = re.compile(r"[A-Za-z][A-Za-z0-9-]{3,}")
+# Words that name no particular paper: question words and the vocabulary of every abstract.
+_NOT_DISTINCTIVE = frozenset(
+    """about also approach based does done from have here into large learning make method
+    methods model models more most much only over paper papers results show shows some such
+    than that their them then there these they this those towards used uses using very what
+    when where which while with work works would your""".split()
+)
+
+
+def _title_words(text: str) -> set[str]:
+    return {w.lower() for w in _TITLE_WORD.findall(text)} - _NOT_DISTINCTIVE
+
+
+def _only_names_a_paper(text: str) -> bool:
+    """A reply that only picks a paper ("2", "#2", "paper 2", an ID) and asks nothing new."""
+    rest = _ID_LIKE.sub(" ", _NUMBER.sub(" ", text))
+    return not re.sub(r"[\W_]+", "", rest) or bool(_SELECTOR.fullmatch(text))
 
 
 @dataclass(frozen=True)
@@ -61,7 +90,7 @@ class Assistant:
     ) -> str | None:
         """None when the request may spend LLM work; otherwise the one line to answer with."""
         if not self.allowed(platform, team=team, chat=chat):
-            return "digestbot is not enabled for this workspace or chat."
+            return NOT_ENABLED
         cfg = self.settings.interactive
         if self.pipeline.llm is not None:
             midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -135,31 +164,44 @@ class Assistant:
         return await self.store.find_thread(platform, chat, ref)
 
     async def which_paper(self, thread: dict[str, Any], question: str) -> str | list[str]:
-        """The arXiv ID the question means, or the candidates to ask about."""
+        """The arXiv ID the question means, or the candidates to ask about.
+
+        By ID, by number as the table of contents numbers the picks ("#2", "paper 2", or a
+        bare "2" answering "which paper?"), else by the title sharing the most distinctive
+        words with the question. No match, or a tie (a word several titles share), is not a
+        guess: the caller asks, listing the picked papers."""
         papers: list[str] = thread["papers"]
         if len(papers) == 1:
             return papers[0]
         for pid in papers:
             if pid in question:
                 return pid
-        number = re.search(r"(?:#|no\.?\s*|paper\s+|第\s*)(\d{1,2})", question, re.IGNORECASE)
+        number = _NUMBER.search(question) or _SELECTOR.fullmatch(question)
         if number and 1 <= int(number.group(1)) <= len(papers):
             return papers[int(number.group(1)) - 1]
-        words = {w.lower() for w in re.findall(r"[A-Za-z][A-Za-z0-9-]{3,}", question)}
-        best, best_hits = None, 0
+        words = _title_words(question)
+        hits: dict[str, int] = {}
         for pid in papers:
             paper = await self.store.get_paper(pid)
-            if paper is None:
-                continue
-            title_words = {w.lower() for w in re.findall(r"[A-Za-z][A-Za-z0-9-]{3,}", paper.title)}
-            hits = len(words & title_words)
-            if hits > best_hits:
-                best, best_hits = pid, hits
-        if best is not None:
-            return best
+            if paper is not None:
+                hits[pid] = len(words & _title_words(paper.title))
+        best = max(hits.values(), default=0)
+        leaders = [pid for pid, n in hits.items() if n == best]
+        if best > 0 and len(leaders) == 1:
+            return leaders[0]
         digest = await self.store.load_digest(thread["scope"].removeprefix("digest:"))
         picked = [e.paper.arxiv_id for e in digest.picked] if digest else []
         return picked[0] if len(picked) == 1 else (picked or papers)
+
+    async def ask_which(
+        self, platform: str, chat: str, thread_ref: str, question: str, ids: list[str]
+    ) -> str:
+        """The "which paper do you mean?" line. The question is kept, so a reply that only
+        names the paper ("2", an ID) gets it answered."""
+        await self.store.add_turn(
+            platform, chat, thread_ref, "", PENDING, question.strip()[:MAX_QUESTION_CHARS]
+        )
+        return await self.describe(ids)
 
     async def answer(
         self, platform: str, chat: str, thread_ref: str, paper_id: str, question: str
@@ -168,8 +210,11 @@ class Assistant:
         ORIGIN.set("interactive")
         question = question.strip()[:MAX_QUESTION_CHARS]
         limit = self.settings.interactive.thread_memory_turns * 2
-        earlier = await self.store.turns(platform, chat, thread_ref, limit)
-        history = [(t["role"], t["text"]) for t in earlier if t["arxiv_id"] == paper_id]
+        earlier = await self.store.turns(platform, chat, thread_ref, limit + 1)
+        if earlier and earlier[-1]["role"] == PENDING and _only_names_a_paper(question):
+            question = earlier[-1]["text"]  # the reply to "which paper?" names it; answer that
+        turns = [t for t in earlier if t["role"] != PENDING][-limit:] if limit else []
+        history = [(t["role"], t["text"]) for t in turns if t["arxiv_id"] == paper_id]
         answer = await self.pipeline.answer(paper_id, question, history)
         await self.store.add_turn(platform, chat, thread_ref, paper_id, "user", question)
         await self.store.add_turn(platform, chat, thread_ref, paper_id, "assistant", answer.text)

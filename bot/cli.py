@@ -118,11 +118,10 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
 
 async def _with_pipeline(settings: object, args: argparse.Namespace) -> int:
+    # Validate input before importing or opening anything: malformed input makes no request,
+    # and is answered without loading the LLM and HTTP stacks.
     from digest_core.arxiv_id import InvalidArxivId, parse_arxiv_id
-    from digest_core.pipeline import PaperNotFound, Pipeline
-    from digest_core.sources import SourceError
 
-    # Validate input before opening anything: malformed input makes no request at all.
     day = parse_day(args.date) if args.command in ("digest", "export") else None
     if args.command in ("analyze", "ask"):
         try:
@@ -131,6 +130,9 @@ async def _with_pipeline(settings: object, args: argparse.Namespace) -> int:
             raise UserError(str(exc)) from None
         if args.command == "ask" and not args.question.strip():
             raise UserError("ask: the question is empty")
+
+    from digest_core.pipeline import PaperNotFound, Pipeline
+    from digest_core.sources import SourceError
 
     pipeline = await Pipeline.open(settings)  # type: ignore[arg-type]
     try:

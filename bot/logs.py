@@ -13,7 +13,9 @@ from collections.abc import Iterable
 
 _TOKEN_SHAPES = re.compile(
     r"(xox[abprs]-[0-9A-Za-z-]+|xapp-[0-9A-Za-z-]+|sk-[A-Za-z0-9_-]{8,}|bot[0-9]+:[A-Za-z0-9_-]{20,}"
-    r"|\b[0-9]{6,12}:[A-Za-z0-9_-]{30,})"
+    r"|\b[0-9]{6,12}:[A-Za-z0-9_-]{30,}"
+    # Slack's legacy verification token travels in every slash-command body as token=...
+    r"|(?<=token=)[A-Za-z0-9]{12,})"
 )
 
 
@@ -51,5 +53,15 @@ def configure_logging(secrets: Iterable[str] = (), level: int = logging.WARNING)
     handler.addFilter(RedactingFilter(secrets))
     root.addHandler(handler)
     root.setLevel(level)
-    for noisy in ("httpx", "httpcore", "httpx2", "httpcore2", "openai", "telegram.ext.Updater"):
+    # httpx logs URLs (Telegram's hold the token); Bolt logs whole request bodies of rejected
+    # Slack requests (they hold the verification token): both stay at WARNING even with -v.
+    for noisy in (
+        "httpx",
+        "httpcore",
+        "httpx2",
+        "httpcore2",
+        "openai",
+        "telegram.ext.Updater",
+        "slack_bolt",
+    ):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -31,20 +31,61 @@ HEARTBEAT_SECONDS = 60.0
 DELIVERY_ATTEMPTS = 3
 
 
+class DailyTrigger(CronTrigger):
+    """A cron trigger at HH:MM local time that fires exactly once per local date.
+
+    APScheduler 3.11's cron arithmetic adds days in wall time, and across a daylight-saving
+    change that goes wrong both ways: a job in the hour after midnight skips the day after a
+    spring-forward (00:00 in Europe/Berlin fires on 29 March 2026, then on 31 March), and a
+    time inside the repeated hour of a fall-back night fires twice. Here the next fire is
+    worked out date by date: the first occurrence of HH:MM on each local date, or, on the night
+    that time does not exist, the moment it would have been (an hour later by the clock).
+    """
+
+    def __init__(self, hour: int, minute: int, timezone: Any) -> None:
+        super().__init__(hour=hour, minute=minute, timezone=timezone)
+        self.at = time(hour, minute)
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        # As CronTrigger: the first fire after the previous one, or from `now` without one.
+        start = now.astimezone(UTC)
+        if previous_fire_time is not None:
+            after = previous_fire_time.astimezone(UTC) + timedelta(microseconds=1)
+            start = min(start, after)
+        day = start.astimezone(self.timezone).date()
+        for offset in range(-1, 3):
+            # fold=0: the first of a repeated time; a missing time resolves an hour later
+            fire = datetime.combine(day + timedelta(days=offset), self.at, self.timezone)
+            fire = fire.astimezone(UTC).astimezone(self.timezone)
+            if fire.astimezone(UTC) >= start:
+                return fire
+        return None  # pragma: no cover - a day always has one
+
+
 def make_trigger(settings: Settings) -> CronTrigger | None:
     if settings.digest.time is None:
         return None
     hour, minute = (int(x) for x in settings.digest.time.split(":"))
-    return CronTrigger(hour=hour, minute=minute, timezone=settings.digest.tz)
+    return DailyTrigger(hour, minute, settings.digest.tz)
 
 
 def last_due(trigger: CronTrigger, now: datetime) -> datetime | None:
-    """The most recent fire time at or before `now` (looking back two days)."""
-    fire = trigger.get_next_fire_time(None, now - timedelta(days=2))
+    """The most recent fire time at or before `now` (looking back two days).
+
+    Steps and comparisons are made in UTC: aware datetimes sharing a zone compare and add by
+    wall clock, so on a fall-back night `fire + 1 s` would land before a repeated local time
+    (02:30 fold=1) and the loop would find the same fire time forever.
+    """
+    now_utc = now.astimezone(UTC)
+    fire = trigger.get_next_fire_time(None, now_utc - timedelta(days=2))
     last = None
-    while fire is not None and fire <= now:
+    while fire is not None and fire.astimezone(UTC) <= now_utc:
+        if last is not None and fire.astimezone(UTC) <= last.astimezone(UTC):
+            break  # the trigger did not move on: never loop
         last = fire
-        fire = trigger.get_next_fire_time(fire, fire + timedelta(seconds=1))
+        fire = trigger.get_next_fire_time(fire, fire.astimezone(UTC) + timedelta(seconds=1))
     return last
 
 
@@ -92,7 +133,10 @@ class DailyJob:
             return None
         now = self.now().astimezone(self.settings.digest.tz)
         due = last_due(self.trigger, now)
-        if due is None or now - due > timedelta(hours=self.settings.digest.catch_up_hours):
+        # Elapsed real time, in UTC: in one zone, aware datetimes subtract by wall clock, which
+        # is an hour off across a daylight-saving change.
+        late = now.astimezone(UTC) - due.astimezone(UTC) if due is not None else None
+        if late is None or late > timedelta(hours=self.settings.digest.catch_up_hours):
             return None
         day = digest_day(due)
         if await self.store.run_status(day) == "done":

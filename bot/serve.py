@@ -52,10 +52,16 @@ class Work:
             log.error("background work failed", exc_info=task.exception())
 
     async def drain(self, within: float) -> None:
+        """Wait for every task, including those started while waiting (a handler still running
+        may spawn one), for at most `within` seconds in all; then cancel what is left."""
         if not self.tasks:
             return
         log.info("waiting for %d task(s) in flight", len(self.tasks))
-        done, pending = await asyncio.wait(set(self.tasks), timeout=within)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while self.tasks and loop.time() < deadline:
+            await asyncio.wait(set(self.tasks), timeout=deadline - loop.time())
+        pending = set(self.tasks)
         for task in pending:
             task.cancel()
         if pending:
@@ -160,6 +166,7 @@ class TelegramRuntime:
 
     async def start(self, http: HttpServer) -> None:
         from telegram import Update
+        from telegram.error import TelegramError
 
         await self.app.start()
         self.started = True
@@ -171,11 +178,16 @@ class TelegramRuntime:
                 await self.app.update_queue.put(Update.de_json(payload, self.app.bot))
 
             http.mount_telegram(secret, accept)
-            await self.app.bot.set_webhook(
-                url=cfg.webhook_url,
-                secret_token=secret,
-                allowed_updates=Update.ALL_TYPES,  # type: ignore[arg-type]
-            )
+            try:
+                await self.app.bot.set_webhook(
+                    url=cfg.webhook_url,
+                    secret_token=secret,
+                    allowed_updates=Update.ALL_TYPES,  # type: ignore[arg-type]
+                )
+            except TelegramError as exc:
+                raise StartupError(
+                    f"TELEGRAM_WEBHOOK_URL: Telegram refused the webhook ({exc.message})"
+                ) from None
         else:
             await self.app.bot.delete_webhook()
             await self.app.updater.start_polling(allowed_updates=Update.ALL_TYPES)  # type: ignore[union-attr]
@@ -187,11 +199,15 @@ class TelegramRuntime:
         return {"ok": running, "mode": "polling"}
 
     async def stop_intake(self) -> None:
+        """Stop polling, then let PTB handle the updates it already holds (fetched, or accepted
+        by the webhook with a 200): their handlers spawn work that the drain then waits for."""
         if self.app.updater is not None and self.app.updater.running:
             await self.app.updater.stop()
+        if self.app.running:
+            await self.app.stop()
 
     async def close(self) -> None:
-        if self.started:
+        if self.app.running:
             await self.app.stop()
         await self.app.shutdown()
 
@@ -249,10 +265,12 @@ async def serve(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        for runtime in runtimes:
-            await _quietly(runtime.stop_intake())
+        # Intake first: the HTTP server (Slack HTTP mode, the Telegram webhook) before the
+        # runtimes, so no webhook update is answered 200 after Telegram stopped reading its queue.
         if http is not None:
             await http.stop()
+        for runtime in runtimes:
+            await _quietly(runtime.stop_intake())
         if scheduler is not None:
             scheduler.shutdown(wait=False)
         await work.drain(DRAIN_SECONDS)
@@ -292,11 +310,16 @@ async def _health(pipeline: Pipeline, scheduler: Any, runtimes: list[Any]) -> di
 
 def _banner(settings: Settings, runtimes: list[Any], port: int) -> str:
     parts = [f"http :{port}"]
-    for runtime in runtimes:
-        if isinstance(runtime, SlackRuntime):
-            parts.append("slack (" + ("socket mode" if runtime.socket_mode else "http mode") + ")")
-        else:
-            parts.append("telegram (" + ("webhook" if runtime.webhook else "polling") + ")")
+    slack = next((r for r in runtimes if isinstance(r, SlackRuntime)), None)
+    telegram = next((r for r in runtimes if isinstance(r, TelegramRuntime)), None)
+    if slack is None:
+        parts.append("slack off (SLACK_BOT_TOKEN not set)")
+    else:
+        parts.append("slack (" + ("socket mode" if slack.socket_mode else "http mode") + ")")
+    if telegram is None:
+        parts.append("telegram off (TELEGRAM_BOT_TOKEN not set)")
+    else:
+        parts.append("telegram (" + ("webhook" if telegram.webhook else "polling") + ")")
     when = settings.digest.time
     parts.append(
         f"daily digest at {when} {settings.digest.timezone}" if when else "daily digest off"

@@ -17,7 +17,7 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncApp
 
-from bot.assistant import Assistant
+from bot.assistant import NOT_ENABLED, Assistant
 from bot.channels.base import DeliveryError
 from bot.channels.slack import SlackChannel
 from bot.service import Destination
@@ -61,6 +61,11 @@ def build_slack_app(
 
     @app.command("/analyze")
     async def on_analyze(ack: Any, body: dict[str, Any]) -> None:
+        # The allow-list needs no I/O: a workspace that may not use the bot is told so in the
+        # acknowledgement itself, not "Analysing…" first.
+        if not assistant.allowed("slack", team=body.get("team_id"), chat=body.get("channel_id")):
+            await ack(escape(f"⚠️ {NOT_ENABLED}"))
+            return
         text = (body.get("text") or "").strip()
         if not text:
             await ack("Usage: /analyze ARXIV_ID_OR_URL  (e.g. /analyze 2602.14941)")
@@ -162,7 +167,7 @@ async def _answer(
             return
         target = await assistant.which_paper(thread, question)
         if isinstance(target, list):
-            ask = await assistant.describe(target)
+            ask = await assistant.ask_which("slack", chat, thread_ts, question, target)
             await channel.send(chat, SlackMessage(escape(ask)[:300], _text_block(ask)), thread_ts)
             return
         placeholder = await channel.send(

@@ -135,7 +135,10 @@ async def _answer(
             return
         target = await assistant.which_paper(thread, question)
         if isinstance(target, list):
-            await _line(channel, chat, await assistant.describe(target), reply)
+            ask = await assistant.ask_which(
+                "telegram", chat, thread["thread_ref"], question, target
+            )
+            await _line(channel, chat, ask, reply)
             return
         await channel.send_typing(chat)
         answer = await assistant.answer("telegram", chat, thread["thread_ref"], target, question)

@@ -22,7 +22,9 @@ _ECHO_CHARS = 40
 # re.ASCII everywhere: in Python `\d` and `\s` would also match full-width and Arabic-Indic
 # digits, which must never pass as an ID.
 _NEW = r"(?P<yymm>[0-9]{4})\.(?P<num>[0-9]{4,5})"
-# Old style: archive[.SC]/YYMMNNN, e.g. hep-th/9901001, math.GT/0309136.
+# Old style: archive[.SC]/YYMMNNN, e.g. hep-th/9901001, math.GT/0309136. The subject class
+# (.GT) is not part of the identifier: math.GT/0309136 is math/0309136, the form arXiv's API
+# asks for and answers with, so it is dropped from the canonical ID.
 _OLD = r"(?P<archive>[a-z]+(?:-[a-z]+)?)(?P<subject>\.[A-Z]{2})?/(?P<old>[0-9]{7})"
 _VERSION = r"(?:v(?P<version>[1-9][0-9]{0,3}))?"
 _ID = re.compile(rf"(?:{_NEW}|{_OLD}){_VERSION}", re.ASCII)
@@ -85,7 +87,10 @@ def parse_arxiv_id(text: str) -> ArxivId:
     if not match or not _plausible(match):
         raise InvalidArxivId(text)
     version = int(match.group("version")) if match.group("version") else None
-    base = candidate[: match.start("version") - 1] if version else candidate
+    if match.group("old"):
+        base = f"{match.group('archive')}/{match.group('old')}"
+    else:
+        base = f"{match.group('yymm')}.{match.group('num')}"
     return ArxivId(base=base, version=version)
 
 

@@ -304,6 +304,14 @@ def load_settings(env: Mapping[str, str] | None = None, path: str | Path | None 
     if webhook_secret and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", webhook_secret.get()):
         raise ConfigError("TELEGRAM_WEBHOOK_SECRET: 1-256 characters of A-Z a-z 0-9 _ - only")
     webhook_url = env.get("TELEGRAM_WEBHOOK_URL", "").strip() or None
+    if webhook_url and not webhook_secret:
+        raise ConfigError(
+            "TELEGRAM_WEBHOOK_SECRET: required with TELEGRAM_WEBHOOK_URL (or unset both for polling)"
+        )
+    if webhook_secret and not webhook_url:
+        raise ConfigError(
+            "TELEGRAM_WEBHOOK_URL: required with TELEGRAM_WEBHOOK_SECRET (or unset both for polling)"
+        )
     if (
         webhook_url
         and not webhook_url.startswith("https://")

@@ -107,9 +107,16 @@ class Pipeline:
             return digest
         await self.store.save_papers(top)
 
-        progress("score", 0, len(top))
-        scoring = await self.scorer.score(top)
-        progress("score", len(top), len(top))
+        # The arXiv versions do not depend on the scores: ask for all of them (one request)
+        # while the LLM scores, instead of after it for the picked ones.
+        versions = asyncio.create_task(self._versions(top))
+        try:
+            progress("score", 0, len(top))
+            scoring = await self.scorer.score(top)
+            progress("score", len(top), len(top))
+        except BaseException:
+            versions.cancel()
+            raise
         upvotes = {p.arxiv_id: p.upvotes for p in top}
         ranked = sorted(
             top, key=lambda p: (-scoring.scores[p.arxiv_id].score, -upvotes[p.arxiv_id])
@@ -117,7 +124,14 @@ class Pipeline:
         picked = [p for p in ranked if scoring.scores[p.arxiv_id].score >= cfg.threshold][
             : cfg.pick
         ]
-        picked = await self._with_versions(picked)
+        if picked:
+            found = await versions
+        else:
+            versions.cancel()  # a quiet day needs no version: do not wait on arXiv for it
+            found = {}
+        picked = [
+            _replace_version(p, found[p.arxiv_id]) if p.arxiv_id in found else p for p in picked
+        ]
 
         progress("analyse", 0, len(picked))
         done = 0
@@ -151,21 +165,17 @@ class Pipeline:
         await self.store.save_digest(digest)
         return digest
 
-    async def _with_versions(self, papers: list[Paper]) -> list[Paper]:
-        """The arXiv version of each picked paper (HF lists none), so a new version gets a new
+    async def _versions(self, papers: Sequence[Paper]) -> dict[str, int]:
+        """The latest arXiv version of each paper (HF lists none), so a new version gets a new
         analysis. One batched request; on failure the papers go on without versions."""
         if not papers or self.offline:
-            return papers
+            return {}
         try:
             found = await self.arxiv.fetch([ArxivId(p.arxiv_id, None) for p in papers])
         except SourceError as exc:
             log.warning("arXiv metadata unavailable, continuing without versions: %s", exc)
-            return papers
-        out = []
-        for p in papers:
-            meta = found.get(p.arxiv_id)
-            out.append(_replace_version(p, meta.version) if meta and meta.version else p)
-        return out
+            return {}
+        return {pid: meta.version for pid, meta in found.items() if meta.version}
 
     # -- one paper -------------------------------------------------------------------------------
 
@@ -214,7 +224,8 @@ class Pipeline:
         aid = id_or_url if isinstance(id_or_url, ArxivId) else parse_arxiv_id(id_or_url)
         arxiv_error: SourceError | None = None
         try:
-            found = await self.arxiv.fetch([aid])
+            # Concurrent resolves (50 people, 50 papers) share arXiv requests.
+            found = await self.arxiv.lookup([aid])
         except SourceError as exc:
             arxiv_error = exc
             found = {}

@@ -157,7 +157,7 @@ class Scorer:
             for start in range(0, len(todo), self.batch_size):
                 batch = todo[start : start + self.batch_size]
                 try:
-                    got = await self._ask(batch)
+                    got = await self._ask(batch, last_round=attempt == 1)
                 except LLMError as exc:
                     failure = str(exc)
                     log.warning("scoring batch failed: %s", exc)
@@ -182,7 +182,7 @@ class Scorer:
                 note = f"{len(todo)} paper(s) ranked by keyword relevance ({why})"
         return ScoringResult(scores, note)
 
-    async def _ask(self, batch: Sequence[Paper]) -> dict[str, Score]:
+    async def _ask(self, batch: Sequence[Paper], *, last_round: bool) -> dict[str, Score]:
         system = self.prompt.render(
             profile_name=self.profile.name,
             profile_focus=self.profile.focus,
@@ -195,6 +195,17 @@ class Scorer:
         ]
         user = prompts.data_block("papers", json.dumps(papers, ensure_ascii=False, indent=1))
         asked = [p.arxiv_id for p in batch]
+
+        def validate(data: object) -> dict[str, Score]:
+            try:
+                return parse_scores(data, asked)
+            except ValueError:
+                if last_round:
+                    # Asking again was the one more call: what is still invalid falls back
+                    # instead of the LLM client asking a third time.
+                    return {}
+                raise
+
         data, _ = await self.llm.json(  # type: ignore[union-attr]
             system=system,
             user=user,
@@ -203,6 +214,6 @@ class Scorer:
             purpose="score",
             prompt_version=self.prompt.version,
             max_tokens=80 * len(batch) + 200,
-            validate=lambda d: parse_scores(d, asked),
+            validate=validate,
         )
         return data  # type: ignore[return-value]

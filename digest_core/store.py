@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
@@ -35,6 +36,17 @@ migrations = Migrations(MIGRATION_SET)
 
 class StoreError(RuntimeError):
     """The database cannot be used. The message is one line for the operator."""
+
+
+MIGRATION_ATTEMPTS = 5
+
+
+def _migration_race(exc: sqlite3.DatabaseError) -> bool:
+    """Whether an error while migrating is another process migrating the same file."""
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError | sqlite3.IntegrityError) and (
+        "already exists" in text or "unique constraint" in text or "locked" in text
+    )
 
 
 def _now() -> str:
@@ -209,22 +221,34 @@ class Store:
     def _open(self) -> None:
         if str(self.path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            conn = sqlite3.connect(str(self.path), timeout=10)
-            db = Database(conn)
-            applied = {m.name for m in migrations.applied(db)}
-            known = {m.name for m in migrations._migrations}
-            newer = applied - known
-            if newer:
+        for attempt in range(MIGRATION_ATTEMPTS):
+            conn = None
+            try:
+                conn = sqlite3.connect(str(self.path), timeout=10)
+                db = Database(conn)
+                applied = {m.name for m in migrations.applied(db)}
+                known = {m.name for m in migrations._migrations}
+                newer = applied - known
+                if newer:
+                    conn.close()
+                    raise StoreError(
+                        f"DIGEST_DB: {self.path} was written by a newer digestbot "
+                        f"(unknown migration {sorted(newer)[0]}); upgrade digestbot or use another file"
+                    )
+                migrations.apply(db)
+                break
+            except sqlite3.DatabaseError as exc:
+                if conn is not None:
+                    conn.close()
+                # Two processes starting on a fresh file migrate it at the same time: the loser
+                # sees "already exists", a duplicate migration record or a lock while the WAL
+                # switch happens. Every migration is atomic or idempotent, so look again.
+                if attempt < MIGRATION_ATTEMPTS - 1 and _migration_race(exc):
+                    time.sleep(0.1 * (attempt + 1))
+                    continue
                 raise StoreError(
-                    f"DIGEST_DB: {self.path} was written by a newer digestbot "
-                    f"(unknown migration {sorted(newer)[0]}); upgrade digestbot or use another file"
-                )
-            migrations.apply(db)
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(
-                f"DIGEST_DB: {self.path} is not a usable SQLite database ({exc})"
-            ) from None
+                    f"DIGEST_DB: {self.path} is not a usable SQLite database ({exc})"
+                ) from None
         self._db = db
 
     async def close(self) -> None:

@@ -31,12 +31,12 @@ ACCEPTED = [
     ("1412.9999", "1412.9999", None),
     ("1501.00001v1", "1501.00001", 1),
     ("hep-th/9901001", "hep-th/9901001", None),
-    ("math.GT/0309136", "math.GT/0309136", None),
+    ("math.GT/0309136", "math/0309136", None),  # the subject class is not part of the ID
     ("astro-ph/0601001", "astro-ph/0601001", None),
     ("quant-ph/0201082v1", "quant-ph/0201082", 1),
     ("arXiv:hep-th/9901001v2", "hep-th/9901001", 2),
     ("https://arxiv.org/abs/hep-th/9901001", "hep-th/9901001", None),
-    ("https://arxiv.org/pdf/math.GT/0309136v1.pdf", "math.GT/0309136", 1),
+    ("https://arxiv.org/pdf/math.GT/0309136v1.pdf", "math/0309136", 1),
 ]
 
 

@@ -70,6 +70,8 @@ def test_digest_time_off() -> None:
         ({"TELEGRAM_BOT_TOKEN": "nonsense"}, "TELEGRAM_BOT_TOKEN"),
         ({"TELEGRAM_BOT_TOKEN": "1:a", "TELEGRAM_CHATS": "general"}, "TELEGRAM_CHATS"),
         ({"TELEGRAM_WEBHOOK_SECRET": "has space"}, "TELEGRAM_WEBHOOK_SECRET"),
+        ({"TELEGRAM_WEBHOOK_URL": "https://bot.example/telegram"}, "TELEGRAM_WEBHOOK_SECRET"),
+        ({"TELEGRAM_WEBHOOK_SECRET": "s3cret_value"}, "TELEGRAM_WEBHOOK_URL"),
         ({"DIGEST_CONFIG": "/nonexistent/digestbot.toml"}, "DIGEST_CONFIG"),
     ],
 )

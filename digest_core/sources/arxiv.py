@@ -68,6 +68,9 @@ class ArxivClient:
         # Held for the whole request, retries included: arXiv wants one connection at a time.
         self._lock = asyncio.Lock()
         self._last_start: float | None = None
+        # `lookup`: IDs waiting for the next request, and the one caller sending it.
+        self._waiting: dict[ArxivId, asyncio.Future[Paper | None]] = {}
+        self._leader = asyncio.Lock()
 
     async def fetch(self, ids: Sequence[ArxivId]) -> dict[str, Paper]:
         """Papers keyed by bare ID. IDs arXiv does not know are simply absent.
@@ -119,7 +122,8 @@ class ArxivClient:
                 status = response.status_code
                 if status == 400:
                     # A malformed ID in the list: arXiv answers 400 with an "Error" entry.
-                    log.warning("arXiv rejected id_list %s as malformed", params["id_list"][:200])
+                    # The caller reports the IDs as not found; on the CLI that is the one line.
+                    log.info("arXiv rejected id_list %s as malformed", params["id_list"][:200])
                     return []
                 if status in RETRY_STATUSES:
                     failure = f"arXiv answered {status}"
@@ -137,6 +141,67 @@ class ArxivClient:
                     continue
                 return self._select(feed, batch)
             raise SourceError(f"{failure} (after {self._settings.retries + 1} attempts)")
+
+    async def lookup(self, ids: Sequence[ArxivId]) -> dict[str, Paper]:
+        """As `fetch`, but concurrent callers share requests: every ID asked for while arXiv's
+        interval runs goes out in the next request, in one `id_list` (up to BATCH_SIZE). Fifty
+        people asking for fifty papers at once cost two or three requests, not fifty spaced
+        three seconds apart."""
+        loop = asyncio.get_running_loop()
+        mine: list[asyncio.Future[Paper | None]] = []
+        for arxiv_id in dict.fromkeys(ids):
+            future = self._waiting.get(arxiv_id)
+            if future is None:
+                future = self._waiting[arxiv_id] = loop.create_future()
+            mine.append(future)
+        while not all(f.done() for f in mine):
+            async with self._leader:
+                if all(f.done() for f in mine):
+                    break
+                await self._wait_for_slot()
+                await self._send_waiting()
+        found: dict[str, Paper] = {}
+        for future in mine:
+            paper = future.result()  # raises the batch's SourceError
+            if paper is not None:
+                found.setdefault(paper.arxiv_id, paper)
+        return found
+
+    async def _wait_for_slot(self) -> None:
+        """Sleep until a request may start, without taking the slot (the request does)."""
+        if self._last_start is not None:
+            wait = self._last_start + self._settings.arxiv_min_interval_seconds - self._clock()
+            if wait > 0:
+                await self._sleep(wait)
+
+    async def _send_waiting(self) -> None:
+        batch: dict[ArxivId, asyncio.Future[Paper | None]] = {}
+        bases: set[str] = set()
+        for arxiv_id in list(self._waiting):
+            if len(batch) == BATCH_SIZE:
+                break
+            if arxiv_id.base in bases:
+                continue  # two versions of one paper cannot share an id_list: next request
+            bases.add(arxiv_id.base)
+            batch[arxiv_id] = self._waiting.pop(arxiv_id)
+        try:
+            papers = await self._query(list(batch))
+        except SourceError as exc:
+            for future in batch.values():
+                if not future.done():
+                    future.set_exception(exc)
+                    future.exception()  # retrieved: its waiters get it, nobody else must
+            return
+        except BaseException:
+            # This caller was cancelled mid-request: the others' IDs wait for the next one.
+            for arxiv_id, future in batch.items():
+                if not future.done():
+                    self._waiting.setdefault(arxiv_id, future)
+            raise
+        by_base = {p.arxiv_id: p for p in papers}
+        for arxiv_id, future in batch.items():
+            if not future.done():
+                future.set_result(by_base.get(arxiv_id.base))
 
     async def _pace(self, gap: float) -> None:
         """Wait until `gap` (at least the interval) has passed since the last request start."""

@@ -5,7 +5,8 @@ It keeps every channel's messages in order with string `ts` values like Slack's
 ("1700000000.000100", increasing), threads them by `thread_ts`, enforces the message-size
 limits that make real Slack reject a post, and lets a test inject the faults that matter for
 delivery: 429 with Retry-After, 5xx, permanent channel errors and "accepted, then the
-connection dropped" (the post exists but the client saw a failure).
+connection dropped" (the post exists but the client saw a failure). `latency` adds a fixed
+delay to every Web API answer, for benchmarks.
 
 Socket Mode: `apps.connections.open` hands out `ws://127.0.0.1:PORT/socket`; the socket says
 `hello`, a test pushes envelopes with `push_envelope()`, and every ack the app sends back is
@@ -126,6 +127,8 @@ class FakeSlack(FakeServer):
     bot_id: str = "B0BOT0001"
     team_id: str = "T0TEAM001"
     app_id: str = "A0APP0001"
+    # Seconds added before every Web API answer (not the socket), like a far-away Slack.
+    latency: float = 0.0
 
     acks: list[dict[str, Any]] = field(default_factory=list)
     ephemerals: list[dict[str, Any]] = field(default_factory=list)
@@ -309,6 +312,8 @@ class FakeSlack(FakeServer):
 
     async def _api(self, request: web.Request) -> web.StreamResponse:
         method = request.match_info["method"]
+        if self.latency:
+            await asyncio.sleep(self.latency)
         retry_after = self._pop_fault(self._rate_limits, method)
         if retry_after is not None:
             return web.json_response(

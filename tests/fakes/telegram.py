@@ -8,7 +8,9 @@ The fake enforces the rules the bot's channel has to survive, with the real erro
 HTML parse mode accepts only Telegram's tag whitelist (errors name the UTF-8 byte offset, as
 the real API does), visible text is limited to 4096 UTF-16 code units, reply targets must
 exist unless `allow_sending_without_reply`, forum topics must exist, kicked chats answer 403,
-and knobs inject 429 flood control, 5xx errors and slow (delivered-but-timed-out) responses.
+a webhook URL must be HTTPS, and knobs inject 429 flood control, 5xx errors and slow
+(delivered-but-timed-out) responses; `latency` adds a fixed delay to every answer, for
+benchmarks.
 
 Message ids are per chat and increase; every accepted message is kept so tests can read the
 thread back with `sent(chat_id)`. Response objects copy the shapes of the real `getUpdates`
@@ -236,9 +238,12 @@ class FakeTelegram(FakeServer):
         *,
         chats: tuple[int, ...] | list[int] = (),
         username: str = "DigestBot",
+        latency: float = 0.0,
     ) -> None:
         super().__init__()
         self.token = token
+        # Seconds added before every method's answer (a long poll's wait comes on top).
+        self.latency = latency
         self.bot_user: dict[str, Any] = {
             "id": int(token.split(":", 1)[0]) if token.split(":", 1)[0].isdigit() else 1,
             "is_bot": True,
@@ -423,6 +428,8 @@ class FakeTelegram(FakeServer):
         method = request.match_info["method"]
         params = await _read_params(request)
         self.calls.append((method, params))
+        if self.latency:
+            await asyncio.sleep(self.latency)
         for fault in self._floods:
             if fault.method == method and fault.remaining > 0:
                 fault.remaining -= 1
@@ -581,6 +588,10 @@ class FakeTelegram(FakeServer):
         url = str(params.get("url") or "")
         if not url:
             return await self._m_deleteWebhook(params)
+        if not url.startswith("https://"):
+            return _error(
+                400, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook"
+            )
         secret = params.get("secret_token")
         if secret is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", str(secret)):
             return _error(400, "Bad Request: secret token contains unallowed characters")

@@ -61,7 +61,7 @@ def research_responder(
                 for p in papers
             ]
             return json.dumps({"scores": scores})
-        if "deep dive" in system:
+        if "You write a deep dive" in system:
             title = re.search(r"Title: (.*)", user)
             name = title.group(1) if title else "the paper"
             given = re.search(r"Text given: (.*)", user)

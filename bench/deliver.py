@@ -1,0 +1,330 @@
+"""Delivery speed, idle memory and start-up time of digestbot, against local fakes.
+
+Three figures, each printed beside its goal (PASS/FAIL where the issue sets one):
+
+(a) Delivery of one digest to two Slack channels and two Telegram groups, against the fake
+    Slack Web API and the fake Bot API with 50 ms added to every request. The digest (the
+    recorded HF day 2026-02-18, 13 papers, 2 deep dives) is built once with the fake LLM before
+    the clock starts; only delivery is timed, through the ledger, one destination after the
+    other as the scheduler does it. Telegram is paced by the production rate limiter (PTB's
+    AIORateLimiter with its defaults); the output says whether that pacing bound the run, and
+    when it made the run take a minute or more, a second run with the group limit raised
+    follows, labelled as such. No goal is set for this figure: it is reported.
+(b) Resident memory (VmRSS) of an idle `digestbot serve` (Slack Socket Mode and Telegram
+    polling against the fakes, daily job off), read from /proc 3 s after its banner.
+    Goal <= 150 MB.
+(c) Start time of `digestbot --help`: the median of 5 runs of the console script, and of
+    `python -m bot.cli --help` for comparison. Goal < 0.5 s. On a miss, the slowest imports
+    (`python -X importtime`) are listed.
+
+Usage: python bench/deliver.py [--latency SECONDS]. Always exits 0: it reports, it does not
+judge. Linux only for (b) (/proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from fakes.slack import FakeSlack  # noqa: E402
+from fakes.telegram import FakeTelegram  # noqa: E402
+from fakes.world import World  # noqa: E402
+
+DAY = "2026-02-18"
+SLACK_CHANNELS = ("C0BENCH001", "C0BENCH002")
+TELEGRAM_CHATS = (-1001000000001, -1001000000002)
+RSS_GOAL_MB = 150.0
+HELP_GOAL_S = 0.5
+RAISED_GROUP_RATE = 100_000.0  # per minute: effectively no per-group pacing
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+# ----------------------------------------------------------------------------- (a) delivery
+
+
+async def build_digest(world: World) -> tuple[Any, Any]:
+    from digest_core.pipeline import Pipeline
+
+    settings = world.settings()
+    pipeline = await Pipeline.open(settings)
+    digest = await pipeline.build_digest(DAY)
+    return pipeline, digest
+
+
+async def deliver_once(
+    pipeline: Any, digest: Any, latency: float, group_rate: float | None, run: int
+) -> dict[str, Any]:
+    """Deliver `digest` to fresh fakes. Each `run` gets chats of its own, so the ledger (which
+    never posts a digest twice to one chat) does not skip anything in a second run."""
+    from bot.channels.slack import SlackChannel, make_slack_client
+    from bot.channels.telegram import TelegramChannel, make_bot, make_rate_limiter
+    from bot.service import Destination, deliver
+
+    settings = pipeline.settings
+    channels = tuple(f"{c}{run}" for c in SLACK_CHANNELS)
+    chats = tuple(c - 10 * run for c in TELEGRAM_CHATS)
+    slack = FakeSlack(channels=set(channels), latency=latency)
+    telegram = FakeTelegram(latency=latency)
+    for chat in chats:
+        telegram.add_chat(chat, title="Paper digest")
+    await slack.start()
+    await telegram.start()
+    try:
+        slack_channel = SlackChannel(
+            make_slack_client(slack.token, f"{slack.url}/api/"), settings.digest.language
+        )
+        limiter = make_rate_limiter(group_max_rate=group_rate) if group_rate else None
+        bot = make_bot(telegram.token, f"{telegram.url}/bot", rate_limiter=limiter)
+        await bot.initialize()
+        telegram_channel = TelegramChannel(bot, settings.digest.language)
+        destinations = [Destination(slack_channel, c) for c in channels] + [
+            Destination(telegram_channel, str(c)) for c in chats
+        ]
+        results = []
+        spans = []
+        started = time.perf_counter()
+        for dest in destinations:
+            t0 = time.perf_counter()
+            results.append(await deliver(pipeline.store, dest, digest, settings))
+            spans.append((dest.label, time.perf_counter() - t0))
+        wall = time.perf_counter() - started
+        await slack_channel.aclose()
+        await telegram_channel.aclose()
+    finally:
+        await slack.stop()
+        await telegram.stop()
+    posts = sum(r.posted for r in results)
+    return {
+        "wall": wall,
+        "posts": posts,
+        "ok": all(r.ok for r in results),
+        "errors": [f"{r.destination}: {r.error}" for r in results if not r.ok],
+        "spans": spans,
+        "slack_posts": slack.api_calls("chat.postMessage"),
+        "telegram_posts": len(telegram.method_calls("sendMessage")),
+        "per_telegram_chat": max(len(telegram.sent(c)) for c in chats),
+    }
+
+
+def print_delivery(label: str, run: dict[str, Any]) -> None:
+    rate = run["posts"] / run["wall"] if run["wall"] else float("inf")
+    print(f"  {label}")
+    print(
+        f"    wall time {run['wall']:.2f} s, {run['posts']} posts, {rate:.1f} posts/s"
+        f"   goal: none set (reported)   {'all delivered' if run['ok'] else 'NOT ALL DELIVERED'}"
+    )
+    for name, seconds in run["spans"]:
+        print(f"      {name:<32} {seconds:6.2f} s")
+    for error in run["errors"]:
+        print(f"      failed: {error}")
+
+
+async def bench_delivery(latency: float) -> None:
+    from bot.channels.telegram import DEFAULT_GROUP_MAX_RATE, DEFAULT_OVERALL_MAX_RATE
+
+    with tempfile.TemporaryDirectory(prefix="digestbot-bench-") as tmp:
+        async with World(Path(tmp)) as world:
+            pipeline, digest = await build_digest(world)
+            try:
+                print(
+                    f"(a) delivery of the {DAY} digest ({len(digest.entries)} papers, "
+                    f"{len(digest.picked)} deep dives) to 2 Slack channels + 2 Telegram groups, "
+                    f"{latency * 1000:.0f} ms per request"
+                )
+                prod = await deliver_once(pipeline, digest, latency, None, 0)
+                print_delivery("production settings", prod)
+                per_chat = prod["per_telegram_chat"]
+                print(
+                    f"    pacing: Telegram by PTB's AIORateLimiter, production defaults: "
+                    f"{DEFAULT_OVERALL_MAX_RATE:g} msg/s overall and {DEFAULT_GROUP_MAX_RATE:g} "
+                    f"msg/min per group (a burst of {DEFAULT_GROUP_MAX_RATE:g}, then one every "
+                    f"{60 / DEFAULT_GROUP_MAX_RATE:g} s)."
+                )
+                bound = per_chat > DEFAULT_GROUP_MAX_RATE
+                print(
+                    f"    this digest is {per_chat} messages per Telegram group, so the group "
+                    f"limit {'DID' if bound else 'did not'} pace this run; Slack has no "
+                    "client-side pacing (its 1 msg/s per channel is enforced by 429 + "
+                    "Retry-After, which the client honours), so each post costs one round trip."
+                )
+                if prod["wall"] >= 60:
+                    raised = await deliver_once(pipeline, digest, latency, RAISED_GROUP_RATE, 1)
+                    print_delivery(
+                        f"NOT production: Telegram group limit raised to {RAISED_GROUP_RATE:g}/min",
+                        raised,
+                    )
+            finally:
+                await pipeline.aclose()
+
+
+# ------------------------------------------------------------------------- (b) idle memory
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of `pid` in MB."""
+    values: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024
+    return values["VmRSS"], values["VmHWM"]
+
+
+async def bench_memory() -> None:
+    with tempfile.TemporaryDirectory(prefix="digestbot-bench-") as tmp:
+        async with World(Path(tmp)) as world:
+            slack = FakeSlack(channels=set(SLACK_CHANNELS))
+            telegram = FakeTelegram(chats=TELEGRAM_CHATS)
+            await slack.start()
+            await telegram.start()
+            try:
+                env = world.env(
+                    PORT=str(free_port()),
+                    DIGEST_TIME="off",
+                    SLACK_BOT_TOKEN=slack.token,
+                    SLACK_APP_TOKEN=slack.app_token,
+                    SLACK_API_URL=f"{slack.url}/api/",
+                    SLACK_CHANNELS=",".join(SLACK_CHANNELS),
+                    TELEGRAM_BOT_TOKEN=telegram.token,
+                    TELEGRAM_API_URL=f"{telegram.url}/bot",
+                    TELEGRAM_CHATS=",".join(str(c) for c in TELEGRAM_CHATS),
+                )
+                rss, peak, banner, code = await idle_rss(env)
+            finally:
+                await slack.stop()
+                await telegram.stop()
+    print()
+    print("(b) idle `digestbot serve` (Slack Socket Mode + Telegram polling, daily job off)")
+    print(f"    {banner}")
+    print(
+        f"    VmRSS {rss:.1f} MB (peak {peak:.1f} MB) 3 s after start-up"
+        f"   goal <= {RSS_GOAL_MB:g} MB   {verdict(rss <= RSS_GOAL_MB)}"
+    )
+    print(f"    exit code after SIGTERM: {code}")
+
+
+async def idle_rss(env: dict[str, str]) -> tuple[float, float, str, int | None]:
+    full = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot.cli",
+        "serve",
+        env=full,
+        cwd=str(ROOT),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    banner = ""
+    try:
+        while "serving" not in banner:
+            line = await asyncio.wait_for(proc.stderr.readline(), 30)
+            if not line:
+                raise RuntimeError("serve exited before serving")
+            banner = line.decode().strip()
+        await asyncio.sleep(3.0)
+        rss, peak = rss_mb(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.stderr.read(), 30)
+        code = await asyncio.wait_for(proc.wait(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return rss, peak, banner, code
+
+
+# --------------------------------------------------------------------------- (c) --help time
+
+
+def median_time(command: list[str], runs: int = 5) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def slowest_imports(limit: int = 12) -> list[tuple[int, str]]:
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "bot.cli", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    rows = []
+    for line in done.stderr.splitlines():
+        if not line.startswith("import time:") or "cumulative" in line:
+            continue
+        _, cumulative, name = (part.strip() for part in line[len("import time:") :].split("|"))
+        rows.append((int(cumulative), name))
+    return sorted(rows, reverse=True)[:limit]
+
+
+def bench_help() -> None:
+    script = shutil.which("digestbot", path=str(Path(sys.executable).parent)) or shutil.which(
+        "digestbot"
+    )
+    print()
+    print("(c) `digestbot --help` start time (median of 5 runs)")
+    figures = []
+    if script:
+        figures.append((f"{script} --help", median_time([script, "--help"])))
+    else:
+        print("    console script `digestbot` not found (pip install -e .): skipped")
+    figures.append(
+        ("python -m bot.cli --help", median_time([sys.executable, "-m", "bot.cli", "--help"]))
+    )
+    for label, seconds in figures:
+        print(
+            f"    {label:<44} {seconds:.3f} s   goal < {HELP_GOAL_S:g} s   "
+            f"{verdict(seconds < HELP_GOAL_S)}"
+        )
+    if any(seconds >= HELP_GOAL_S for _, seconds in figures):
+        print("    slowest imports (cumulative µs):")
+        for micros, name in slowest_imports():
+            print(f"      {micros:>9}  {name}")
+
+
+async def main(latency: float) -> None:
+    print(f"digestbot delivery/memory/start-up benchmark ({sys.version.split()[0]})")
+    print()
+    await bench_delivery(latency)
+    await bench_memory()
+    bench_help()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--latency", type=float, default=0.05, help="seconds added to every Slack/Telegram request"
+    )
+    args = parser.parse_args()
+    asyncio.run(main(args.latency))
+    sys.exit(0)
