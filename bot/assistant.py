@@ -163,13 +163,17 @@ class Assistant:
         """The bot's thread that `ref` belongs to (root or one of its messages), if any."""
         return await self.store.find_thread(platform, chat, ref)
 
-    async def which_paper(self, thread: dict[str, Any], question: str) -> str | list[str]:
+    async def which_paper(
+        self, thread: dict[str, Any], question: str, *, replied_to: str | None = None
+    ) -> str | list[str]:
         """The arXiv ID the question means, or the candidates to ask about.
 
-        By ID, by number as the table of contents numbers the picks ("#2", "paper 2", or a
-        bare "2" answering "which paper?"), else by the title sharing the most distinctive
-        words with the question. No match, or a tie (a word several titles share), is not a
-        guess: the caller asks, listing the picked papers."""
+        In order: an ID in the question; a number as the table of contents numbers the picks
+        ("#2", "paper 2", or a bare "2" answering "which paper?"); the paper whose deep dive
+        the question replies to (`replied_to`, a message of the thread); the one title that
+        shares the most distinctive words with the question; the paper the thread last
+        talked about. Otherwise (or on a tie between titles) it is not a guess: the caller
+        asks, listing the picked papers."""
         papers: list[str] = thread["papers"]
         if len(papers) == 1:
             return papers[0]
@@ -179,6 +183,13 @@ class Assistant:
         number = _NUMBER.search(question) or _SELECTOR.fullmatch(question)
         if number and 1 <= int(number.group(1)) <= len(papers):
             return papers[int(number.group(1)) - 1]
+        platform, chat = thread["platform"], thread["chat"]
+        if replied_to is not None:
+            # Deep-dive messages are in the ledger under "<arxiv_id>#<part>".
+            state = await self.store.post_state(thread["scope"], platform, chat)
+            for key, row in state.items():
+                if row["message_ref"] == replied_to and key.split("#")[0] in papers:
+                    return key.split("#")[0]
         words = _title_words(question)
         hits: dict[str, int] = {}
         for pid in papers:
@@ -189,6 +200,9 @@ class Assistant:
         leaders = [pid for pid, n in hits.items() if n == best]
         if best > 0 and len(leaders) == 1:
             return leaders[0]
+        last = await self.store.turns(platform, chat, thread["thread_ref"], 1)
+        if last and last[-1]["arxiv_id"] in papers:
+            return str(last[-1]["arxiv_id"])  # a follow-up: "and its limitations?"
         digest = await self.store.load_digest(thread["scope"].removeprefix("digest:"))
         picked = [e.paper.arxiv_id for e in digest.picked] if digest else []
         return picked[0] if len(picked) == 1 else (picked or papers)

@@ -110,7 +110,11 @@ async def deliver_digest(pipeline: Any, digest: Digest, destinations: list[Desti
     """Deliver to every destination; exit code 0 when all of them got the whole digest."""
     results = []
     for dest in destinations:
-        results.append(await deliver(pipeline.store, dest, digest, pipeline.settings))
+        # An explicit run is the operator's retry: destinations that failed permanently before
+        # (the bot was not in the channel yet) are tried again.
+        results.append(
+            await deliver(pipeline.store, dest, digest, pipeline.settings, retry_permanent=True)
+        )
     await _close_channels(destinations)
     failed = [r for r in results if not r.ok]
     for r in failed:
@@ -127,7 +131,14 @@ async def _close_channels(destinations: list[Destination]) -> None:
             await close()
 
 
-async def deliver(store: Store, dest: Destination, digest: Digest, settings: Settings) -> Delivered:
+async def deliver(
+    store: Store,
+    dest: Destination,
+    digest: Digest,
+    settings: Settings,
+    *,
+    retry_permanent: bool = False,
+) -> Delivered:
     channel = dest.channel
     if (
         digest.empty
@@ -148,6 +159,7 @@ async def deliver(store: Store, dest: Destination, digest: Digest, settings: Set
         messages,
         kind="digest",
         papers=[e.paper.arxiv_id for e in digest.entries],
+        retry_permanent=retry_permanent,
     )
 
 
@@ -161,9 +173,13 @@ async def post_thread(
     papers: list[str],
     thread: str | None = None,
     retry_pause: float = 1.0,
+    retry_permanent: bool = False,
 ) -> Delivered:
     """Post a root and its replies exactly once through the ledger (or only replies, into an
-    existing `thread`). Returns what happened; never raises DeliveryError."""
+    existing `thread`). Returns what happened; never raises DeliveryError.
+
+    A destination that failed permanently (not_in_channel, bot kicked) is not tried again
+    unless `retry_permanent`: an operator re-running `digestbot digest` after fixing it."""
     channel, chat = dest.channel, dest.chat
     state = await store.post_state(scope, channel.platform, chat)
     posted = skipped = 0
@@ -174,7 +190,10 @@ async def post_thread(
             if seq == 0 and thread is None:
                 thread = row["message_ref"]
             continue
-        if row and row["status"] == "failed" and (row["error"] or "").startswith("permanent:"):
+        permanent = (
+            row and row["status"] == "failed" and (row["error"] or "").startswith("permanent:")
+        )
+        if permanent and not retry_permanent:
             return Delivered(
                 dest.label, False, posted, skipped, row["error"].removeprefix("permanent: ")
             )

@@ -133,12 +133,33 @@ async def _answer(
         if refusal is not None:
             await _line(channel, chat, f"⚠️ {refusal}", reply)
             return
-        target = await assistant.which_paper(thread, question)
+        replied = message.reply_to_message
+        target = await assistant.which_paper(
+            thread,
+            question,
+            replied_to=(
+                str(replied.message_id)
+                if replied is not None and replied.forum_topic_created is None
+                else None
+            ),
+        )
         if isinstance(target, list):
             ask = await assistant.ask_which(
                 "telegram", chat, thread["thread_ref"], question, target
             )
-            await _line(channel, chat, ask, reply)
+            asked = await _line(channel, chat, ask, reply)
+            if asked is not None:
+                # Part of the thread: the natural answer is a reply to this question.
+                await assistant.store.record_post(
+                    f"ask:{reply}",
+                    "telegram",
+                    chat,
+                    "ask",
+                    seq=0,
+                    status="sent",
+                    thread_ref=thread["thread_ref"],
+                    message_ref=asked,
+                )
             return
         await channel.send_typing(chat)
         answer = await assistant.answer("telegram", chat, thread["thread_ref"], target, question)
@@ -160,10 +181,12 @@ async def _answer(
         log.error("telegram %s: answer not delivered: %s", chat, exc.reason)
 
 
-async def _line(channel: TelegramChannel, chat: str, text: str, reply_to: str | None) -> None:
+async def _line(channel: TelegramChannel, chat: str, text: str, reply_to: str | None) -> str | None:
+    """Send one line of text; its message id, or None if it could not be sent."""
     from digest_core.render.telegram import escape
 
     try:
-        await channel.send(chat, escape(text), reply_to)
+        return await channel.send(chat, escape(text), reply_to)
     except DeliveryError as exc:
         log.warning("telegram %s: line not delivered: %s", chat, exc.reason)
+        return None

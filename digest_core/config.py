@@ -86,9 +86,9 @@ class DigestSettings:
     threshold: int = 60
     language: str = "zh"
     timezone: str = "Asia/Shanghai"
-    time: str | None = "09:00"  # None when DIGEST_TIME=off
+    time: str | None = "16:30"  # None when DIGEST_TIME=off
     catch_up_hours: float = 6.0
-    wait_until: str = "13:00"  # local cut-off for waiting on HF's list to fill
+    wait_until: str = "20:00"  # local cut-off for waiting on HF's list to fill
     poll_minutes: float = 20.0
     empty_day_notice: bool = False
 
@@ -233,7 +233,7 @@ def load_settings(env: Mapping[str, str] | None = None, path: str | Path | None 
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"DIGEST_TIMEZONE: unknown time zone {timezone!r}") from None
-    time_raw = env.get("DIGEST_TIME", "").strip() or _get(d, "time", str, "09:00", "digest")
+    time_raw = env.get("DIGEST_TIME", "").strip() or _get(d, "time", str, "16:30", "digest")
     digest_time = None if time_raw.lower() == "off" else _time(time_raw, "DIGEST_TIME")
     digest = DigestSettings(
         top_n=_positive(_get(d, "top_n", int, 15, "digest"), "digest.top_n", 100),
@@ -243,7 +243,7 @@ def load_settings(env: Mapping[str, str] | None = None, path: str | Path | None 
         timezone=timezone,
         time=digest_time,
         catch_up_hours=_get(d, "catch_up_hours", float, 6.0, "digest"),
-        wait_until=_time(_get(d, "wait_until", str, "13:00", "digest"), "digest.wait_until"),
+        wait_until=_time(_get(d, "wait_until", str, "20:00", "digest"), "digest.wait_until"),
         poll_minutes=_get(d, "poll_minutes", float, 20.0, "digest"),
         empty_day_notice=_get(d, "empty_day_notice", bool, False, "digest"),
     )

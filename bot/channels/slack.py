@@ -384,7 +384,7 @@ class SlackChannel:
         token = self.client.token
         if token and token in error.reason:
             error = DeliveryError(error.reason.replace(token, "***"), permanent=error.permanent)
-        log.warning("%s (permanent=%s)", error.reason, error.permanent)
+        log.debug("%s (permanent=%s)", error.reason, error.permanent)  # the caller reports it once
         return error
 
 

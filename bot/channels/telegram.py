@@ -561,7 +561,7 @@ class TelegramChannel:
             result = DeliveryError(f"telegram {chat_id}: network error: {reason}", permanent=False)
         else:
             result = DeliveryError(f"telegram {chat_id}: {reason}", permanent=False)
-        _log.warning("telegram delivery failed: %s", result.reason)
+        _log.debug("telegram delivery failed: %s", result.reason)  # the caller reports it once
         return result
 
     def _reason(self, exc: BaseException) -> str:

@@ -157,9 +157,13 @@ class FakeSlack(FakeServer):
         """The next `n` calls to `method` get an HTML 5xx page; nothing is stored."""
         self._server_errors.extend([(method, status)] * n)
 
-    def permanent_error(self, channel: str, error: str = "not_in_channel") -> None:
-        """Every post/update/read in `channel` fails with `error` (e.g. is_archived)."""
-        self._permanent[channel] = error
+    def permanent_error(self, channel: str, error: str | None = "not_in_channel") -> None:
+        """Every post/update/read in `channel` fails with `error` (e.g. is_archived); None
+        clears it (the bot was invited after all)."""
+        if error is None:
+            self._permanent.pop(channel, None)
+        else:
+            self._permanent[channel] = error
 
     def accept_then_drop_next(self, mode: str = "reset") -> None:
         """The next chat.postMessage is stored, but the client sees a failure.

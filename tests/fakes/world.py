@@ -138,6 +138,9 @@ def fast_config(**replace: str) -> str:
         "timeout_seconds = 30": "timeout_seconds = 5",
         "max_retries = 2": "max_retries = 1",
         "retries = 2": "retries = 1",
+        # Tests state the schedule they reason about: 09:00 in Shanghai, waiting until 13:00.
+        "time =": 'time = "09:00"',
+        "wait_until =": 'wait_until = "13:00"',
         **replace,
     }
     lines = []
