@@ -142,7 +142,16 @@ class DailyJob:
         if await self.store.run_status(day) == "done":
             return None
         log.info("catching up the digest of %s (due %s)", day, due.isoformat())
-        return await self.run(day)
+        window_end = due.astimezone(UTC) + timedelta(hours=self.settings.digest.catch_up_hours)
+        while True:
+            status = await self.run(day)
+            # Claimed by another owner: alive, or dead (a hard kill) with its lease not yet
+            # lapsed. Look again when it would have lapsed, so a killed run is not lost.
+            if status != "skipped" or await self.store.run_status(day) != "running":
+                return status
+            if self.now().astimezone(UTC) >= window_end:
+                return status
+            await self.sleep(LEASE_SECONDS / 2)
 
     async def run(self, day: str) -> str:
         if not await self.store.claim_run(day, self.owner, LEASE_SECONDS):
