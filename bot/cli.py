@@ -174,9 +174,12 @@ def _progress_printer() -> object:
 
 
 async def _digest(pipeline: object, day: str, args: argparse.Namespace) -> int:
-    from bot.service import deliver_digest, parse_destinations
+    from bot.service import UnknownDestination, deliver_digest, parse_destinations
 
-    destinations = parse_destinations(args.to, pipeline.settings, dry_run=args.dry_run)  # type: ignore[attr-defined]
+    try:
+        destinations = parse_destinations(args.to, pipeline.settings, dry_run=args.dry_run)  # type: ignore[attr-defined]
+    except UnknownDestination as exc:
+        raise UserError(str(exc)) from None
     digest = await pipeline.build_digest(day, progress=_progress_printer())  # type: ignore[attr-defined]
     return await deliver_digest(pipeline, digest, destinations)
 

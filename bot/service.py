@@ -45,7 +45,7 @@ class Delivered:
 
 
 class UnknownDestination(ValueError):
-    pass
+    """`--to` names a destination that does not exist or is not configured (one line)."""
 
 
 def parse_destinations(
@@ -59,9 +59,7 @@ def parse_destinations(
     names = [n.strip() for n in to.split(",") if n.strip()] if to else []
     for name in names:
         if name not in ("console", "slack", "telegram", "markdown"):
-            from bot.cli import UserError
-
-            raise UserError(
+            raise UnknownDestination(
                 f"--to: unknown destination {name!r} (console, slack, telegram, markdown)"
             )
     if not names:
@@ -86,10 +84,9 @@ def parse_destinations(
 
 def _slack_destinations(settings: Settings) -> list[Destination]:
     from bot.channels.slack import SlackChannel, make_slack_client
-    from bot.cli import UserError
 
     if not settings.slack.bot_token or not settings.slack.channels:
-        raise UserError("--to slack: set SLACK_BOT_TOKEN and SLACK_CHANNELS")
+        raise UnknownDestination("--to slack: set SLACK_BOT_TOKEN and SLACK_CHANNELS")
     client = make_slack_client(settings.slack.bot_token.get(), settings.slack.api_url)
     channel = SlackChannel(client, settings.digest.language)
     return [Destination(channel, c) for c in settings.slack.channels]
@@ -97,10 +94,9 @@ def _slack_destinations(settings: Settings) -> list[Destination]:
 
 def _telegram_destinations(settings: Settings) -> list[Destination]:
     from bot.channels.telegram import TelegramChannel, make_bot
-    from bot.cli import UserError
 
     if not settings.telegram.bot_token or not settings.telegram.chats:
-        raise UserError("--to telegram: set TELEGRAM_BOT_TOKEN and TELEGRAM_CHATS")
+        raise UnknownDestination("--to telegram: set TELEGRAM_BOT_TOKEN and TELEGRAM_CHATS")
     bot = make_bot(settings.telegram.bot_token.get(), settings.telegram.api_url)
     channel = TelegramChannel(bot, settings.digest.language)
     return [Destination(channel, c) for c in settings.telegram.chats]

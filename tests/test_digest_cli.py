@@ -197,3 +197,19 @@ async def test_version_and_help(world: World) -> None:
     for command in ("digest", "analyze", "ask", "export", "serve", "demo"):
         code, out, _ = await run_cli([command, "--help"], world.env())
         assert code == 0 and "usage: digestbot" in out
+
+
+@pytest.mark.parametrize(
+    ("to", "expected"),
+    [
+        ("pigeon", "--to: unknown destination 'pigeon'"),
+        ("slack", "--to slack: set SLACK_BOT_TOKEN"),
+    ],
+)
+async def test_bad_destination_is_one_line_before_any_llm_call(
+    world: World, to: str, expected: str
+) -> None:
+    code, out, err = await run_cli(["digest", "--date", DAY, "--to", to], world.env())
+    assert code == 2 and out == ""
+    assert err.strip().startswith(f"digestbot: {expected}") and len(err.strip().splitlines()) == 1
+    assert world.llm.calls == [] and world.hf.requests == []
