@@ -86,11 +86,21 @@ class Assistant:
         return True
 
     async def admit(
-        self, platform: str, user: str, *, team: str | None = None, chat: str | None = None
+        self,
+        platform: str,
+        user: str,
+        *,
+        team: str | None = None,
+        chat: str | None = None,
+        paper: ArxivId | None = None,
     ) -> str | None:
-        """None when the request may spend LLM work; otherwise the one line to answer with."""
+        """None when the request may spend LLM work; otherwise the one line to answer with.
+        An /analyze of a paper whose analysis is already stored costs nothing: only the
+        allow-list applies to it."""
         if not self.allowed(platform, team=team, chat=chat):
             return NOT_ENABLED
+        if paper is not None and await self.pipeline.cached_analysis(paper) is not None:
+            return None
         cfg = self.settings.interactive
         if self.pipeline.llm is not None:
             midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)

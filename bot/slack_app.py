@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
+from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot.assistant import NOT_ENABLED, Assistant
 from bot.channels.base import DeliveryError
@@ -28,8 +29,11 @@ log = logging.getLogger(__name__)
 Spawn = Callable[[Coroutine[Any, Any, Any]], Any]
 
 THINKING = "🤔 Reading the paper…"
+FAILED = "⚠️ Sorry, I could not answer that just now; please ask again in a few minutes."
+FAILED_ANALYSIS = "⚠️ Sorry, the analysis failed; please try again in a few minutes."
 _MENTION = re.compile(r"<@[A-Z0-9]+>")
 _SAFE_LINK = re.compile(r"^https://[A-Za-z0-9.-]+/[A-Za-z0-9/._-]*$")
+_RESPONSE_URL = re.compile(r"^https?://[^\s]+$")
 
 
 class _ClientGivenFilter(logging.Filter):
@@ -116,16 +120,22 @@ async def _analyze(
     channel: SlackChannel, assistant: Assistant, body: dict[str, Any], aid: Any
 ) -> None:
     chat, user, team = body["channel_id"], body.get("user_id") or "?", body.get("team_id")
-    refusal = await assistant.admit("slack", user, team=team, chat=chat)
+    reply_to = body.get("response_url")
+    refusal = await assistant.admit("slack", user, team=team, chat=chat, paper=aid)
     if refusal is not None:
-        await _ephemeral(channel, chat, user, escape(f"⚠️ {refusal}"))
+        await _ephemeral(channel, chat, user, escape(f"⚠️ {refusal}"), reply_to)
         return
-    outcome = await assistant.analyze(Destination(channel, chat), aid)
+    try:
+        outcome = await assistant.analyze(Destination(channel, chat), aid)
+    except Exception:
+        log.exception("slack %s: analysis of %s failed", chat, aid)
+        await _ephemeral(channel, chat, user, escape(FAILED_ANALYSIS), reply_to)
+        return
     line = escape(("✅ " if outcome.ok else "⚠️ ") + outcome.line)
     if outcome.thread:
         link = await _permalink(channel, chat, outcome.thread)
         line += f" — <{link}|open the thread>" if link and _SAFE_LINK.match(link) else ""
-    await _ephemeral(channel, chat, user, line)
+    await _ephemeral(channel, chat, user, line, reply_to)
 
 
 async def _question(
@@ -173,7 +183,13 @@ async def _answer(
         placeholder = await channel.send(
             chat, SlackMessage(THINKING, _text_block(THINKING)), thread_ts
         )
-        answer = await assistant.answer("slack", chat, thread_ts, target, question)
+        try:
+            answer = await assistant.answer("slack", chat, thread_ts, target, question)
+        except Exception:
+            # Never leave "Reading the paper…" standing: say the answer failed, in its place.
+            log.exception("slack %s: answering failed", chat)
+            await channel.update(chat, placeholder, SlackMessage(FAILED, _text_block(FAILED)))
+            return
         parts = channel.render_answer(answer)
         await channel.update(chat, placeholder, parts[0].payload)
         for part in parts[1:]:
@@ -191,11 +207,22 @@ def _text_block(text: str) -> list[dict[str, Any]]:
     ]
 
 
-async def _ephemeral(channel: SlackChannel, chat: str, user: str, text: str) -> None:
+async def _ephemeral(
+    channel: SlackChannel, chat: str, user: str, text: str, response_url: str | None = None
+) -> None:
+    """A line only the requester sees. Where the bot cannot post (not in the channel), the
+    slash command's own response_url still reaches the requester."""
     try:
         await channel.post_ephemeral(chat, user, text)
+        return
     except DeliveryError as exc:
         log.warning("slack %s: ephemeral line not delivered: %s", chat, exc.reason)
+    # response_url arrives inside a signed (or Socket Mode) request, so it is Slack's own.
+    if response_url and _RESPONSE_URL.match(response_url):
+        try:
+            await AsyncWebhookClient(response_url).send(text=text, response_type="ephemeral")
+        except Exception as exc:  # the last way to reach the requester; say it failed
+            log.warning("slack %s: response_url not reachable: %s", chat, type(exc).__name__)
 
 
 async def _permalink(channel: SlackChannel, chat: str, ts: str) -> str | None:

@@ -82,7 +82,7 @@ async def _thread_for(
             return await assistant.thread_of("telegram", chat, str(target.message_id))
         return None
     if message.is_topic_message and chat in digest_chats:
-        return await assistant.store.latest_thread("telegram", chat)
+        return await assistant.store.latest_thread("telegram", chat, kind="digest")
     return None
 
 
@@ -101,7 +101,7 @@ async def _analyze(
     if isinstance(parsed, str):
         await _line(channel, chat, f"⚠️ {parsed}", reply)
         return
-    refusal = await assistant.admit("telegram", user, chat=chat)
+    refusal = await assistant.admit("telegram", user, chat=chat, paper=parsed)
     if refusal is not None:
         await _line(channel, chat, f"⚠️ {refusal}", reply)
         return
@@ -113,7 +113,14 @@ async def _analyze(
         reply,
     )
     await channel.send_typing(chat)
-    outcome = await assistant.analyze(Destination(channel, chat), parsed)
+    try:
+        outcome = await assistant.analyze(Destination(channel, chat), parsed)
+    except Exception:
+        log.exception("telegram %s: analysis of %s failed", chat, parsed)
+        await _line(
+            channel, chat, "⚠️ Sorry, the analysis failed; please try again in a few minutes.", reply
+        )
+        return
     if not outcome.ok or outcome.delivered is None:
         # Failures, and "already analysed here", are answered where the request was made.
         await _line(
@@ -162,7 +169,19 @@ async def _answer(
                 )
             return
         await channel.send_typing(chat)
-        answer = await assistant.answer("telegram", chat, thread["thread_ref"], target, question)
+        try:
+            answer = await assistant.answer(
+                "telegram", chat, thread["thread_ref"], target, question
+            )
+        except Exception:
+            log.exception("telegram %s: answering failed", chat)
+            await _line(
+                channel,
+                chat,
+                "⚠️ Sorry, I could not answer that just now; please ask again later.",
+                reply,
+            )
+            return
         previous = reply
         for seq, part in enumerate(channel.render_answer(answer)):
             previous = await channel.send(chat, part.payload, previous)

@@ -581,15 +581,18 @@ class Store:
 
         return await self._run(read)
 
-    async def latest_thread(self, platform: str, chat: str) -> dict[str, Any] | None:
-        """The newest thread the bot started in a chat (a Telegram forum topic's digest)."""
+    async def latest_thread(
+        self, platform: str, chat: str, kind: str | None = None
+    ) -> dict[str, Any] | None:
+        """The newest thread the bot started in a chat, of one kind if given (a Telegram forum
+        topic's latest digest)."""
 
         def read() -> dict[str, Any] | None:
             rows = list(
                 self.db.query(
                     "select * from threads where platform = ? and chat = ? "
-                    "order by created_at desc, rowid desc limit 1",
-                    [platform, chat],
+                    "and (? is null or kind = ?) order by created_at desc, rowid desc limit 1",
+                    [platform, chat, kind, kind],
                 )
             )
             if not rows:

@@ -67,7 +67,22 @@ _QUESTION = re.compile(r"<question>\n(.*?)\n</question>", re.DOTALL)
 
 
 class LinkingSlack(FakeSlack):
-    """FakeSlack plus `chat.getPermalink`, which the bot calls to link the thread it names."""
+    """FakeSlack plus `chat.getPermalink`, which the bot calls to link the thread it names,
+    and a slash command's `response_url` (at /commands/...), whose posts it records."""
+
+    def routes(self, app: web.Application) -> None:
+        super().routes(app)
+        app.router.add_post("/commands/{rest:.*}", self._response_url)
+
+    async def _response_url(self, request: web.Request) -> web.StreamResponse:
+        self.responses.append(await request.json())
+        return web.Response(text="ok")
+
+    @property
+    def responses(self) -> list[dict[str, Any]]:
+        if not hasattr(self, "_responses"):
+            self._responses: list[dict[str, Any]] = []
+        return self._responses
 
     async def _api(self, request: web.Request) -> web.StreamResponse:
         if request.match_info["method"] != "chat.getPermalink":
@@ -504,6 +519,23 @@ async def test_a_cached_analysis_is_posted_with_no_llm_call(bot: Bot) -> None:
         assert bot.ephemerals(f"U4{n}")[0].startswith("✅ Already analysed here"), form
     await bot.settle()
     assert len(bot.roots("C1")) == 1 and len(bot.llm_calls()) == calls
+
+
+async def test_where_the_bot_cannot_post_the_requester_still_hears_why(bot: Bot) -> None:
+    # The bot was never invited to C3: the thread and the ephemeral line both fail, so the
+    # slash command's own response_url carries the one line.
+    bot.slack.permanent_error("C3", "not_in_channel")
+    payload = slash(PAPER, user="U7", channel="C3")
+    payload["response_url"] = f"{bot.slack.url}/commands/T1/7/xyz"
+    envelope = await bot.slack.push_envelope("slash_commands", payload)
+    await bot.slack.wait_for_ack(envelope)
+    await eventually(lambda: bot.slack.responses, "the response_url line")
+    (reply,) = bot.slack.responses
+    assert reply["response_type"] == "ephemeral"
+    assert (
+        reply["text"].startswith("⚠️ Could not post the analysis")
+        and "not_in_channel" in reply["text"]
+    )
 
 
 async def test_bad_input_gets_one_line_and_no_llm_call(bot: Bot) -> None:
@@ -975,6 +1007,12 @@ async def test_spent_budget_stops_interactive_work_but_not_the_digest(tmp_path: 
         assert bot.ephemerals("U2") == [f"⚠️ {line}"]
         assert line in refused["text"]
         assert [m["visible"] for m in sent] == [f"⚠️ {line}"]
+        assert len(bot.llm_calls()) == calls
+
+        # A paper already analysed costs nothing: it is still served, in another channel too.
+        await bot.analyze_slack(PAPER, user="U4", channel="C2")
+        await eventually(lambda: bot.ephemerals("U4"), "the cached analysis")
+        assert bot.ephemerals("U4")[0].startswith("✅") and len(bot.roots("C2")) == 1
         assert len(bot.llm_calls()) == calls
 
         # The daily digest is not interactive work: it still runs, with the LLM.
