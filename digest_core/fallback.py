@@ -12,7 +12,7 @@ import math
 import re
 
 from digest_core.config import Profile
-from digest_core.models import SECTION_KEYS, DeepDive, Paper, Score
+from digest_core.models import SECTION_KEYS, SOURCE_ABSTRACT, DeepDive, Paper, Score
 
 PROMPT_VERSION = "extractive-1"
 
@@ -227,7 +227,7 @@ def extractive_deep_dive(paper: Paper, profile: Profile, language: str, why: str
         title=paper.title,
         sections=sections,
         language=language,
-        source_read="abstract only",
+        source_read=SOURCE_ABSTRACT,
         model=None,
         prompt_version=PROMPT_VERSION,
         tokens=0,

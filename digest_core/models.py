@@ -5,7 +5,7 @@ Nothing here does I/O. Renderers, channels and the store all speak in these type
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # The four sections of a deep dive, in the order of the original daily report.
 SECTION_KEYS: tuple[str, ...] = ("contribution", "methodology", "takeaway", "limitations")
@@ -153,18 +153,3 @@ class Answer:
     tokens: int = 0
     llm_used: bool = True
     note: str | None = None
-
-
-@dataclass
-class Usage:
-    """Tokens spent by one pipeline run, summed over its LLM calls."""
-
-    calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached: int = 0
-    failures: list[str] = field(default_factory=list)
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens

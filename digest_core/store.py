@@ -603,18 +603,6 @@ class Store:
 
         return await self._run(read)
 
-    async def is_bot_message(self, platform: str, chat: str, message_ref: str) -> bool:
-        def read() -> bool:
-            rows = list(
-                self.db.query(
-                    "select 1 from posts where platform = ? and chat = ? and message_ref = ? limit 1",
-                    [platform, chat, message_ref],
-                )
-            )
-            return bool(rows)
-
-        return await self._run(read)
-
     # -- interactive: dedupe, memory, rate limits ------------------------------------------------
 
     async def first_sight(self, event_key: str) -> bool:
