@@ -174,13 +174,15 @@ def _progress_printer() -> object:
 
 
 async def _digest(pipeline: object, day: str, args: argparse.Namespace) -> int:
-    from bot.service import UnknownDestination, deliver_digest, parse_destinations
+    from bot.service import UnknownDestination, deliver_digest, parse_destinations, started_digest
 
     try:
         destinations = parse_destinations(args.to, pipeline.settings, dry_run=args.dry_run)  # type: ignore[attr-defined]
     except UnknownDestination as exc:
         raise UserError(str(exc)) from None
-    digest = await pipeline.build_digest(day, progress=_progress_printer())  # type: ignore[attr-defined]
+    digest = None if args.dry_run else await started_digest(pipeline.store, day)  # type: ignore[attr-defined]
+    if digest is None:
+        digest = await pipeline.build_digest(day, progress=_progress_printer())  # type: ignore[attr-defined]
     return await deliver_digest(pipeline, digest, destinations)
 
 

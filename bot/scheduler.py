@@ -18,7 +18,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from bot.service import Delivered, Destination, deliver
+from bot.service import Delivered, Destination, deliver, started_digest
 from digest_core.config import Settings
 from digest_core.models import Paper
 from digest_core.sources import SourceError
@@ -160,8 +160,10 @@ class DailyJob:
             return "skipped"
         status, detail = "failed", ""
         try:
-            papers = await self.wait_for_papers(day)
-            digest = await self.pipeline.build_digest(day, papers=papers)
+            digest = await started_digest(self.store, day)
+            if digest is None:
+                papers = await self.wait_for_papers(day)
+                digest = await self.pipeline.build_digest(day, papers=papers)
             failed = await self._deliver_all(digest)
             status = "failed" if failed else "done"
             detail = "; ".join(f"{r.destination}: {r.error}" for r in failed)

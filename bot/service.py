@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 LOCAL_PLATFORMS = ("console", "markdown")
 SEND_ATTEMPTS = 3
+# Sends of one post whose outcome was unknown (a timeout after Telegram may have stored it),
+# over all runs, on a platform that cannot be searched: at most one duplicate, ever.
+BLIND_SENDS = 2
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,15 @@ def _telegram_destinations(settings: Settings) -> list[Destination]:
     return [Destination(channel, c) for c in settings.telegram.chats]
 
 
+async def started_digest(store: Store, day: str) -> Digest | None:
+    """The digest a run already began posting, so a re-run or a catch-up finishes that one:
+    rebuilt from HF's list (which grows during the day) it could pick other papers, and post
+    their deep dives under a table of contents that does not list them."""
+    if await store.has_posts(f"digest:{day}"):
+        return await store.load_digest(day)
+    return None
+
+
 async def deliver_digest(pipeline: Any, digest: Digest, destinations: list[Destination]) -> int:
     """Deliver to every destination; exit code 0 when all of them got the whole digest."""
     results = []
@@ -174,9 +186,11 @@ async def post_thread(
     """Post a root and its replies exactly once through the ledger (or only replies, into an
     existing `thread`). Returns what happened; never raises DeliveryError.
 
-    A destination that failed permanently (not_in_channel, bot kicked) is not tried again
-    unless `retry_permanent`: an operator re-running `digestbot digest` after fixing it."""
+    A destination that failed permanently (not_in_channel, bot kicked) is not tried again,
+    nor is a post on an unsearchable platform already sent blindly BLIND_SENDS times, unless
+    `retry_permanent`: a person asking again (an operator's re-run, a new /analyze)."""
     channel, chat = dest.channel, dest.chat
+    searchable = hasattr(channel, "find_posted")
     state = await store.post_state(scope, channel.platform, chat)
     posted = skipped = 0
     for seq, out in enumerate(messages):
@@ -186,18 +200,25 @@ async def post_thread(
             if seq == 0 and thread is None:
                 thread = row["message_ref"]
             continue
-        permanent = (
-            row and row["status"] == "failed" and (row["error"] or "").startswith("permanent:")
-        )
-        if permanent and not retry_permanent:
-            return Delivered(
-                dest.label, False, posted, skipped, row["error"].removeprefix("permanent: ")
+        error = (row or {}).get("error") or ""
+        sends = 0 if retry_permanent else int((row or {}).get("attempts") or 0)
+        if error.startswith("permanent:") and not retry_permanent:
+            return Delivered(dest.label, False, posted, skipped, error.removeprefix("permanent: "))
+        if not searchable and sends >= BLIND_SENDS:
+            reason = (
+                f"{out.summary}: timed out {sends} times and may have landed; re-run to send again"
             )
+            return Delivered(dest.label, False, posted, skipped, reason)
         reply_to = thread if (seq > 0 or thread is not None) else None
+        # The mark that finds this post again must be unique per scope: every thread's first
+        # post is "toc" or "root", and an older thread's must not pass for this one's.
+        mark = f"{scope}/{out.key}"
         ref = None
+        used = sends
         if row and row["status"] in ("intent", "failed"):
-            ref = await _find_previous(channel, chat, reply_to, out.key)
+            ref = await _find_previous(channel, chat, reply_to, mark)
         if ref is None:
+            budget = SEND_ATTEMPTS if searchable else BLIND_SENDS
             await store.record_post(
                 scope,
                 channel.platform,
@@ -206,9 +227,13 @@ async def post_thread(
                 seq=seq,
                 status="intent",
                 thread_ref=reply_to,
+                attempts=sends,
             )
+            counter = [sends]
             try:
-                ref = await _send_once(channel, chat, out, reply_to, retry_pause)
+                ref = await _send_once(
+                    channel, chat, out, mark, reply_to, retry_pause, budget, counter
+                )
             except DeliveryError as exc:
                 tag = "permanent" if exc.permanent else "transient"
                 await store.record_post(
@@ -220,10 +245,12 @@ async def post_thread(
                     status="failed",
                     thread_ref=reply_to,
                     error=f"{tag}: {exc.reason}",
+                    attempts=counter[0],
                 )
                 log.error("%s: %s post failed (%s): %s", dest.label, out.summary, tag, exc.reason)
                 return Delivered(dest.label, False, posted, skipped, exc.reason)
             posted += 1
+            used = counter[0]
         else:
             skipped += 1
         await store.record_post(
@@ -235,6 +262,7 @@ async def post_thread(
             status="sent",
             thread_ref=reply_to,
             message_ref=ref,
+            attempts=used,
         )
         if seq == 0 and thread is None:
             thread = ref
@@ -243,24 +271,32 @@ async def post_thread(
 
 
 async def _send_once(
-    channel: Channel, chat: str, out: Outgoing, thread: str | None, pause: float
+    channel: Channel,
+    chat: str,
+    out: Outgoing,
+    mark: str,
+    thread: str | None,
+    pause: float,
+    budget: int,
+    counter: list[int],
 ) -> str:
     """Send, and after a transient failure look for the message before sending it again: a
-    5xx or a dropped connection can come after the platform stored the post. A platform that
-    cannot be searched (Telegram) is tried once more only, so an unknown outcome costs at most
-    one duplicate, never a run of them."""
-    attempts = SEND_ATTEMPTS if hasattr(channel, "find_posted") else 2
-    for attempt in range(attempts):
+    5xx or a dropped connection can come after the platform stored the post. On a platform
+    that cannot be searched (Telegram), `counter` counts the sends whose outcome is unknown
+    (they may have landed), and `budget` bounds them, over all runs, through the ledger."""
+    for attempt in range(SEND_ATTEMPTS):
         try:
-            return await channel.send(chat, out.payload, thread, key=out.key)
+            return await channel.send(chat, out.payload, thread, key=mark)
         except DeliveryError as exc:
-            if exc.permanent or attempt == attempts - 1:
+            if exc.maybe_delivered:
+                counter[0] += 1
+            if exc.permanent or attempt == SEND_ATTEMPTS - 1 or counter[0] >= budget:
                 raise
             log.warning(
                 "%s: transient failure (%s); checking, then trying again", out.summary, exc.reason
             )
             await asyncio.sleep(pause * (2**attempt))
-            found = await _find_previous(channel, chat, thread, out.key)
+            found = await _find_previous(channel, chat, thread, mark)
             if found is not None:
                 return found
     raise AssertionError("unreachable")

@@ -198,6 +198,12 @@ def m004_interactive(db: Database) -> None:
     db["requests"].create_index(["user_key", "at"])
 
 
+@migrations()
+def m005_post_attempts(db: Database) -> None:
+    # How often a post was sent: blind re-sends on unsearchable platforms are bounded.
+    db["posts"].add_column("attempts", int, not_null_default=0)
+
+
 class Store:
     """Async facade over one SQLite file."""
 
@@ -514,6 +520,15 @@ class Store:
 
         return await self._run(read)
 
+    async def has_posts(self, scope: str) -> bool:
+        """Whether anything of this scope (e.g. a day's digest) was sent or attempted."""
+
+        def read() -> bool:
+            rows = list(self.db.query("select 1 from posts where scope = ? limit 1", [scope]))
+            return bool(rows)
+
+        return await self._run(read)
+
     async def record_post(
         self,
         scope: str,
@@ -526,6 +541,7 @@ class Store:
         thread_ref: str | None = None,
         message_ref: str | None = None,
         error: str | None = None,
+        attempts: int = 0,
     ) -> None:
         record = {
             "scope": scope,
@@ -537,6 +553,7 @@ class Store:
             "thread_ref": thread_ref,
             "message_ref": message_ref,
             "error": error,
+            "attempts": attempts,
             "updated_at": _now(),
         }
         await self._run(

@@ -11,6 +11,7 @@ the middle of a digest is a channel wrapper that stops the run at a chosen send.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import re
@@ -353,7 +354,8 @@ async def test_digest_is_one_thread_per_destination_and_a_rerun_posts_nothing(
         assert_ledger_matches(rows, posts)
         keys = [r["key"] for r in rows]
         assert keys[0] == "toc" and all(re.fullmatch(r"\d{4}\.\d{5}#0", k) for k in keys[1:])
-        assert slack_metadata_keys(fakes.slack, channel) == keys
+        # each post carries its ledger key qualified by the day (see bot.service.post_thread)
+        assert slack_metadata_keys(fakes.slack, channel) == [f"digest:{DAY}/{k}" for k in keys]
     for chat_id, topic in TELEGRAM_DESTINATIONS:
         posts = telegram_posts(fakes.telegram, chat_id)
         assert_one_thread(posts)
@@ -685,6 +687,29 @@ async def test_a_telegram_post_that_landed_just_before_the_kill_is_repeated_at_m
     assert_one_thread(posts)
 
 
+async def test_telegram_timeouts_after_delivery_never_make_a_third_copy(
+    live: Live, store: Store, settings: Settings
+) -> None:
+    # Telegram stores every TOC but answers after the client gave up, each time. The outcome
+    # is unknown and Telegram cannot be searched: at most one duplicate, then the ledger stops
+    # sending blindly and says so, however often the job (or a restart) tries again.
+    from bot.channels.telegram import TelegramChannel, make_bot, make_rate_limiter
+
+    live.telegram.delay_next(1.0, n=50)
+    limiter = make_rate_limiter(group_max_rate=100_000, overall_max_rate=100_000)
+    async with make_bot(
+        TELEGRAM_TOKEN, f"{live.telegram.url}/bot", rate_limiter=limiter, read_timeout=0.3
+    ) as bot:
+        dest = Destination(TelegramChannel(bot, language="zh"), f"{FORUM}:{TOPIC}")
+        digest = make_digest(picks=1)
+        results = [await deliver(store, dest, digest, settings) for _ in range(4)]
+    await asyncio.sleep(1.2)  # let the fake finish answering the last delayed send
+    assert not any(r.ok for r in results)
+    assert "may have landed" in (results[-1].error or "")
+    copies = [p for p in live.posts("telegram") if p.text.startswith("🚀")]
+    assert len(copies) == 2
+
+
 # ------------------------------------------------------------------ faults at the platforms
 
 
@@ -768,3 +793,28 @@ async def test_one_destination_failing_for_good_does_not_stop_the_next(
     again = await deliver(store, live.destination("slack"), digest, settings)
     assert not again.ok
     assert slack_post_requests(live.slack, "C1") == 1  # not retried, not even by a rerun
+
+
+async def test_a_rerun_finishes_the_digest_it_started_even_when_the_list_has_grown(
+    fakes: Fakes,
+) -> None:
+    # Early in the day HF lists only part of the day; the run posts to Slack but Telegram is
+    # down. Later the list has grown (other papers would now be picked). The re-run finishes
+    # the digest it started: Telegram gets that same digest, Slack gets nothing more.
+    full = fakes.world.hf.days[DAY]
+    by_upvotes = sorted(full, key=lambda item: item["paper"]["upvotes"])
+    fakes.world.hf.days[DAY] = by_upvotes[:6]  # the six least upvoted: a different top
+    fakes.telegram.server_error_next(100)
+    code, _, _ = await run_cli(["digest", "--date", DAY], fakes.env())
+    assert code == 1
+    first = {c: slack_posts(fakes.slack, c) for c in SLACK_CHANNELS}
+    assert all(len(posts) >= 2 for posts in first.values())
+
+    fakes.world.hf.days[DAY] = full
+    fakes.telegram._server_errors.clear()  # Telegram is back
+    code, _, err = await run_cli(["digest", "--date", DAY], fakes.env())
+    assert code == 0, err
+    assert {c: slack_posts(fakes.slack, c) for c in SLACK_CHANNELS} == first
+    forum = telegram_posts(fakes.telegram, FORUM)
+    assert_one_thread(forum)
+    assert len(forum) == len(first[SLACK_CHANNELS[0]])  # the same TOC and deep dives

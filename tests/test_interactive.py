@@ -382,7 +382,9 @@ class Bot:
         await eventually(lambda: len(self.ephemerals(user)) > seen, "the result line")
         await self.settle()
         for root in self.roots(channel):
-            if root["metadata"]["event_payload"]["key"] == "root" and paper in str(root["blocks"]):
+            if root["metadata"]["event_payload"]["key"].endswith("/root") and paper in str(
+                root["blocks"]
+            ):
                 return str(root["ts"])
         raise AssertionError(f"no analysis thread for {paper}: {self.ephemerals(user)}")
 

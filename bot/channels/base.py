@@ -29,13 +29,15 @@ class DeliveryError(Exception):
     """Sending failed after the channel's own retries.
 
     `permanent` errors (channel_not_found, not_in_channel, invalid_auth, bot kicked...) must not
-    be retried; transient ones may be retried by a later run.
+    be retried; transient ones may be retried by a later run. `maybe_delivered` says the
+    platform may have stored the message anyway (a timeout after the request was sent).
     """
 
-    def __init__(self, reason: str, *, permanent: bool) -> None:
+    def __init__(self, reason: str, *, permanent: bool, maybe_delivered: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
+        self.maybe_delivered = maybe_delivered
 
 
 class Channel(Protocol):

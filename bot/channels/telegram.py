@@ -556,6 +556,7 @@ class TelegramChannel:
             result = DeliveryError(
                 f"telegram {chat_id}: timed out (the message may have been delivered)",
                 permanent=False,
+                maybe_delivered=True,
             )
         elif isinstance(exc, NetworkError):
             result = DeliveryError(f"telegram {chat_id}: network error: {reason}", permanent=False)
