@@ -154,8 +154,15 @@ class Assistant:
                     False, "arXiv cannot be reached right now; try again in a few minutes."
                 )
             messages = dest.channel.render_analysis(entry)
+            # A person asking again is the retry of an earlier failure (the bot invited since).
             delivered = await post_thread(
-                self.store, dest, scope, messages, kind="analysis", papers=[entry.paper.arxiv_id]
+                self.store,
+                dest,
+                scope,
+                messages,
+                kind="analysis",
+                papers=[entry.paper.arxiv_id],
+                retry_permanent=True,
             )
             state = await self.store.post_state(scope, dest.channel.platform, dest.chat)
             thread = state.get("root", {}).get("message_ref")

@@ -117,15 +117,14 @@ class DailyJob:
         self.now = now
         self.sleep = sleep
         self.trigger = make_trigger(settings)
-        self.last_status: dict[str, str] = {}
 
     @property
     def store(self) -> Any:
         return self.pipeline.store
 
-    async def fire(self) -> None:
-        """The scheduler's entry point: the day of this fire time."""
-        await self.run(digest_day(self.now().astimezone(self.settings.digest.tz)))
+    async def fire(self) -> str:
+        """The scheduler's entry point: the day of this fire time. Returns the run's status."""
+        return await self.run(digest_day(self.now().astimezone(self.settings.digest.tz)))
 
     async def catch_up(self) -> str | None:
         """At start-up: run the last due digest if it was missed and is still within the window."""
@@ -156,9 +155,12 @@ class DailyJob:
     async def run(self, day: str) -> str:
         if not await self.store.claim_run(day, self.owner, LEASE_SECONDS):
             log.info("digest %s already claimed or done: not posting", day)
-            self.last_status[day] = "skipped"
             return "skipped"
         status, detail = "failed", ""
+        # The lease is renewed for the whole run: building against a slow LLM or waiting out
+        # a flood limit can take longer than the lease, and a second process must not take a
+        # live run over.
+        keep_alive = asyncio.get_running_loop().create_task(self._keep_alive(day))
         try:
             digest = await started_digest(self.store, day)
             if digest is None:
@@ -174,9 +176,18 @@ class DailyJob:
             detail = type(exc).__name__
             log.exception("digest %s failed", day)
         finally:
-            await self.store.finish_run(day, status, detail[:500])
-        self.last_status[day] = status
+            keep_alive.cancel()
+            await self.store.finish_run(day, status, detail[:500], owner=self.owner)
         return status
+
+    async def _keep_alive(self, day: str) -> None:
+        """Renew the day's lease on the real clock until cancelled."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                await self.store.heartbeat(day, self.owner)
+            except Exception:  # a missed beat is retried next time; the run goes on
+                log.warning("could not renew the lease of %s", day, exc_info=True)
 
     async def wait_for_papers(self, day: str) -> list[Paper]:
         """Poll HF until the day's list holds top_n papers or the cut-off passes."""

@@ -247,7 +247,12 @@ async def serve(
         http = HttpServer(settings.port, health)
         for runtime in runtimes:
             await runtime.start(http)
-        port = await http.start()
+        try:
+            port = await http.start()
+        except OSError as exc:
+            raise StartupError(
+                f"PORT: cannot listen on :{settings.port} ({exc.strerror or exc})"
+            ) from None
 
         async def fire() -> None:
             await work.spawn(job.fire())

@@ -33,6 +33,7 @@ FAILED = "⚠️ Sorry, I could not answer that just now; please ask again in a 
 FAILED_ANALYSIS = "⚠️ Sorry, the analysis failed; please try again in a few minutes."
 _MENTION = re.compile(r"<@[A-Z0-9]+>")
 _SAFE_LINK = re.compile(r"^https://[A-Za-z0-9.-]+/[A-Za-z0-9/._-]*$")
+_QUESTION_SUBTYPES = (None, "thread_broadcast", "file_share")
 _RESPONSE_URL = re.compile(r"^https?://[^\s]+$")
 
 
@@ -119,18 +120,26 @@ def build_slack_app(
 async def _analyze(
     channel: SlackChannel, assistant: Assistant, body: dict[str, Any], aid: Any
 ) -> None:
+    try:
+        await _analyze_steps(channel, assistant, body, aid)
+    except Exception:
+        log.exception("slack %s: analysis of %s failed", body.get("channel_id"), aid)
+        user = body.get("user_id") or "?"
+        await _ephemeral(
+            channel, body["channel_id"], user, escape(FAILED_ANALYSIS), body.get("response_url")
+        )
+
+
+async def _analyze_steps(
+    channel: SlackChannel, assistant: Assistant, body: dict[str, Any], aid: Any
+) -> None:
     chat, user, team = body["channel_id"], body.get("user_id") or "?", body.get("team_id")
     reply_to = body.get("response_url")
     refusal = await assistant.admit("slack", user, team=team, chat=chat, paper=aid)
     if refusal is not None:
         await _ephemeral(channel, chat, user, escape(f"⚠️ {refusal}"), reply_to)
         return
-    try:
-        outcome = await assistant.analyze(Destination(channel, chat), aid)
-    except Exception:
-        log.exception("slack %s: analysis of %s failed", chat, aid)
-        await _ephemeral(channel, chat, user, escape(FAILED_ANALYSIS), reply_to)
-        return
+    outcome = await assistant.analyze(Destination(channel, chat), aid)
     line = escape(("✅ " if outcome.ok else "⚠️ ") + outcome.line)
     if outcome.thread:
         link = await _permalink(channel, chat, outcome.thread)
@@ -145,7 +154,13 @@ async def _question(
     event: dict[str, Any],
     body: dict[str, Any],
 ) -> None:
-    if event.get("subtype") or event.get("bot_id") or event.get("bot_profile"):
+    # A reply also sent to the channel (thread_broadcast) or with a file is still a question;
+    # edits, deletions, joins, and every bot (this one included) are not.
+    if (
+        event.get("subtype") not in _QUESTION_SUBTYPES
+        or event.get("bot_id")
+        or event.get("bot_profile")
+    ):
         return  # edits, deletions, joins, and every bot (this one included)
     thread_ts, ts, chat = event.get("thread_ts"), event.get("ts"), event.get("channel")
     if not thread_ts or thread_ts == ts or not chat:
@@ -196,6 +211,12 @@ async def _answer(
             await channel.send(chat, part.payload, thread_ts)
     except DeliveryError as exc:
         log.error("slack %s: answer not delivered: %s", chat, exc.reason)
+    except Exception:
+        log.exception("slack %s: answering failed", chat)
+        try:
+            await channel.send(chat, SlackMessage(FAILED, _text_block(FAILED)), thread_ts)
+        except DeliveryError:
+            pass  # nothing more can reach the thread
 
 
 def _text_block(text: str) -> list[dict[str, Any]]:

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], Any]
 
+FAILED_ANALYSIS = "⚠️ Sorry, the analysis failed; please try again in a few minutes."
+FAILED_ANSWER = "⚠️ Sorry, I could not answer that just now; please ask again in a few minutes."
+
 
 def chat_key(message: Message) -> str:
     """The chat as TELEGRAM_CHATS writes it: `chat_id`, or `chat_id:topic` inside a forum topic."""
@@ -89,6 +92,16 @@ async def _thread_for(
 async def _analyze(
     channel: TelegramChannel, assistant: Assistant, message: Message, text: str
 ) -> None:
+    try:
+        await _analyze_steps(channel, assistant, message, text)
+    except Exception:
+        log.exception("telegram %s: analysis failed", chat_key(message))
+        await _line(channel, chat_key(message), FAILED_ANALYSIS, str(message.message_id))
+
+
+async def _analyze_steps(
+    channel: TelegramChannel, assistant: Assistant, message: Message, text: str
+) -> None:
     chat = chat_key(message)
     user = str(message.from_user.id) if message.from_user else "?"
     reply = str(message.message_id)
@@ -113,14 +126,7 @@ async def _analyze(
         reply,
     )
     await channel.send_typing(chat)
-    try:
-        outcome = await assistant.analyze(Destination(channel, chat), parsed)
-    except Exception:
-        log.exception("telegram %s: analysis of %s failed", chat, parsed)
-        await _line(
-            channel, chat, "⚠️ Sorry, the analysis failed; please try again in a few minutes.", reply
-        )
-        return
+    outcome = await assistant.analyze(Destination(channel, chat), parsed)
     if not outcome.ok or outcome.delivered is None:
         # Failures, and "already analysed here", are answered where the request was made.
         await _line(
@@ -169,19 +175,7 @@ async def _answer(
                 )
             return
         await channel.send_typing(chat)
-        try:
-            answer = await assistant.answer(
-                "telegram", chat, thread["thread_ref"], target, question
-            )
-        except Exception:
-            log.exception("telegram %s: answering failed", chat)
-            await _line(
-                channel,
-                chat,
-                "⚠️ Sorry, I could not answer that just now; please ask again later.",
-                reply,
-            )
-            return
+        answer = await assistant.answer("telegram", chat, thread["thread_ref"], target, question)
         previous = reply
         for seq, part in enumerate(channel.render_answer(answer)):
             previous = await channel.send(chat, part.payload, previous)
@@ -198,6 +192,9 @@ async def _answer(
             )
     except DeliveryError as exc:
         log.error("telegram %s: answer not delivered: %s", chat, exc.reason)
+    except Exception:
+        log.exception("telegram %s: answering failed", chat)
+        await _line(channel, chat, FAILED_ANSWER, reply)
 
 
 async def _line(channel: TelegramChannel, chat: str, text: str, reply_to: str | None) -> str | None:

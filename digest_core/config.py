@@ -242,9 +242,13 @@ def load_settings(env: Mapping[str, str] | None = None, path: str | Path | None 
         language=language,
         timezone=timezone,
         time=digest_time,
-        catch_up_hours=_get(d, "catch_up_hours", float, 6.0, "digest"),
+        catch_up_hours=_frange(
+            _get(d, "catch_up_hours", float, 6.0, "digest"), "digest.catch_up_hours", 0, 48
+        ),
         wait_until=_time(_get(d, "wait_until", str, "20:00", "digest"), "digest.wait_until"),
-        poll_minutes=_get(d, "poll_minutes", float, 20.0, "digest"),
+        poll_minutes=_frange(
+            _get(d, "poll_minutes", float, 20.0, "digest"), "digest.poll_minutes", 1, 240
+        ),
         empty_day_notice=_get(d, "empty_day_notice", bool, False, "digest"),
     )
 
@@ -259,7 +263,9 @@ def load_settings(env: Mapping[str, str] | None = None, path: str | Path | None 
         api_key=_secret(env, "OPENAI_API_KEY"),
         base_url=_url(env, "OPENAI_BASE_URL", "https://api.openai.com/v1"),
         model=model,
-        timeout_seconds=_get(llm_t, "timeout_seconds", float, 120.0, "llm"),
+        timeout_seconds=_frange(
+            _get(llm_t, "timeout_seconds", float, 120.0, "llm"), "llm.timeout_seconds", 1, 600
+        ),
         max_retries=_range(_get(llm_t, "max_retries", int, 2, "llm"), "llm.max_retries", 0, 10),
         max_concurrency=_positive(
             _get(llm_t, "max_concurrency", int, 4, "llm"), "llm.max_concurrency", 64
@@ -281,8 +287,15 @@ def load_settings(env: Mapping[str, str] | None = None, path: str | Path | None 
         arxiv_api_url=_url(env, "ARXIV_API_URL", "https://export.arxiv.org/api/query"),
         arxiv_url=_url(env, "ARXIV_URL", "https://arxiv.org").rstrip("/"),
         user_agent=_get(s, "user_agent", str, SourceSettings.user_agent, "sources"),
-        timeout_seconds=_get(s, "timeout_seconds", float, 30.0, "sources"),
-        arxiv_min_interval_seconds=_get(s, "arxiv_min_interval_seconds", float, 3.0, "sources"),
+        timeout_seconds=_frange(
+            _get(s, "timeout_seconds", float, 30.0, "sources"), "sources.timeout_seconds", 1, 300
+        ),
+        arxiv_min_interval_seconds=_frange(
+            _get(s, "arxiv_min_interval_seconds", float, 3.0, "sources"),
+            "sources.arxiv_min_interval_seconds",
+            0,
+            60,
+        ),
         retries=_range(_get(s, "retries", int, 2, "sources"), "sources.retries", 0, 10),
     )
 
@@ -332,13 +345,27 @@ def load_settings(env: Mapping[str, str] | None = None, path: str | Path | None 
 
     i = data.get("interactive", {})
     interactive = InteractiveSettings(
-        user_requests_per_hour=_get(i, "user_requests_per_hour", int, 20, "interactive"),
-        daily_token_budget=_get(i, "daily_token_budget", int, 2_000_000, "interactive"),
+        user_requests_per_hour=_positive(
+            _get(i, "user_requests_per_hour", int, 20, "interactive"),
+            "interactive.user_requests_per_hour",
+            10**6,
+        ),
+        daily_token_budget=_range(
+            _get(i, "daily_token_budget", int, 2_000_000, "interactive"),
+            "interactive.daily_token_budget",
+            0,
+            10**12,
+        ),
         allowed_slack_teams=tuple(_get(i, "allowed_slack_teams", list, [], "interactive")),
         allowed_telegram_chats=tuple(
             str(c) for c in _get(i, "allowed_telegram_chats", list, [], "interactive")
         ),
-        thread_memory_turns=_get(i, "thread_memory_turns", int, 6, "interactive"),
+        thread_memory_turns=_range(
+            _get(i, "thread_memory_turns", int, 6, "interactive"),
+            "interactive.thread_memory_turns",
+            0,
+            100,
+        ),
     )
 
     port_raw = env.get("PORT", "").strip() or "3000"
@@ -361,6 +388,12 @@ def load_settings(env: Mapping[str, str] | None = None, path: str | Path | None 
 
 def _missing(key: str) -> str:
     raise ConfigError(f"{key}: missing")
+
+
+def _frange(value: float, key: str, low: float, high: float) -> float:
+    if not low <= value <= high:
+        raise ConfigError(f"{key}: expected {low:g}..{high:g}, got {value:g}")
+    return value
 
 
 def _positive(value: int, key: str, upper: int) -> int:

@@ -490,12 +490,18 @@ class Store:
 
         await self._run(write)
 
-    async def finish_run(self, digest_date: str, status: str, detail: str = "") -> None:
+    async def finish_run(
+        self, digest_date: str, status: str, detail: str = "", *, owner: str | None = None
+    ) -> None:
+        """Record how a run ended; with `owner`, only if that owner still holds the day (a run
+        taken over after its lease lapsed must not overwrite the new owner's record)."""
+
         def write() -> None:
             with self.db.conn:
                 self.db.conn.execute(
-                    "update runs set status = ?, finished_at = ?, detail = ? where digest_date = ?",
-                    [status, _now(), detail, digest_date],
+                    "update runs set status = ?, finished_at = ?, detail = ? "
+                    "where digest_date = ? and (? is null or owner = ?)",
+                    [status, _now(), detail, digest_date, owner, owner],
                 )
 
         await self._run(write)

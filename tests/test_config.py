@@ -83,11 +83,32 @@ def test_bad_values_name_the_key(env: dict[str, str], key: str) -> None:
     assert message.startswith(key) and "\n" not in message
 
 
-def test_bad_toml_value_names_the_key(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ("threshold = 60", "threshold = 160", "digest.threshold"),
+        (
+            "user_requests_per_hour = 20",
+            "user_requests_per_hour = 0",
+            "interactive.user_requests_per_hour",
+        ),
+        ("poll_minutes = 20", "poll_minutes = 0", "digest.poll_minutes"),
+        (
+            "daily_token_budget = 2000000",
+            "daily_token_budget = -5",
+            "interactive.daily_token_budget",
+        ),
+        ("timeout_seconds = 120", "timeout_seconds = 0", "llm.timeout_seconds"),
+    ],
+)
+def test_bad_toml_value_names_the_key(tmp_path: Path, old: str, new: str, key: str) -> None:
     bad = tmp_path / "c.toml"
-    bad.write_text(CONFIG.read_text(encoding="utf-8").replace("threshold = 60", "threshold = 160"))
-    with pytest.raises(ConfigError, match=r"^digest\.threshold"):
+    text = CONFIG.read_text(encoding="utf-8")
+    assert old in text
+    bad.write_text(text.replace(old, new))
+    with pytest.raises(ConfigError) as info:
         load_settings(env={}, path=bad)
+    assert str(info.value).startswith(key + ":")
 
 
 def test_secret_values_never_print() -> None:

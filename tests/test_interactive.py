@@ -539,6 +539,17 @@ async def test_where_the_bot_cannot_post_the_requester_still_hears_why(bot: Bot)
         and "not_in_channel" in reply["text"]
     )
 
+    # Invited since: asking again is the retry, and the analysis is posted there.
+    bot.slack.permanent_error("C3", None)
+    await bot.analysed_in_slack(PAPER, channel="C3", user="U7")
+    assert len(bot.roots("C3")) == 1
+
+
+async def test_a_reply_also_sent_to_the_channel_is_a_question(bot: Bot) -> None:
+    root = await bot.analysed_in_slack(PAPER)
+    (answer,) = await bot.ask_slack("What is a Markov basis?", root, subtype="thread_broadcast")
+    assert "What is a Markov basis?" in answer["text"]
+
 
 async def test_bad_input_gets_one_line_and_no_llm_call(bot: Bot) -> None:
     bad = [

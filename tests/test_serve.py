@@ -756,3 +756,22 @@ async def test_no_secret_in_logs_database_or_anything_posted(
         found += leaks(where, text)
     assert found == []
     assert tg.sent(GROUP) and slack.messages(CHANNEL)  # the sweep read real posts
+
+
+async def test_a_port_in_use_stops_serve_with_one_line(tmp_path: Path) -> None:
+    import socket
+
+    from fakes.world import World, run_cli
+
+    taken = socket.socket()
+    taken.bind(("0.0.0.0", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        async with World(tmp_path) as world:
+            code, out, err = await run_cli(["serve"], world.env(PORT=str(port), DIGEST_TIME="off"))
+    finally:
+        taken.close()
+    assert code == 2 and out == ""
+    assert err.strip().splitlines()[-1].startswith(f"digestbot: PORT: cannot listen on :{port}")
+    assert "Traceback" not in err
