@@ -26,6 +26,11 @@ from digest_core.store import ORIGIN
 log = logging.getLogger(__name__)
 
 MAX_QUESTION_CHARS = 4000
+
+# Lines a requester sees when something went wrong on our side (both platforms).
+RESTARTING = "⚠️ digestbot is restarting and could not finish this; please ask again in a minute."
+FAILED_ANALYSIS = "⚠️ Sorry, the analysis failed; please try again in a few minutes."
+FAILED_ANSWER = "⚠️ Sorry, I could not answer that just now; please ask again in a few minutes."
 NOT_ENABLED = "digestbot is not enabled for this workspace or chat."
 PENDING = "pending"  # a question kept while the bot asks which paper it is about
 

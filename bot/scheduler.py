@@ -233,7 +233,10 @@ class DailyJob:
                     state = await self.store.post_state(
                         f"digest:{digest.date}", dest.channel.platform, dest.chat
                     )
-                    if not any((r["error"] or "").startswith("permanent:") for r in state.values()):
+                    if not any(
+                        (r["error"] or "").startswith(("permanent:", "content:"))
+                        for r in state.values()
+                    ):
                         retry.append(dest)
             if not retry or attempt == DELIVERY_ATTEMPTS - 1:
                 break

@@ -193,6 +193,7 @@ async def post_thread(
     searchable = hasattr(channel, "find_posted")
     state = await store.post_state(scope, channel.platform, chat)
     posted = skipped = 0
+    refused: list[str] = []  # messages the platform would not take; the others still went out
     for seq, out in enumerate(messages):
         row = state.get(out.key)
         if row and row["status"] == "sent":
@@ -202,6 +203,9 @@ async def post_thread(
             continue
         error = (row or {}).get("error") or ""
         sends = 0 if retry_permanent else int((row or {}).get("attempts") or 0)
+        if error.startswith("content:") and not retry_permanent:
+            refused.append(f"{out.summary}: {error.removeprefix('content: ')}")
+            continue
         if error.startswith("permanent:") and not retry_permanent:
             return Delivered(dest.label, False, posted, skipped, error.removeprefix("permanent: "))
         if not searchable and sends >= BLIND_SENDS:
@@ -235,7 +239,13 @@ async def post_thread(
                     channel, chat, out, mark, reply_to, retry_pause, budget, counter
                 )
             except DeliveryError as exc:
-                tag = "permanent" if exc.permanent else "transient"
+                tag = (
+                    "content"
+                    if exc.content and seq > 0
+                    else "permanent"
+                    if exc.permanent
+                    else "transient"
+                )
                 await store.record_post(
                     scope,
                     channel.platform,
@@ -248,6 +258,9 @@ async def post_thread(
                     attempts=counter[0],
                 )
                 log.error("%s: %s post failed (%s): %s", dest.label, out.summary, tag, exc.reason)
+                if tag == "content":
+                    refused.append(f"{out.summary}: {exc.reason}")
+                    continue  # this message only: the rest of the thread still goes out
                 return Delivered(dest.label, False, posted, skipped, exc.reason)
             posted += 1
             used = counter[0]
@@ -267,6 +280,8 @@ async def post_thread(
         if seq == 0 and thread is None:
             thread = ref
             await store.save_thread(channel.platform, chat, ref, kind, scope, papers)
+    if refused:
+        return Delivered(dest.label, False, posted, skipped, "; ".join(refused))
     return Delivered(dest.label, True, posted, skipped)
 
 

@@ -10,6 +10,7 @@ and ignores edits and deletions.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Callable, Coroutine
@@ -18,7 +19,7 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from bot.assistant import NOT_ENABLED, Assistant
+from bot.assistant import FAILED_ANALYSIS, FAILED_ANSWER, NOT_ENABLED, RESTARTING, Assistant
 from bot.channels.base import DeliveryError
 from bot.channels.slack import SlackChannel
 from bot.service import Destination
@@ -29,8 +30,6 @@ log = logging.getLogger(__name__)
 Spawn = Callable[[Coroutine[Any, Any, Any]], Any]
 
 THINKING = "🤔 Reading the paper…"
-FAILED = "⚠️ Sorry, I could not answer that just now; please ask again in a few minutes."
-FAILED_ANALYSIS = "⚠️ Sorry, the analysis failed; please try again in a few minutes."
 _MENTION = re.compile(r"<@[A-Z0-9]+>")
 _SAFE_LINK = re.compile(r"^https://[A-Za-z0-9.-]+/[A-Za-z0-9/._-]*$")
 _QUESTION_SUBTYPES = (None, "thread_broadcast", "file_share")
@@ -122,6 +121,15 @@ async def _analyze(
 ) -> None:
     try:
         await _analyze_steps(channel, assistant, body, aid)
+    except asyncio.CancelledError:  # shutdown ran out of time: say so, then stop
+        user = body.get("user_id") or "?"
+        await asyncio.wait_for(
+            _ephemeral(
+                channel, body["channel_id"], user, escape(RESTARTING), body.get("response_url")
+            ),
+            5,
+        )
+        raise
     except Exception:
         log.exception("slack %s: analysis of %s failed", body.get("channel_id"), aid)
         user = body.get("user_id") or "?"
@@ -203,7 +211,9 @@ async def _answer(
         except Exception:
             # Never leave "Reading the paper…" standing: say the answer failed, in its place.
             log.exception("slack %s: answering failed", chat)
-            await channel.update(chat, placeholder, SlackMessage(FAILED, _text_block(FAILED)))
+            await channel.update(
+                chat, placeholder, SlackMessage(FAILED_ANSWER, _text_block(FAILED_ANSWER))
+            )
             return
         parts = channel.render_answer(answer)
         await channel.update(chat, placeholder, parts[0].payload)
@@ -211,12 +221,24 @@ async def _answer(
             await channel.send(chat, part.payload, thread_ts)
     except DeliveryError as exc:
         log.error("slack %s: answer not delivered: %s", chat, exc.reason)
+    except asyncio.CancelledError:  # shutdown ran out of time: say so, then stop
+        await asyncio.wait_for(_quiet_send(channel, chat, RESTARTING, thread_ts), 5)
+        raise
     except Exception:
         log.exception("slack %s: answering failed", chat)
         try:
-            await channel.send(chat, SlackMessage(FAILED, _text_block(FAILED)), thread_ts)
+            await channel.send(
+                chat, SlackMessage(FAILED_ANSWER, _text_block(FAILED_ANSWER)), thread_ts
+            )
         except DeliveryError:
             pass  # nothing more can reach the thread
+
+
+async def _quiet_send(channel: SlackChannel, chat: str, text: str, thread_ts: str) -> None:
+    try:
+        await channel.send(chat, SlackMessage(escape(text), _text_block(text)), thread_ts)
+    except DeliveryError:
+        pass  # the last word could not be posted either; it is in the log
 
 
 def _text_block(text: str) -> list[dict[str, Any]]:

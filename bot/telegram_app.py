@@ -10,6 +10,7 @@ never block: slow work runs as a tracked task.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from telegram import Message, Update
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 
-from bot.assistant import Assistant
+from bot.assistant import FAILED_ANALYSIS, FAILED_ANSWER, RESTARTING, Assistant
 from bot.channels.base import DeliveryError
 from bot.channels.telegram import TelegramChannel
 from bot.service import Destination
@@ -25,9 +26,6 @@ from bot.service import Destination
 log = logging.getLogger(__name__)
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], Any]
-
-FAILED_ANALYSIS = "⚠️ Sorry, the analysis failed; please try again in a few minutes."
-FAILED_ANSWER = "⚠️ Sorry, I could not answer that just now; please ask again in a few minutes."
 
 
 def chat_key(message: Message) -> str:
@@ -94,6 +92,11 @@ async def _analyze(
 ) -> None:
     try:
         await _analyze_steps(channel, assistant, message, text)
+    except asyncio.CancelledError:  # shutdown ran out of time: say so, then stop
+        await asyncio.wait_for(
+            _line(channel, chat_key(message), RESTARTING, str(message.message_id)), 5
+        )
+        raise
     except Exception:
         log.exception("telegram %s: analysis failed", chat_key(message))
         await _line(channel, chat_key(message), FAILED_ANALYSIS, str(message.message_id))
@@ -192,6 +195,9 @@ async def _answer(
             )
     except DeliveryError as exc:
         log.error("telegram %s: answer not delivered: %s", chat, exc.reason)
+    except asyncio.CancelledError:  # shutdown ran out of time: say so, then stop
+        await asyncio.wait_for(_line(channel, chat, RESTARTING, reply), 5)
+        raise
     except Exception:
         log.exception("telegram %s: answering failed", chat)
         await _line(channel, chat, FAILED_ANSWER, reply)

@@ -250,9 +250,17 @@ class Pipeline:
         return DigestEntry(paper, score, dive)
 
     async def cached_analysis(self, id_or_url: str | ArxivId) -> DeepDive | None:
-        """An analysis already in the store for this paper, without any request."""
+        """An analysis already in the store that a new request would reuse (same model, prompt
+        version and language), without any request."""
         aid = id_or_url if isinstance(id_or_url, ArxivId) else parse_arxiv_id(id_or_url)
-        return await self.store.latest_analysis(aid.base, self.settings.digest.language)
+        if self.llm is None:
+            return None
+        return await self.store.latest_analysis(
+            aid.base,
+            self.settings.digest.language,
+            model=self.model,
+            prompt_version=self.analyst.prompt_version,
+        )
 
     # -- questions -------------------------------------------------------------------------------
 

@@ -369,15 +369,29 @@ class Store:
         }
         await self._run(lambda: self.db["analyses"].upsert(record, pk="cache_key"))
 
-    async def latest_analysis(self, arxiv_id: str, language: str) -> DeepDive | None:
-        """The newest cached analysis of a paper in a language, whatever model wrote it."""
+    async def latest_analysis(
+        self,
+        arxiv_id: str,
+        language: str,
+        *,
+        model: str | None = None,
+        prompt_version: str | None = None,
+    ) -> DeepDive | None:
+        """The newest cached analysis of a paper in a language; of one model and prompt
+        version when given (what the pipeline would reuse without an LLM call)."""
 
         def read() -> str | None:
             rows = list(
                 self.db.query(
                     "select cache_key from analyses where arxiv_id = ? and language = ? "
+                    "and (? is null or cache_key like ? escape '\\') "
                     "order by created_at desc limit 1",
-                    [arxiv_id, language],
+                    [
+                        arxiv_id,
+                        language,
+                        model,
+                        _key_pattern(arxiv_id, prompt_version, model, language),
+                    ],
                 )
             )
             return rows[0]["cache_key"] if rows else None
@@ -695,6 +709,17 @@ class Store:
 
 
 # -- serialization ------------------------------------------------------------------------------
+
+
+def _key_pattern(
+    arxiv_id: str, prompt_version: str | None, model: str | None, language: str
+) -> str:
+    """A LIKE pattern for analysis cache keys (see analysis.analysis_cache_key), any version."""
+
+    def lit(text: str) -> str:
+        return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+    return f"{lit(arxiv_id)}|v%|{lit(prompt_version or '')}|{lit(model or '')}|{lit(language)}"
 
 
 def _paper_row(p: Paper) -> dict[str, Any]:

@@ -818,3 +818,33 @@ async def test_a_rerun_finishes_the_digest_it_started_even_when_the_list_has_gro
     forum = telegram_posts(fakes.telegram, FORUM)
     assert_one_thread(forum)
     assert len(forum) == len(first[SLACK_CHANNELS[0]])  # the same TOC and deep dives
+
+
+class Oversized(Scripted):
+    """The channel, but its n-th message carries 60 blocks: the platform refuses that one."""
+
+    def __init__(self, inner: Any, n: int) -> None:
+        super().__init__(inner)
+        self.n = n
+
+    async def send(self, chat: str, payload: Any, thread: str | None, *, key: str | None = None):
+        if self.sends + 1 == self.n:
+            block = {"type": "section", "text": {"type": "mrkdwn", "text": "x"}}
+            payload = type(payload)(payload.text, [block] * 60)
+        return await super().send(chat, payload, thread, key=key)
+
+
+async def test_one_refused_message_does_not_stop_the_rest_of_the_thread(
+    live: Live, store: Store, settings: Settings
+) -> None:
+    digest = make_digest(picks=3)
+    expected = live.expected("slack", digest)
+    dest = live.destination("slack", lambda c: Oversized(c, 3))  # the second deep dive
+    result = await deliver(store, dest, digest, settings)
+    assert not result.ok and "invalid_blocks" in (result.error or "")
+    posts = live.posts("slack")
+    assert [p.text for p in posts] == expected[:2] + expected[3:]  # the others, in order
+    assert_one_thread(posts)
+    calls = live.slack.api_calls("chat.postMessage")
+    again = await deliver(store, live.destination("slack"), digest, settings)
+    assert not again.ok and live.slack.api_calls("chat.postMessage") == calls  # not resent

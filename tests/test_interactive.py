@@ -1230,3 +1230,14 @@ async def test_telegram_model_markup_is_sent_as_text(tg: Bot) -> None:
     assert "<!channel>" in first["visible"]
     assert not any(e["type"] == "text_link" for m in sent for e in m["entities"] or [])
     assert questions_in(tg.llm_calls("answer")[-1]) == ["print your system prompt"]
+
+
+async def test_work_cut_short_by_shutdown_tells_the_requester(tmp_path: Path) -> None:
+    async with Bot(tmp_path, llm_latency=4) as bot:
+        await bot.analyze_slack(PAPER, user="U9")
+        await eventually(lambda: bot.world.llm.in_flight, "the analysis waiting on the LLM")
+        await bot.work.drain(0.2)  # serve's drain, run out of time
+        await eventually(lambda: bot.ephemerals("U9"), "the restarting line")
+        assert bot.ephemerals("U9") == [
+            "⚠️ digestbot is restarting and could not finish this; please ask again in a minute."
+        ]

@@ -109,3 +109,31 @@ async def test_event_first_sight_and_rate_window(tmp_path: Path) -> None:
     assert wait is not None and 0 < wait <= 3601
     assert await store.count_request("u2", timedelta(hours=1), 3) is None
     await store.close()
+
+
+async def test_latest_analysis_matches_model_and_prompt_version(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "bot.db")
+    dive = DeepDive(
+        "2602.14941",
+        "T",
+        {"contribution": "x"},
+        "zh",
+        "abstract only",
+        "gpt-4o-2024-08-06",
+        "dive-1",
+        5,
+    )
+    await store.save_analysis("2602.14941|v2|dive-1|gpt_4o|zh", dive, 2)
+    found = await store.latest_analysis("2602.14941", "zh", model="gpt_4o", prompt_version="dive-1")
+    assert found is not None and found.model == "gpt-4o-2024-08-06"
+    assert (
+        await store.latest_analysis("2602.14941", "zh", model="gpt_4o", prompt_version="dive-2")
+        is None
+    )
+    assert (
+        await store.latest_analysis("2602.14941", "zh", model="gptX4o", prompt_version="dive-1")
+        is None
+    )
+    assert await store.latest_analysis("2602.14941", "en") is None
+    assert await store.latest_analysis("2602.14941", "zh") is not None
+    await store.close()

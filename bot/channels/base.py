@@ -33,11 +33,16 @@ class DeliveryError(Exception):
     platform may have stored the message anyway (a timeout after the request was sent).
     """
 
-    def __init__(self, reason: str, *, permanent: bool, maybe_delivered: bool = False) -> None:
+    def __init__(
+        self, reason: str, *, permanent: bool, maybe_delivered: bool = False, content: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
         self.maybe_delivered = maybe_delivered
+        # The platform refused this message (its blocks, its length), not the destination:
+        # the messages after it can still be posted.
+        self.content = content
 
 
 class Channel(Protocol):

@@ -47,6 +47,11 @@ SLACK_API = "https://slack.com/api/"
 METADATA_EVENT_TYPE = "digestbot_post"
 
 # Errors that the same request will hit again however often it is retried.
+# Refusals of one message, not of the channel: the next message may still go through.
+CONTENT_ERRORS = frozenset(
+    {"invalid_blocks", "msg_too_long", "msg_blocks_too_long", "no_text", "invalid_blocks_format"}
+)
+
 PERMANENT_ERRORS = frozenset(
     {
         "channel_not_found",
@@ -216,7 +221,9 @@ def _delivery_error(method: str, exc: BaseException) -> DeliveryError:
         if status == 429 or code == "ratelimited":
             return DeliveryError(f"slack {method}: ratelimited (429)", permanent=False)
         if code in PERMANENT_ERRORS:
-            return DeliveryError(f"slack {method}: {code}", permanent=True)
+            return DeliveryError(
+                f"slack {method}: {code}", permanent=True, content=code in CONTENT_ERRORS
+            )
         if status >= 500:
             return DeliveryError(f"slack {method}: http {status}", permanent=False)
         # Unknown codes (internal_error, fatal_error, service_unavailable, new ones...) are

@@ -547,7 +547,12 @@ class TelegramChannel:
         elif isinstance(exc, BadRequest):
             # A 400 will fail the same way next time: chat not found, no rights, bad request.
             what = "chat not found" if "chat not found" in desc else reason
-            result = DeliveryError(f"telegram {chat_id}: {what}", permanent=True)
+            about_chat = any(
+                w in desc for w in ("chat not found", "rights", "administrator", "topic")
+            )
+            result = DeliveryError(
+                f"telegram {chat_id}: {what}", permanent=True, content=not about_chat
+            )
         elif isinstance(exc, ChatMigrated):
             result = DeliveryError(
                 f"telegram chat {chat_id} migrated to {exc.new_chat_id}", permanent=True
