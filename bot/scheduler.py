@@ -153,6 +153,7 @@ class DailyJob:
             await self.sleep(LEASE_SECONDS / 2)
 
     async def run(self, day: str) -> str:
+        await self.store.prune()  # once a day is often enough for the dedupe and rate tables
         if not await self.store.claim_run(day, self.owner, LEASE_SECONDS):
             log.info("digest %s already claimed or done: not posting", day)
             return "skipped"

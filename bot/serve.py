@@ -230,6 +230,7 @@ async def serve(
     scheduler = None
     try:
         assistant = Assistant(pipeline, settings)
+        await pipeline.store.prune()  # the daily job prunes too; this covers DIGEST_TIME=off
         if settings.slack.enabled:
             runtimes.append(SlackRuntime(settings, assistant, work))
         if settings.telegram.enabled:

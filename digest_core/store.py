@@ -655,6 +655,19 @@ class Store:
 
         return await self._run(write)
 
+    async def prune(self, older_than: timedelta = timedelta(days=3)) -> int:
+        """Forget redelivery marks and rate-limit records past any use: Slack retries within
+        minutes, Telegram keeps updates 24 h, the rate window is an hour. Returns rows removed."""
+
+        def write() -> int:
+            cutoff = (datetime.now(UTC) - older_than).isoformat(timespec="seconds")
+            with self.db.conn:
+                a = self.db.conn.execute("delete from events where seen_at < ?", [cutoff]).rowcount
+                b = self.db.conn.execute("delete from requests where at < ?", [cutoff]).rowcount
+            return a + b
+
+        return await self._run(write)
+
     async def add_turn(
         self, platform: str, chat: str, thread_ref: str, arxiv_id: str, role: str, text: str
     ) -> None:

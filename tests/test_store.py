@@ -137,3 +137,16 @@ async def test_latest_analysis_matches_model_and_prompt_version(tmp_path: Path) 
     assert await store.latest_analysis("2602.14941", "en") is None
     assert await store.latest_analysis("2602.14941", "zh") is not None
     await store.close()
+
+
+async def test_prune_forgets_old_marks_only(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    store = await Store.open(tmp_path / "bot.db")
+    assert await store.first_sight("slack-msg:C1:1")
+    assert await store.count_request("u", timedelta(hours=1), 5) is None
+    assert await store.prune() == 0  # fresh: kept
+    assert not await store.first_sight("slack-msg:C1:1")
+    assert await store.prune(older_than=timedelta(seconds=-5)) == 2
+    assert await store.first_sight("slack-msg:C1:1")
+    await store.close()
