@@ -47,6 +47,8 @@ from telegram.request import HTTPXRequest
 
 from bot.channels.base import DeliveryError, Outgoing
 from digest_core.models import Answer, Digest, DigestEntry
+from digest_core.render.telegram import utf16_len
+from digest_core.sources import quiet_http_logs
 
 _log = logging.getLogger(__name__)
 
@@ -69,14 +71,6 @@ POOL_TIMEOUT = 5.0
 
 _TOKEN_SHAPE = re.compile(r"\b[0-9]{3,12}:[A-Za-z0-9_-]{20,}")
 _TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9-]*)[^>]*>")
-
-
-def quiet_http_logs() -> None:
-    """httpx logs every request URL at INFO, and Bot API URLs contain the token."""
-    for name in ("httpx", "httpcore"):
-        logger = logging.getLogger(name)
-        if logger.level < logging.WARNING:
-            logger.setLevel(logging.WARNING)
 
 
 def make_rate_limiter(
@@ -188,10 +182,6 @@ def parse_chat(chat: str) -> tuple[int | str, int | None]:
         if not text:
             raise ValueError(f"not a Telegram chat: {chat!r}") from None
         return text, topic
-
-
-def utf16_len(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
 
 
 def split_text(text: str, limit: int = SPLIT_LIMIT, *, is_html: bool = True) -> list[str]:
