@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import statistics
 import sys
 import tempfile
@@ -37,6 +36,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import httpx  # noqa: E402
 from aiohttp import web  # noqa: E402
+from fakes.papers import synthetic_entries  # noqa: E402
 from fakes.slack import FakeSlack  # noqa: E402
 from fakes.world import World, fast_config, research_responder  # noqa: E402
 from slack_sdk.signature import SignatureVerifier  # noqa: E402
@@ -62,18 +62,6 @@ class LinkingSlack(FakeSlack):
         channel, ts = params.get("channel"), str(params.get("message_ts", ""))
         link = f"https://bench.slack.com/archives/{channel}/p{ts.replace('.', '')}"
         return self._ok(channel=channel, permalink=link)
-
-
-def synthetic_entries(template: bytes, n: int) -> dict[str, bytes]:
-    """`n` papers for the fake arXiv: one recorded entry under new IDs and titles."""
-    title = re.search(rb"<title>(.*?)</title>", template, re.DOTALL)
-    assert title is not None
-    out = {}
-    for i in range(n):
-        pid = f"2601.{30000 + i:05d}"
-        entry = template.replace(PAPER.encode(), pid.encode())
-        out[pid] = entry.replace(title.group(1), f"Synthetic benchmark paper {i}".encode())
-    return out
 
 
 def slash_body(text: str, user: str) -> bytes:
@@ -221,7 +209,9 @@ async def one_paper(tmp: Path, latency: float) -> None:
 async def many_papers(tmp: Path, latency: float) -> None:
     async with Rig(tmp / "many", latency) as rig:
         template = rig.world.arxiv.entries[PAPER]
-        papers = synthetic_entries(template, N)
+        papers = synthetic_entries(
+            template, PAPER, N, first=30000, title="Synthetic benchmark paper"
+        )
         rig.world.arxiv.entries.update(papers)
         acks, done = await rig.burst(list(papers))
         await rig.work.drain(60)

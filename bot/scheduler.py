@@ -228,16 +228,9 @@ class DailyJob:
             failed, retry = [], []
             for dest in pending:
                 result = await deliver(self.store, dest, digest, self.settings)
-                await self.store.heartbeat(digest.date, self.owner)
                 if not result.ok:
                     failed.append(result)
-                    state = await self.store.post_state(
-                        f"digest:{digest.date}", dest.channel.platform, dest.chat
-                    )
-                    if not any(
-                        (r["error"] or "").startswith(("permanent:", "content:"))
-                        for r in state.values()
-                    ):
+                    if result.retryable:
                         retry.append(dest)
             if not retry or attempt == DELIVERY_ATTEMPTS - 1:
                 break

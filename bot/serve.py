@@ -70,7 +70,7 @@ class Work:
 
 class SlackRuntime:
     def __init__(self, settings: Settings, assistant: Assistant, work: Work) -> None:
-        from bot.channels.slack import SlackChannel, make_slack_client
+        from bot.channels.slack import slack_channel
         from bot.slack_app import build_slack_app
 
         cfg = settings.slack
@@ -81,9 +81,7 @@ class SlackRuntime:
             raise StartupError(
                 "SLACK_SIGNING_SECRET: required in HTTP mode (or set SLACK_APP_TOKEN for Socket Mode)"
             )
-        self.channel = SlackChannel(
-            make_slack_client(cfg.bot_token.get(), cfg.api_url), settings.digest.language
-        )
+        self.channel = slack_channel(settings)
         signing = None if self.socket_mode else cfg.signing_secret.get()  # type: ignore[union-attr]
         self.app = build_slack_app(self.channel, assistant, work.spawn, signing_secret=signing)
         self.handler: Any = None
@@ -301,7 +299,7 @@ async def _health(pipeline: Pipeline, scheduler: Any, runtimes: list[Any]) -> di
         "next_run": job.next_run_time.isoformat() if job and job.next_run_time else None,
     }
     try:
-        await pipeline.store.run_status("0000-00-00")
+        await pipeline.store.ping()
         report["database"] = {"ok": True}
     except Exception as exc:
         report["database"] = {"ok": False, "error": type(exc).__name__}

@@ -45,6 +45,7 @@ class Delivered:
     posted: int
     skipped: int
     error: str | None = None
+    retryable: bool = False  # a transient failure: trying again later may deliver the rest
 
 
 class UnknownDestination(ValueError):
@@ -86,12 +87,11 @@ def parse_destinations(
 
 
 def _slack_destinations(settings: Settings) -> list[Destination]:
-    from bot.channels.slack import SlackChannel, make_slack_client
+    from bot.channels.slack import slack_channel
 
     if not settings.slack.bot_token or not settings.slack.channels:
         raise UnknownDestination("--to slack: set SLACK_BOT_TOKEN and SLACK_CHANNELS")
-    client = make_slack_client(settings.slack.bot_token.get(), settings.slack.api_url)
-    channel = SlackChannel(client, settings.digest.language)
+    channel = slack_channel(settings)
     return [Destination(channel, c) for c in settings.slack.channels]
 
 
@@ -261,7 +261,9 @@ async def post_thread(
                 if tag == "content":
                     refused.append(f"{out.summary}: {exc.reason}")
                     continue  # this message only: the rest of the thread still goes out
-                return Delivered(dest.label, False, posted, skipped, exc.reason)
+                return Delivered(
+                    dest.label, False, posted, skipped, exc.reason, retryable=not exc.permanent
+                )
             posted += 1
             used = counter[0]
         else:

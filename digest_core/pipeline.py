@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import httpx
 
@@ -130,7 +131,7 @@ class Pipeline:
             versions.cancel()  # a quiet day needs no version: do not wait on arXiv for it
             found = {}
         picked = [
-            _replace_version(p, found[p.arxiv_id]) if p.arxiv_id in found else p for p in picked
+            replace(p, version=found[p.arxiv_id]) if p.arxiv_id in found else p for p in picked
         ]
 
         progress("analyse", 0, len(picked))
@@ -280,9 +281,3 @@ class Pipeline:
     async def export(self, date: str) -> str | None:
         digest = await self.store.load_digest(date)
         return render_report(digest) if digest is not None else None
-
-
-def _replace_version(paper: Paper, version: int) -> Paper:
-    from dataclasses import replace
-
-    return replace(paper, version=version)

@@ -263,6 +263,10 @@ class Store:
             self._db = None
         self._executor.shutdown(wait=True)
 
+    async def ping(self) -> None:
+        """A trivial query through the store's thread: raises if the database cannot answer."""
+        await self._run(lambda: self.db.execute("select 1").fetchone())
+
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)

@@ -616,17 +616,10 @@ async def test_concurrent_requests_in_two_channels_share_one_deep_dive(tmp_path:
 
 def arxiv_entries(n: int) -> dict[str, bytes]:
     """`n` more papers for the fake arXiv: the 1605.08386 entry under new IDs and titles."""
-    from fakes.papers import FakeArxiv
+    from fakes.papers import FakeArxiv, synthetic_entries
 
     template = FakeArxiv.with_fixture_entries().entries[PAPER]
-    title = re.search(rb"<title>(.*?)</title>", template, re.DOTALL)
-    assert title is not None
-    out = {}
-    for i in range(n):
-        pid = f"2601.{20000 + i:05d}"
-        entry = template.replace(PAPER.encode(), pid.encode())
-        out[pid] = entry.replace(title.group(1), f"Synthetic paper number {i}".encode())
-    return out
+    return synthetic_entries(template, PAPER, n, first=20000, title="Synthetic paper number")
 
 
 async def test_50_different_papers_share_arxiv_requests_and_keep_the_llm_cap(

@@ -237,6 +237,17 @@ def _delivery_error(method: str, exc: BaseException) -> DeliveryError:
     return DeliveryError(f"slack {method}: {type(exc).__name__}", permanent=False)
 
 
+def slack_channel(settings: Any) -> SlackChannel:
+    """The Slack channel the settings describe (SLACK_BOT_TOKEN at SLACK_API_URL), for the
+    CLI's one-shot delivery and for `serve` alike."""
+    token = settings.slack.bot_token
+    if token is None:
+        raise ValueError("SLACK_BOT_TOKEN is not set")
+    return SlackChannel(
+        make_slack_client(token.get(), settings.slack.api_url), settings.digest.language
+    )
+
+
 class SlackChannel:
     """Slack implementation of the Channel protocol (bot.channels.base.Channel)."""
 

@@ -42,6 +42,21 @@ def arxiv_fixture(name: str) -> bytes:
     return (FIXTURES / "arxiv" / name).read_bytes()
 
 
+def synthetic_entries(
+    template: bytes, template_id: str, n: int, *, first: int, title: str
+) -> dict[str, bytes]:
+    """`n` more papers for FakeArxiv: one recorded `<entry>` under new IDs (2601.<first>…)
+    and titles (`{title} {i}`), for loads over many different papers."""
+    found = re.search(rb"<title>(.*?)</title>", template, re.DOTALL)
+    assert found is not None
+    out = {}
+    for i in range(n):
+        pid = f"2601.{first + i:05d}"
+        entry = template.replace(template_id.encode(), pid.encode())
+        out[pid] = entry.replace(found.group(1), f"{title} {i}".encode())
+    return out
+
+
 @dataclass(eq=False)
 class FakeHF(FakeServer):
     """Hugging Face: `/api/daily_papers?date=D` and `/api/papers/{id}`.
