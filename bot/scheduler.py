@@ -223,20 +223,19 @@ class DailyJob:
         """Every destination; transient failures are tried again a few times, permanent ones
         are reported once and left."""
         pending = list(self.destinations)
-        failed: list[Delivered] = []
+        last: dict[int, Delivered] = {}  # each destination's latest result, across rounds
         for attempt in range(DELIVERY_ATTEMPTS):
-            failed, retry = [], []
+            retry = []
             for dest in pending:
                 result = await deliver(self.store, dest, digest, self.settings)
-                if not result.ok:
-                    failed.append(result)
-                    if result.retryable:
-                        retry.append(dest)
+                last[id(dest)] = result
+                if not result.ok and result.retryable:
+                    retry.append(dest)
             if not retry or attempt == DELIVERY_ATTEMPTS - 1:
                 break
             pending = retry
             await self._wait(digest.date, 60.0 * (attempt + 1))
-        return failed
+        return [r for r in last.values() if not r.ok]
 
 
 def start_scheduler(

@@ -576,6 +576,39 @@ async def test_a_transient_failure_is_retried_by_the_job_after_a_pause_and_lands
         assert_one_digest_thread(env.posts(), DAY, replies=2)  # Slack was not held up
 
 
+async def test_a_permanent_failure_is_still_reported_after_another_destination_recovers(
+    env: Env,
+) -> None:
+    # C2 refuses the bot for good; Telegram fails three times, then recovers on the job's
+    # second round. The day is not "done": C2 never got its digest, and the record says so.
+    env.slack.permanent_error("C2", "not_in_channel")
+    telegram = FakeTelegram(TELEGRAM_TOKEN)
+    telegram.add_chat(-100456)
+    telegram.server_error_next(3)
+    limiter = make_rate_limiter(group_max_rate=100_000, overall_max_rate=100_000)
+    async with (
+        telegram,
+        make_bot(telegram.token, f"{telegram.url}/bot", rate_limiter=limiter) as bot,
+    ):
+        clock = Clock(local(DAY, "09:00"))
+        settings = env.settings()
+        pipeline = await Pipeline.open(settings)
+        env.pipelines.append(pipeline)
+        destinations = [
+            Destination(env.channel, "C2"),
+            Destination(TelegramChannel(bot, language="zh"), "-100456"),
+        ]
+        job = DailyJob(
+            pipeline, destinations, settings, "host-a:1", now=clock.now, sleep=clock.sleep
+        )
+        assert await job.run(DAY) == "failed"
+        assert len(telegram.sent(-100456)) == 3  # Telegram did get everything, once
+    status, detail, _ = run_row(env.world.db, DAY) or ("", "", "")
+    assert (
+        status == "failed" and "slack:C2" in (detail or "") and "not_in_channel" in (detail or "")
+    )
+
+
 # ---------------------------------------------------------------------- the scheduler
 
 
