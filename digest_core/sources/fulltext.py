@@ -80,11 +80,55 @@ def _rank(heading: str) -> int | None:
 
 
 @dataclass(frozen=True)
+class Passage:
+    """One retrievable unit of a paper: a paragraph, a table or a figure caption.
+
+    `section` is the heading of the section it sits in (e.g. "4.2 Ablation study",
+    "Appendix A Hyperparameters"); `label` names a table or figure ("Table 2", "Figure 3").
+    """
+
+    section: str
+    text: str
+    kind: str = "text"  # "text" | "table" | "figure"
+    label: str | None = None
+
+
+@dataclass(frozen=True)
 class FullText:
     """What a deep dive reads: where it came from and the paper's sections in order."""
 
     source: str  # models.SOURCE_HTML / SOURCE_PDF / SOURCE_ABSTRACT
     sections: tuple[tuple[str, str], ...]  # (heading, text)
+
+    def passages(self) -> list[Passage]:
+        """Every paragraph, table and caption in document order, each with its section."""
+        out: list[Passage] = []
+        for heading, body in self.sections:
+            for para in re.split(r"\n\s*\n", body):
+                para = para.strip()
+                if para:
+                    out.append(Passage(heading, para))
+        return out
+
+    def whole(self) -> str:
+        """The whole paper as given (every section, no budget): what a number is checked
+        against, and the answer context when it fits."""
+        return "\n\n".join(f"## {h}\n\n{b}" if h else b for h, b in self.sections if b.strip())
+
+    def labels(self) -> frozenset[str]:
+        """The sections, tables and figures that exist, normalised for citation checks:
+        "section 3", "section 3.2", "table 2", "figure 1", "appendix a"."""
+        found: set[str] = set()
+        for heading, body in self.sections:
+            number = re.match(r"\s*([0-9]+(?:\.[0-9]+)*)", heading)
+            if number:
+                found.add(f"section {number.group(1)}")
+            appendix = re.match(r"\s*appendix\s+([A-Z])\b", heading, re.IGNORECASE)
+            if appendix:
+                found.add(f"appendix {appendix.group(1).lower()}")
+            for kind, num in re.findall(r"\b(Table|Figure|Fig\.)\s*([0-9]+)", body):
+                found.add(f"{'figure' if kind.startswith('Fig') else 'table'} {num}")
+        return frozenset(found)
 
     def text(self, token_budget: int) -> str:
         """The paper as Markdown-ish text within `token_budget` (see `estimate_tokens`).
