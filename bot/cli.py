@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _dispatch(args: argparse.Namespace) -> int:
     from bot.logs import configure_logging
-    from digest_core.config import ConfigError, load_settings
+    from bot.settings import ConfigError, load_settings
     from digest_core.store import StoreError
 
     try:

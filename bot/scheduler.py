@@ -19,7 +19,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from bot.service import Delivered, Destination, deliver, started_digest
-from digest_core.config import Settings
+from bot.settings import AppSettings as Settings
 from digest_core.models import Paper
 from digest_core.sources import SourceError
 from digest_core.sources.hf import fetch_daily_papers

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.channels.base import Channel, DeliveryError, Outgoing
-from digest_core.config import Settings
+from bot.settings import AppSettings as Settings
 from digest_core.models import Digest
 from digest_core.store import Store
 

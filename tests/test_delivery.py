@@ -31,7 +31,8 @@ from bot.channels.base import Outgoing
 from bot.channels.slack import SlackChannel, make_slack_client
 from bot.channels.telegram import TelegramChannel, make_bot, make_rate_limiter
 from bot.service import Delivered, Destination, deliver, post_thread
-from digest_core.config import Settings, load_settings
+from bot.settings import AppSettings as Settings
+from bot.settings import load_settings
 from digest_core.models import (
     SECTION_KEYS,
     SOURCE_ABSTRACT,

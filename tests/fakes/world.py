@@ -123,7 +123,7 @@ class World:
         return env
 
     def settings(self, **overrides: str) -> Any:
-        from digest_core.config import load_settings
+        from bot.settings import load_settings
 
         return load_settings(env=self.env(**overrides))
 
