@@ -31,10 +31,12 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_CONFIG = Path("config/digestbot.toml")
+RETRY_USERS = ("llm", "sources")  # the slices that receive the [retry] table
 
 
 class ConfigError(ValueError):
@@ -125,17 +127,27 @@ class DigestSettings(Section):
         return ZoneInfo(self.timezone)
 
 
+class RetrySettings(Section):
+    """The shape of the one retry policy (digest_core/retry.py); attempt counts are per caller."""
+
+    backoff_base_seconds: float = Field(0.5, gt=0, le=60)
+    backoff_max_seconds: float = Field(8.0, gt=0, le=600)
+    jitter: float = Field(0.2, ge=0, le=1)
+    max_retry_after_seconds: float = Field(60.0, ge=0, le=3600)
+
+
 class LLMSettings(Section):
     api_key: Secret | None = None
     base_url: Url = "https://api.openai.com/v1"
     model: str = Field("gpt-4o-mini", min_length=1)
-    timeout_seconds: float = Field(120.0, ge=1, le=600)
+    timeout_seconds: float = Field(120.0, gt=0, le=600)
     max_retries: int = Field(2, ge=0, le=10)
     max_concurrency: int = Field(4, ge=1, le=64)
     structured_output: Literal["auto", "json_schema", "json_object", "prompt"] = "auto"
     score_batch_size: int = Field(15, ge=1, le=100)
     fulltext_token_budget: int = Field(12000, ge=1, le=1_000_000)
     answer_token_budget: int = Field(24000, ge=1000, le=1_000_000)
+    retry: RetrySettings = RetrySettings()  # the [retry] table, handed down by Settings
 
     @field_validator("api_key", mode="before")
     @classmethod
@@ -152,23 +164,15 @@ class SourceSettings(Section):
     arxiv_api_url: Url = "https://export.arxiv.org/api/query"
     arxiv_url: Url = "https://arxiv.org"
     user_agent: str = Field("digestbot/0.1 (research digest bot)", min_length=1)
-    timeout_seconds: float = Field(30.0, ge=1, le=300)
+    timeout_seconds: float = Field(30.0, gt=0, le=300)
     arxiv_min_interval_seconds: float = Field(3.0, ge=0, le=60)
     retries: int = Field(2, ge=0, le=10)
+    retry: RetrySettings = RetrySettings()  # the [retry] table, handed down by Settings
 
     @field_validator("hf_endpoint", "arxiv_url")
     @classmethod
     def _no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
-
-
-class RetrySettings(Section):
-    """The shape of the one retry policy (digest_core/retry.py); attempt counts are per caller."""
-
-    backoff_base_seconds: float = Field(0.5, gt=0, le=60)
-    backoff_max_seconds: float = Field(8.0, gt=0, le=600)
-    jitter: float = Field(0.2, ge=0, le=1)
-    max_retry_after_seconds: float = Field(60.0, ge=0, le=3600)
 
 
 class Settings(BaseSettings):
@@ -210,6 +214,22 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings,)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hand_down_retry(cls, data: Any) -> Any:
+        """Each slice that makes outside calls carries the retry policy's shape with it."""
+        if not isinstance(data, dict):
+            return data
+        shape = data.get("retry", {})
+        out = dict(data)
+        for table in RETRY_USERS:
+            sub = out.get(table, {})
+            if isinstance(sub, dict):
+                if "retry" in sub:
+                    raise ValueError(f"{table}.retry: set the retry policy in [retry]")
+                out[table] = {**sub, "retry": shape}
+        return out
 
     def secrets(self) -> list[str]:
         """Every secret value, for the log redactor."""
@@ -293,6 +313,8 @@ def _one_line(
     """The first error as one line naming its key or variable; no input of a secret."""
     error = exc.errors(include_url=False)[0]
     loc = [str(part) for part in error["loc"] if not isinstance(part, int)]
+    if loc[:1] and loc[0] in RETRY_USERS and loc[1:2] == ["retry"]:
+        loc = loc[1:]  # a handed-down copy of [retry]: name the table the user wrote
     key = ".".join(loc)
     if error["type"] == "extra_forbidden":
         parent, _, leaf = key.rpartition(".")

@@ -195,7 +195,10 @@ async def test_503_then_success_retries_with_backoff(hf: FakeHF) -> None:
         papers = await fetch_daily_papers(client, settings, "2026-01-28", sleep=sleeps)
     assert len(papers) == 9
     assert len(hf.daily_requests()) == 2
-    assert sleeps.calls == [0.5]
+    # The policy's first backoff, stretched by at most its jitter.
+    (waited,) = sleeps.calls
+    jitter = settings.retry.jitter
+    assert 0.5 <= waited <= 0.5 * (1 + jitter)
 
 
 async def test_retry_after_is_honoured(hf: FakeHF) -> None:
