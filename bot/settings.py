@@ -93,16 +93,16 @@ class TelegramSettings(Section):
     @classmethod
     def _bot_token(cls, value: Secret | None) -> Secret | None:
         if value is not None and not re.fullmatch(r"[0-9]+:[A-Za-z0-9_-]+", value.get()):
-            raise ValueError("TELEGRAM_BOT_TOKEN: expected the form <digits>:<letters> from BotFather")
+            raise ValueError(
+                "TELEGRAM_BOT_TOKEN: expected the form <digits>:<letters> from BotFather"
+            )
         return value
 
     @field_validator("webhook_secret")
     @classmethod
     def _webhook_secret(cls, value: Secret | None) -> Secret | None:
         if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", value.get()):
-            raise ValueError(
-                "TELEGRAM_WEBHOOK_SECRET: 1-256 characters of A-Z a-z 0-9 _ - only"
-            )
+            raise ValueError("TELEGRAM_WEBHOOK_SECRET: 1-256 characters of A-Z a-z 0-9 _ - only")
         return value
 
     @model_validator(mode="after")
