@@ -243,3 +243,16 @@ def test_retry_table_reaches_every_slice_that_calls_out(tmp_path: Path) -> None:
     conf.write_text("[retry]\njitter = 2\n")
     with pytest.raises(ConfigError, match=r"^retry\.jitter: "):
         load_settings(env={}, path=conf)
+
+
+async def test_a_typo_stops_start_up_with_one_line_and_exit_code_2(tmp_path: Path) -> None:
+    from fakes.world import run_cli
+
+    conf = tmp_path / "digestbot.toml"
+    conf.write_text("[digest]\ntreshold = 70\n")
+    env = {"DIGEST_CONFIG": str(conf), "DIGEST_DB": str(tmp_path / "x.db")}
+    code, out, err = await run_cli(["digest", "--dry-run"], env)
+    assert code == 2 and out == ""
+    assert err == (
+        f"digestbot: {conf}: unknown key digest.treshold (did you mean digest.threshold?)\n"
+    )
