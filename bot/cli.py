@@ -216,7 +216,6 @@ DEMO_DAY = "2026-01-23"
 async def _demo(settings: object) -> int:
     """The bundled real HF day, scored and analysed with the built-in analyser, no network."""
     import json
-    from dataclasses import replace
     from importlib import resources
 
     from digest_core.pipeline import Pipeline
@@ -228,7 +227,7 @@ async def _demo(settings: object) -> int:
     )
     papers = parse_daily_papers(json.loads(raw), settings.sources.arxiv_url)  # type: ignore[attr-defined]
     with tempfile.TemporaryDirectory(prefix="digestbot-demo-") as tmp:
-        demo_settings = replace(settings, db_path=Path(tmp) / "demo.db")  # type: ignore[type-var]
+        demo_settings = settings.model_copy(update={"db_path": Path(tmp) / "demo.db"})  # type: ignore[attr-defined]
         pipeline = await Pipeline.open(demo_settings, offline=True)
         try:
             digest = await pipeline.build_digest(
