@@ -84,7 +84,7 @@ _ROLE_WORDS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("related", re.compile(r"related\s+work|prior\s+work|previous\s+work|literature", re.I)),
     (
         "conclusion",
-        re.compile(r"conclu|limitation|discussion|future\s+work|broader\s+impact", re.I),
+        re.compile(r"conclu|limitation|discussion|future\s+work|broader\s+impact|^summary$", re.I),
     ),
     (
         "results",
