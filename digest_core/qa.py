@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from digest_core import prompts
 from digest_core.config import Profile
+from digest_core.grounding import Guard, with_footnote
 from digest_core.llm import LLMClient, LLMError
 from digest_core.models import Answer, DeepDive, Paper
 from digest_core.sources.fulltext import FullText, estimate_tokens
@@ -106,8 +107,9 @@ class Answerer:
         passages = relevant_passages(text, question, self.token_budget // 2)
         if self.llm is None:
             return self._extractive(paper, passages, text.source, self.no_llm_reason)
+        context = build_context(paper, dive, passages, text.source)
         messages: list[dict[str, str]] = [
-            {"role": "user", "content": build_context(paper, dive, passages, text.source)},
+            {"role": "user", "content": context},
             {"role": "assistant", "content": "I have the paper material. What is your question?"},
         ]
         for role, turn in history:
@@ -128,9 +130,12 @@ class Answerer:
         except LLMError as exc:
             log.warning("answer about %s fell back to passages: %s", paper.arxiv_id, exc)
             return self._extractive(paper, passages, text.source, str(exc))
+        # The number guard: what the answer states must be in the context the model saw.
+        grounded = Guard(context, text.labels()).check(result.content.strip())
+        self.llm.record_grounding(result, grounded.checked, grounded.unverified)
         return Answer(
             arxiv_id=paper.arxiv_id,
-            text=result.content.strip(),
+            text=with_footnote(grounded),
             model=result.model,
             tokens=result.tokens,
             llm_used=True,
