@@ -71,9 +71,7 @@ class Pipeline:
         self.analyst = Analyst(
             settings.profile, self.llm, self.model, settings.llm.fulltext_token_budget, why
         )
-        self.answerer = Answerer(
-            settings.profile, self.llm, settings.llm.fulltext_token_budget, why
-        )
+        self.answerer = Answerer(settings.profile, self.llm, settings.llm.answer_token_budget, why)
         self._inflight: dict[str, asyncio.Future[DeepDive]] = {}
 
     @classmethod
