@@ -329,7 +329,6 @@ def _digest() -> Digest:
 
 
 async def test_render_keys_are_stable_and_ordered(channel: SlackChannel) -> None:
-    pytest.importorskip("digest_core.render.slack")
     out = channel.render_digest(_digest())
     keys = [o.key for o in out]
     assert keys[0] == "toc"
