@@ -413,12 +413,13 @@ async def test_http_mode_accepts_only_correctly_signed_requests(
         assert slack.api_calls("chat.postEphemeral") == 0
         assert world.llm.calls == []
 
-        started = time.monotonic()
         good = await c.post(events, content=body, headers=signed(body))
-        took = time.monotonic() - started
+        # Slack's 3 s deadline: the answer came before the 3 s LLM answered anything (the
+        # acknowledgement's speed is timed by bench/interactive.py).
+        acked_before_llm = world.llm.answered == 0
     assert good.status_code == 200, good.text
     assert "Analysing arXiv:1605.08386" in good.text
-    assert took < 3.0  # Slack's deadline; the analysis itself waits on a 3 s LLM
+    assert acked_before_llm
     assert slack.messages(CHANNEL) == []
 
     await until(lambda: slack_done(slack), 15, "the analysis to be posted")
