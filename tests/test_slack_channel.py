@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -22,16 +21,7 @@ from slack_sdk.http_retry.builtin_interval_calculators import FixedValueRetryInt
 from bot.channels.base import DeliveryError
 from bot.channels.slack import SlackChannel, make_slack_client
 from digest_core.models import Answer, DeepDive, Digest, DigestEntry, Paper, Score
-
-try:
-    from digest_core.render.slack import SlackMessage
-except ImportError:  # the renderer is written in parallel; the channel only needs this shape
-
-    @dataclass(frozen=True)
-    class SlackMessage:  # type: ignore[no-redef]
-        text: str
-        blocks: list[dict]
-
+from digest_core.render.slack import SlackMessage
 
 FIXTURES = Path(__file__).parent / "fixtures" / "slack"
 SECRET_TOKEN = "xoxb-test-SECRET-123456"
