@@ -236,3 +236,54 @@ def test_env_example_holds_no_values_and_is_not_ignored() -> None:
         return
     assert ignored.returncode == 1, ".env.example must not be git-ignored"
     assert real.returncode == 0, ".env must be git-ignored"
+
+
+# ------------------------------------------------------------------- the exception hierarchy
+
+
+def exception_classes() -> dict[str, type[BaseException]]:
+    """Every exception class defined in a module of digest_core or bot, imported in this process."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    found: dict[str, type[BaseException]] = {}
+    for package in ("digest_core", "bot"):
+        root = importlib.import_module(package)
+        for info in pkgutil.walk_packages(root.__path__, f"{package}."):
+            module = importlib.import_module(info.name)
+            for name, value in vars(module).items():
+                if (
+                    inspect.isclass(value)
+                    and issubclass(value, BaseException)
+                    and value.__module__ == module.__name__
+                ):
+                    found[name] = value
+    return found
+
+
+def test_the_drawn_exception_tree_names_every_exception_class() -> None:
+    from digest_core import errors
+
+    drawing = errors.__doc__ or ""
+    # A tree line: box-drawing branch, the class name, then its module.
+    drawn = dict(re.findall(r"[├└]── (\w+)[ .]+((?:digest_core|bot)[\w.]*)", drawing))
+    classes = exception_classes()
+    assert classes, "no exception class found"
+    assert set(drawn) == set(classes)
+    for name, cls in classes.items():
+        assert drawn[name] == cls.__module__, name
+        # drawn under its real base: the nearest enclosing branch names the parent
+        parent = cls.__bases__[0].__name__
+        line = next(line for line in drawing.splitlines() if re.search(rf"── {name}\b", line))
+        indent = line.index("──")
+        above = drawing[: drawing.index(line)].splitlines()
+        enclosing = next(
+            (
+                candidate
+                for candidate in reversed(above)
+                if "──" in candidate and candidate.index("──") < indent
+            ),
+            "    Exception",
+        )
+        assert parent in enclosing, (name, parent, enclosing)
