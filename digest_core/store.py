@@ -204,6 +204,12 @@ def m005_post_attempts(db: Database) -> None:
     db["posts"].add_column("attempts", int, not_null_default=0)
 
 
+@migrations()
+def m007_cached_tokens(db: Database) -> None:
+    # Prompt tokens the provider served from its cache, to see whether answers reuse a prefix.
+    db["llm_calls"].add_column("cached_tokens", int, not_null_default=0)
+
+
 class Store:
     """Async facade over one SQLite file."""
 
