@@ -18,8 +18,9 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -71,6 +72,9 @@ class LLMCall:
     attempts: int
     started_at: str  # ISO 8601 UTC, seconds
     cached_tokens: int = 0  # prompt tokens the provider served from its prompt cache
+    # Names this call for later notes on it (the number guard's counts, see
+    # LLMClient.record_grounding); the LLMResult of a successful call carries the same id.
+    call_id: str = ""
 
 
 @dataclass
@@ -84,6 +88,7 @@ class LLMResult:
     completion_tokens: int
     mode: str
     cached_tokens: int = 0  # of prompt_tokens, served from the provider's prompt cache
+    call_id: str = ""
 
     @property
     def tokens(self) -> int:
@@ -132,6 +137,7 @@ class _Tally:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def add_usage(self, completion: Any) -> None:
         usage = getattr(completion, "usage", None)
@@ -151,6 +157,7 @@ class LLMClient:
         settings: LLMSettings,
         on_call: Callable[[LLMCall], None] | None = None,
         *,
+        on_grounding: Callable[[str, int, int], None] | None = None,
         backoff_base: float | None = None,
         retry_after_cap: float | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
@@ -159,6 +166,7 @@ class LLMClient:
             raise ValueError("LLMClient needs settings.api_key (check settings.enabled first)")
         self.settings = settings
         self.on_call = on_call
+        self.on_grounding = on_grounding
         attempts = settings.max_retries + 1
         policy = RetryPolicy.from_settings(
             settings.retry,
@@ -325,6 +333,7 @@ class LLMClient:
                 completion_tokens=tally.completion_tokens,
                 mode=mode(),
                 cached_tokens=tally.cached_tokens,
+                call_id=tally.call_id,
             )
             self._record(tally, purpose, prompt_version, mode(), "ok")
             return data, result
@@ -434,11 +443,22 @@ class LLMClient:
             attempts=tally.attempts,
             started_at=tally.started_at,
             cached_tokens=tally.cached_tokens,
+            call_id=tally.call_id,
         )
         try:
             self.on_call(call)
         except Exception as exc:  # a bookkeeping failure must not discard a paid-for answer
             log.warning("recording an LLM call failed: %s", type(exc).__name__)
+
+    def record_grounding(self, result: LLMResult, checked: int, unverified: int) -> None:
+        """Note on the call that produced `result` how many of the numbers and citations in
+        its text the number guard checked, and how many it could not find."""
+        if self.on_grounding is None or not result.call_id:
+            return
+        try:
+            self.on_grounding(result.call_id, checked, unverified)
+        except Exception as exc:  # bookkeeping again: never lose the answer over it
+            log.warning("recording the number guard's counts failed: %s", type(exc).__name__)
 
     # -- requests --------------------------------------------------------------------------------
 

@@ -56,7 +56,15 @@ class Pipeline:
         self.offline = offline  # the demo: no network at all, built-in analyser
         self.arxiv = ArxivClient(http, settings.sources)
         llm_on = settings.llm.enabled and not offline
-        self.llm = LLMClient(settings.llm, on_call=store.record_llm_call) if llm_on else None
+        self.llm = (
+            LLMClient(
+                settings.llm,
+                on_call=store.record_llm_call,
+                on_grounding=store.record_grounding,
+            )
+            if llm_on
+            else None
+        )
         why = "offline demo" if offline else "no OPENAI_API_KEY set"
         self.model = settings.llm.model
         self.scorer = Scorer(

@@ -25,6 +25,7 @@ import Stemmer
 
 from digest_core import prompts
 from digest_core.config import Profile
+from digest_core.grounding import Guard, with_footnote
 from digest_core.llm import LLMClient, LLMError
 from digest_core.models import SOURCE_ABSTRACT, Answer, DeepDive, Paper
 from digest_core.sources.fulltext import FullText, Passage, estimate_tokens
@@ -197,6 +198,7 @@ class Answerer:
         """`history` holds earlier (role, text) turns, oldest first, role "user"/"assistant"."""
         question = question.strip()[:MAX_QUESTION_CHARS]
         passages = text.passages()
+        retrieved = ""
         if self.llm is None:
             ranked = rank_passages(passages, question)
             return self._extractive(paper, ranked, text.source, self.no_llm_reason)
@@ -214,7 +216,8 @@ class Answerer:
         if not whole:
             room = self.token_budget - estimate_tokens(block) - QUESTION_RESERVE_TOKENS
             chosen = within_budget(ranked, max(room, 0))
-            messages.append({"role": "user", "content": passages_block(chosen, text.source)})
+            retrieved = passages_block(chosen, text.source)
+            messages.append({"role": "user", "content": retrieved})
         messages.append({"role": "user", "content": prompts.data_block("question", question)})
         system = self.prompt.render(
             profile_name=self.profile.name, topics=", ".join(self.profile.topics)
@@ -232,9 +235,12 @@ class Answerer:
             if whole:
                 ranked = rank_passages(passages, question)
             return self._extractive(paper, ranked, text.source, str(exc))
+        # The number guard: what the answer states must be in the context the model saw.
+        grounded = Guard(block + "\n\n" + retrieved, text.labels()).check(result.content.strip())
+        self.llm.record_grounding(result, grounded.checked, grounded.unverified)
         return Answer(
             arxiv_id=paper.arxiv_id,
-            text=result.content.strip(),
+            text=with_footnote(grounded),
             model=result.model,
             tokens=result.tokens,
             llm_used=True,

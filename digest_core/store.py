@@ -205,6 +205,21 @@ def m005_post_attempts(db: Database) -> None:
 
 
 @migrations()
+def m006_grounding_counts(db: Database) -> None:
+    # The number guard's counts per LLM call (found by call_id, which LLMClient assigns),
+    # and the verdict and counts of a cached analysis.
+    calls = db["llm_calls"]
+    calls.add_column("call_id", str, not_null_default="")
+    calls.add_column("numbers_checked", int, not_null_default=0)
+    calls.add_column("numbers_unverified", int, not_null_default=0)
+    calls.create_index(["call_id"])
+    analyses = db["analyses"]
+    analyses.add_column("verdict", str, not_null_default="")
+    analyses.add_column("numbers_checked", int, not_null_default=0)
+    analyses.add_column("numbers_unverified", int, not_null_default=0)
+
+
+@migrations()
 def m007_cached_tokens(db: Database) -> None:
     # Prompt tokens the provider served from its cache, to see whether answers reuse a prefix.
     db["llm_calls"].add_column("cached_tokens", int, not_null_default=0)
@@ -356,6 +371,9 @@ class Store:
                 prompt_version=r["prompt_version"],
                 tokens=r["tokens"],
                 llm_used=True,
+                verdict=r.get("verdict") or "",
+                numbers_checked=r.get("numbers_checked") or 0,
+                numbers_unverified=r.get("numbers_unverified") or 0,
             )
 
         return await self._run(read)
@@ -375,6 +393,9 @@ class Store:
             "sections": json.dumps(dive.sections, ensure_ascii=False),
             "source_read": dive.source_read,
             "tokens": dive.tokens,
+            "verdict": dive.verdict,
+            "numbers_checked": dive.numbers_checked,
+            "numbers_unverified": dive.numbers_unverified,
             "created_at": _now(),
         }
         await self._run(lambda: self.db["analyses"].upsert(record, pk="cache_key"))
@@ -453,6 +474,20 @@ class Store:
         `origin` says who caused the call (the daily digest or a person), for the budget."""
         record = asdict(call) | {"origin": ORIGIN.get()}
         self.submit(lambda: self.db["llm_calls"].insert(record))
+
+    def record_grounding(self, call_id: str, checked: int, unverified: int) -> None:
+        """Callback for LLMClient(on_grounding=...): the number guard's counts for one call.
+        Queued after the call's own insert on the same thread, so the row is there."""
+
+        def write() -> None:
+            with self.db.conn:
+                self.db.conn.execute(
+                    "update llm_calls set numbers_checked = ?, numbers_unverified = ? "
+                    "where call_id = ?",
+                    [checked, unverified, call_id],
+                )
+
+        self.submit(write)
 
     async def llm_calls(self) -> list[dict[str, Any]]:
         return await self._run(lambda: list(self.db["llm_calls"].rows_where(order_by="id")))

@@ -447,16 +447,16 @@ async def bot(tmp_path: Path) -> Any:
 async def test_analyze_is_acknowledged_at_once_while_the_llm_takes_10_s(tmp_path: Path) -> None:
     slow = {"timeout_seconds = 120": "timeout_seconds = 30"}  # the LLM deadline, not 5 s
     async with Bot(tmp_path, telegram=True, config=slow, llm_latency=10.0) as bot:
-        started = time.monotonic()
         ack = await bot.analyze_slack(PAPER)
-        slack_ack = time.monotonic() - started
+        slack_acked_before_llm = bot.world.llm.answered == 0
         update = bot.tg.push_message(TG_GROUP, f"/analyze@DigestBot {OTHER}")
         first = await eventually(bot.tg_sent, "the Telegram acknowledgement", within=3)
-        tg_ack = time.monotonic() - started
+        tg_acked_before_llm = bot.world.llm.answered == 0
 
-        # Both acknowledged before any LLM answer came back (each call takes 10 s).
+        # Both acknowledged before any LLM answer came back (each call takes 10 s);
+        # bench/interactive.py times the acknowledgements.
         assert ack == f"🔎 Analysing arXiv:{PAPER} …"
-        assert slack_ack < 3 and tg_ack < 3
+        assert slack_acked_before_llm and tg_acked_before_llm
         assert bot.roots("C1") == [] and bot.ephemerals() == []
         assert first[0]["visible"].startswith(f"🔎 Analysing arXiv:{OTHER}")
         assert first[0]["reply_to_message_id"] == update["message"]["message_id"]
@@ -915,11 +915,10 @@ async def test_http_mode_verifies_signatures_and_acks_before_the_llm(tmp_path: P
         ]
         assert [r.status_code for r in refused] == [401, 401, 401]
 
-        started = time.monotonic()
         ok = await http.post(bot.events_url, content=body, headers=form | sign(body))
-        assert ok.status_code == 200 and time.monotonic() - started < 3
-        assert ok.text == f"🔎 Analysing arXiv:{PAPER} …"
-        assert bot.roots("C1") == []  # the 2 s LLM has not answered yet
+        assert ok.status_code == 200 and ok.text == f"🔎 Analysing arXiv:{PAPER} …"
+        # Acknowledged before the 2 s LLM answered (bench/interactive.py times the ack).
+        assert bot.world.llm.answered == 0 and bot.roots("C1") == []
 
         await eventually(lambda: bot.ephemerals("U1"), "the result line")
         await bot.settle()
