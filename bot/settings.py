@@ -151,8 +151,8 @@ class AppSettings(Settings):
     interactive: InteractiveSettings = InteractiveSettings()
     port: int = Field(3000, ge=1, le=65535)
 
-    ENV: ClassVar[dict[str, str]] = {
-        **Settings.ENV,
+    ENV_VARS: ClassVar[dict[str, str]] = {
+        **Settings.ENV_VARS,
         "SLACK_BOT_TOKEN": "slack.bot_token",
         "SLACK_SIGNING_SECRET": "slack.signing_secret",
         "SLACK_APP_TOKEN": "slack.app_token",

@@ -191,7 +191,7 @@ class Settings(BaseSettings):
 
     # Contract environment variables -> the key each one sets. Keys named here and not in
     # FILE_KEYS may come only from the environment (addresses, secrets, the db path).
-    ENV: ClassVar[dict[str, str]] = {
+    ENV_VARS: ClassVar[dict[str, str]] = {
         "OPENAI_API_KEY": "llm.api_key",
         "OPENAI_BASE_URL": "llm.base_url",
         "DIGEST_LLM_MODEL": "llm.model",
@@ -246,7 +246,7 @@ class ContractEnvironment(PydanticBaseSettingsSource):
     def __init__(self, settings_cls: type[Settings], env: Mapping[str, str]) -> None:
         super().__init__(settings_cls)
         self.env = env
-        self.names: dict[str, str] = settings_cls.ENV
+        self.names: dict[str, str] = settings_cls.ENV_VARS
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False  # values are built in __call__, by contract name
@@ -297,7 +297,7 @@ def load_settings(
 
 def _refuse_env_only_keys(model: type[Settings], data: dict[str, Any], where: Path) -> None:
     # Secrets and outside addresses never come from a committed file.
-    for name, key in model.ENV.items():
+    for name, key in model.ENV_VARS.items():
         if key in model.FILE_KEYS:
             continue
         if _has(data, key):
@@ -325,7 +325,7 @@ def _one_line(
     message = str(error["msg"]).removeprefix("Value error, ")
     if not key:
         return message  # a rule across keys: its message names what to set
-    if message.split(":", 1)[0] in model.ENV:
+    if message.split(":", 1)[0] in model.ENV_VARS:
         return message  # a validator named the variable itself
     name = env.source_of(key)
     secret = _is_secret(model, key)
