@@ -157,13 +157,13 @@ class Assistant:
         failed = FAILED_ANALYSIS if req.command == ANALYZE else FAILED_ANSWER
         try:
             opening = await self.opening(req)
-            if not opened and opening.line:
-                await self._say(channel, req, done, opening.line, "opening")
             if not opening.proceed:
+                if not opened and opening.line:
+                    await self._say(channel, req, done, opening.line, "opening")
                 return done
             if req.command == ANALYZE:
                 assert opening.paper is not None
-                await self._analyze(channel, req, done, opening.paper)
+                await self._analyze(channel, req, done, opening, opened=opened)
             else:
                 await self._question(channel, req, done)
         except asyncio.CancelledError:  # shutdown ran out of time: say so, then stop
@@ -174,11 +174,17 @@ class Assistant:
             await self._say(channel, req, done, failed, "failed")
         return done
 
-    async def _analyze(self, channel: Channel, req: Request, done: Handled, aid: ArxivId) -> None:
+    async def _analyze(
+        self, channel: Channel, req: Request, done: Handled, opening: Opening, *, opened: bool
+    ) -> None:
+        aid = opening.paper
+        assert aid is not None
         refusal = await self.admit(req.platform, req.user, team=req.team, chat=req.chat, paper=aid)
         if refusal is not None:
             await self._say(channel, req, done, f"⚠️ {refusal}", "refusal")
             return
+        if not opened:  # said once admitted: "Analysing…" and then "no" would be a mixed message
+            await self._say(channel, req, done, opening.line, "opening")
         if not req.private:
             await channel.working(req.chat, None)
         outcome = await self.analyze(Destination(channel, req.chat), aid)

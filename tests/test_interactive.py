@@ -30,11 +30,11 @@ from fakes.world import World, fast_config, research_responder
 from slack_sdk.signature import SignatureVerifier
 
 from bot.assistant import Assistant
+from bot.chatstore import open_pipeline
 from bot.http import HttpServer
 from bot.scheduler import DailyJob
 from bot.serve import SlackRuntime, Work
 from digest_core.arxiv_id import InvalidArxivId, parse_arxiv_id
-from digest_core.pipeline import Pipeline
 from digest_core.render.slack import escape
 
 BOT_USER = "U0BOT0001"
@@ -272,7 +272,7 @@ class Bot:
                 "TELEGRAM_CHATS": f"{TG_GROUP},{TG_FORUM}:{TG_TOPIC}",
             }
         self.settings = self.world.settings(**env)
-        self.pipeline = await Pipeline.open(self.settings)
+        self.pipeline = await open_pipeline(self.settings)
         self.assistant = Assistant(self.pipeline, self.settings)
         if self.slack_mode:
             await self._start_slack()
@@ -570,7 +570,7 @@ async def test_bad_input_gets_one_line_and_no_llm_call(bot: Bot) -> None:
         assert ack == escape(f"⚠️ {why.value}"), text
         assert "\n" not in ack and "<!" not in ack
     assert await bot.analyze_slack("   ") == (
-        "Usage: /analyze ARXIV_ID_OR_URL  (e.g. /analyze 2602.14941)"
+        "Usage: /analyze ARXIV_ID_OR_URL (e.g. /analyze 2602.14941)"
     )
     # Well formed, but no such paper: one line after arXiv said so.
     await bot.analyze_slack("2401.99999", user="U9")
