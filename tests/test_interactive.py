@@ -1234,3 +1234,26 @@ async def test_work_cut_short_by_shutdown_tells_the_requester(tmp_path: Path) ->
         assert bot.ephemerals("U9") == [
             "⚠️ digestbot is restarting and could not finish this; please ask again in a minute."
         ]
+
+
+async def test_the_same_question_on_both_platforms_is_answered_in_the_thread_through_the_ledger(
+    tmp_path: Path,
+) -> None:
+    async with Bot(tmp_path, telegram=True) as bot:
+        root = await bot.analysed_in_slack(PAPER)
+        (answer,) = await bot.ask_slack("What is a fiber?", root)
+        assert "What is a fiber?" in answer["text"] and answer["thread_ts"] == root
+        # the placeholder became the answer; the ledger knows it as part of the thread
+        ledger = await bot.assistant.chat.find_thread("slack", "C1", answer["ts"])
+        assert ledger is not None and ledger.thread_ref == root
+
+        sent = await bot.tg_say(TG_GROUP, f"/analyze@DigestBot {PAPER}")
+        dive = sent[-1]
+        replies = await bot.tg_say(
+            TG_GROUP, "What is a fiber?", reply_to_message_id=dive["message_id"]
+        )
+        (tg_answer,) = [m for m in replies if "What is a fiber?" in m["visible"]]
+        found = await bot.assistant.chat.find_thread(
+            "telegram", str(TG_GROUP), str(tg_answer["message_id"])
+        )
+        assert found is not None and PAPER in found.papers
