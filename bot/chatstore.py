@@ -11,7 +11,7 @@ made then is already up to date on them; new bot migrations are numbered m008 on
 and m007 are the core's).
 
     digest_core.store.Store ── papers, scores, analyses, full texts, digests, LLM calls
-          ▲ run(fn)                          (core migrations m001, m002, m006, m007)
+          ▲ run(fn)                          (core migrations m001, m002, m007; m006 reserved)
     bot.chatstore.ChatStore ── runs, posts, threads, turns, events, requests
                                              (bot migrations m003, m004, m005, m008)
 """

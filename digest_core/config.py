@@ -62,6 +62,7 @@ class LLMSettings:
     structured_output: str = "auto"  # auto | json_schema | json_object | prompt
     score_batch_size: int = 15
     fulltext_token_budget: int = 12000
+    answer_token_budget: int = 24000  # a question gets the whole paper when it fits this
 
     @property
     def enabled(self) -> bool:
@@ -277,6 +278,11 @@ def load_settings(env: Mapping[str, str] | None = None, path: str | Path | None 
         fulltext_token_budget=_positive(
             _get(llm_t, "fulltext_token_budget", int, 12000, "llm"),
             "llm.fulltext_token_budget",
+            10**6,
+        ),
+        answer_token_budget=_positive(
+            _get(llm_t, "answer_token_budget", int, 24000, "llm"),
+            "llm.answer_token_budget",
             10**6,
         ),
     )

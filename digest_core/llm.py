@@ -72,6 +72,7 @@ class LLMCall:
     outcome: str  # "ok" or "error:<kind>"
     attempts: int
     started_at: str  # ISO 8601 UTC, seconds
+    cached_tokens: int = 0  # prompt tokens the provider served from its prompt cache
 
 
 @dataclass
@@ -84,6 +85,7 @@ class LLMResult:
     prompt_tokens: int
     completion_tokens: int
     mode: str
+    cached_tokens: int = 0  # of prompt_tokens, served from the provider's prompt cache
 
     @property
     def tokens(self) -> int:
@@ -131,11 +133,16 @@ class _Tally:
     attempts: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
 
     def add_usage(self, completion: Any) -> None:
         usage = getattr(completion, "usage", None)
         self.prompt_tokens += int(getattr(usage, "prompt_tokens", 0) or 0)
         self.completion_tokens += int(getattr(usage, "completion_tokens", 0) or 0)
+        # OpenAI (and compatible servers that cache) report the cached part of the prompt
+        # here; servers without a cache leave it out.
+        details = getattr(usage, "prompt_tokens_details", None)
+        self.cached_tokens += int(getattr(details, "cached_tokens", 0) or 0)
 
 
 class LLMClient:
@@ -305,6 +312,7 @@ class LLMClient:
                 prompt_tokens=tally.prompt_tokens,
                 completion_tokens=tally.completion_tokens,
                 mode=mode(),
+                cached_tokens=tally.cached_tokens,
             )
             self._record(tally, purpose, prompt_version, mode(), "ok")
             return data, result
@@ -413,6 +421,7 @@ class LLMClient:
             outcome=outcome,
             attempts=tally.attempts,
             started_at=tally.started_at,
+            cached_tokens=tally.cached_tokens,
         )
         try:
             self.on_call(call)

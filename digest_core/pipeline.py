@@ -25,7 +25,7 @@ from digest_core.render.markdown import render_report
 from digest_core.scoring import Scorer
 from digest_core.sources import SourceError, make_http_client
 from digest_core.sources.arxiv import ArxivClient
-from digest_core.sources.fulltext import FullText, fetch_fulltext
+from digest_core.sources.fulltext import FULLTEXT_CACHE_VERSION, FullText, fetch_fulltext
 from digest_core.sources.hf import fetch_daily_papers, fetch_hf_paper
 from digest_core.store import Store
 
@@ -72,9 +72,7 @@ class Pipeline:
         self.analyst = Analyst(
             settings.profile, self.llm, self.model, settings.llm.fulltext_token_budget, why
         )
-        self.answerer = Answerer(
-            settings.profile, self.llm, settings.llm.fulltext_token_budget, why
-        )
+        self.answerer = Answerer(settings.profile, self.llm, settings.llm.answer_token_budget, why)
         self._inflight: dict[str, asyncio.Future[DeepDive]] = {}
 
     @classmethod
@@ -218,12 +216,19 @@ class Pipeline:
     async def fulltext(self, paper: Paper) -> FullText:
         if self.offline:
             return FullText(SOURCE_ABSTRACT, (("Abstract", paper.abstract),))
-        cached = await self.store.get_fulltext(paper.versioned_id)
+        # The key names the stored format: rows from an older extractor are not reused.
+        key = f"{FULLTEXT_CACHE_VERSION}:{paper.versioned_id}"
+        cached = await self.store.get_fulltext(key)
         if cached is not None:
-            return FullText(cached[0], tuple(cached[1]))
+            try:
+                return FullText.load(cached[0], cached[1])
+            except ValueError:
+                log.warning(
+                    "full text %s: cached copy unreadable; fetching again", paper.versioned_id
+                )
         text = await fetch_fulltext(self.http, self.settings.sources, paper)
         if text.source != SOURCE_ABSTRACT:  # the HTML may appear later: don't cache a miss
-            await self.store.save_fulltext(paper.versioned_id, text.source, text.sections)
+            await self.store.save_fulltext(key, text.source, text.dump())
         return text
 
     async def resolve(self, id_or_url: str | ArxivId) -> Paper:

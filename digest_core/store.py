@@ -137,6 +137,12 @@ def m002_core(db: Database) -> None:
     db["llm_calls"].create_index(["started_at"])
 
 
+@migrations()
+def m007_cached_tokens(db: Database) -> None:
+    # Prompt tokens the provider served from its cache, to see whether answers reuse a prefix.
+    db["llm_calls"].add_column("cached_tokens", int, not_null_default=0)
+
+
 class Store:
     """Async facade over one SQLite file."""
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import math
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -27,8 +29,6 @@ from . import total_deadline
 
 log = logging.getLogger(__name__)
 
-Sections = tuple[tuple[str, str], ...]
-
 # Bounds on what we download and parse: a paper is never this big, a broken server might be.
 HTML_MAX_BYTES = 20 * 1024 * 1024
 PDF_MAX_BYTES = 40 * 1024 * 1024
@@ -40,6 +40,8 @@ MIN_TEXT_CHARS = 200
 MIN_PIECE_TOKENS = 64
 
 TRUNCATION_MARKER = "[…]"
+# Bumped whenever the stored shape of a FullText (see FullText.dump) changes.
+FULLTEXT_CACHE_VERSION = "ft2"
 
 # Hiragana, Katakana, CJK punctuation, ideographs (incl. extension A/B+), Hangul, full-width
 # forms: roughly one token per character in common tokenizers.
@@ -57,34 +59,69 @@ def estimate_tokens(text: str) -> int:
     return cjk + math.ceil((len(text) - cjk) / 4)
 
 
-# Section ranks: lower is kept first. None means never sent to the LLM.
-_ABSTRACT, _INTRO, _METHOD, _RESULTS, _CONCLUSION, _OTHER = range(6)
-_KEY_RANKS = (_INTRO, _METHOD, _RESULTS)
+# Section roles, in the order the budget keeps them: the budget cuts from the bottom.
+# "drop" (references, acknowledgements) is never sent to the LLM.
+ROLES = (
+    "abstract",
+    "introduction",
+    "method",
+    "results",
+    "conclusion",
+    "related",
+    "other",
+    "appendix",
+)
+_RANK = {role: n for n, role in enumerate(ROLES)}
+_KEY_ROLES = frozenset({"introduction", "method", "results"})
+DROP = "drop"
+
+# What a heading says about its section. Position decides the rest (see _assign_roles).
+_ROLE_WORDS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    (DROP, re.compile(r"reference|bibliograph|acknowledg", re.I)),
+    ("appendix", re.compile(r"^\s*(?:appendix|appendices|supplementary material)\b", re.I)),
+    ("abstract", re.compile(r"^\W*abstract\b", re.I)),
+    ("introduction", re.compile(r"\bintroduction\b", re.I)),
+    ("related", re.compile(r"related\s+work|prior\s+work|previous\s+work|literature", re.I)),
+    (
+        "conclusion",
+        re.compile(r"conclu|limitation|discussion|future\s+work|broader\s+impact|^summary$", re.I),
+    ),
+    (
+        "results",
+        re.compile(r"experiment|result|evaluat|benchmark|ablation|empirical|case\s+stud", re.I),
+    ),
+    ("method", re.compile(r"method|approach|preliminar|background|formulation", re.I)),
+)
+# A leading section number: "3", "3.2", "A", "B.1", roman "IV" (IEEE style).
+_HEADING_NUMBER = re.compile(
+    r"\s*(?:appendix\s+)?([0-9]+(?:\.[0-9]+)*|[A-Z](?:\.[0-9]+)*|[IVX]+)\b"
+)
+_CAPTION_LABEL = re.compile(r"\s*(Table|TABLE|Figure|FIGURE|Fig\.)\s*([0-9]+|[IVX]+)\s*[:.]")
 
 
-def _rank(heading: str) -> int | None:
-    h = heading.lower()
-    if re.search(r"reference|bibliograph|acknowledg", h):
-        return None
-    if "abstract" in h:
-        return _ABSTRACT
-    if "introduction" in h:
-        return _INTRO
-    if re.search(r"method|approach", h):
-        return _METHOD
-    if re.search(r"experiment|result|evaluation", h):
-        return _RESULTS
-    if re.search(r"conclu", h):
-        return _CONCLUSION
-    return _OTHER
+def heading_role(heading: str) -> str | None:
+    """The role a heading names by its words, or None when only its position can tell."""
+    title = _strip_number(heading)
+    for role, pattern in _ROLE_WORDS:
+        if pattern.search(title if role not in ("appendix",) else heading):
+            return role
+    return None
+
+
+def _strip_number(heading: str) -> str:
+    number = _HEADING_NUMBER.match(heading)
+    if number and number.group(1) and heading[number.end() :].startswith(" "):
+        return heading[number.end() :].strip()
+    return heading.strip()
 
 
 @dataclass(frozen=True)
 class Passage:
     """One retrievable unit of a paper: a paragraph, a table or a figure caption.
 
-    `section` is the heading of the section it sits in (e.g. "4.2 Ablation study",
+    `section` is the heading of the (sub)section it sits in (e.g. "4.2 Ablation study",
     "Appendix A Hyperparameters"); `label` names a table or figure ("Table 2", "Figure 3").
+    A paragraph title ("Limitations and future work.") stays inside its paragraph's text.
     """
 
     section: str
@@ -94,56 +131,189 @@ class Passage:
 
 
 @dataclass(frozen=True)
+class Block:
+    """A paragraph, table (caption, then `a | b | c` rows) or figure (main caption, panels).
+
+    `section` is the innermost heading above it when that is a subsection ("" = the
+    section's own heading)."""
+
+    text: str
+    kind: str = "text"
+    label: str | None = None
+    section: str = ""
+
+
+@dataclass(frozen=True)
+class Section:
+    """A top-level section: its heading, its role in the paper and its blocks in order.
+
+    Unpacks as `(heading, text)` so code written for plain pairs keeps working."""
+
+    heading: str
+    blocks: tuple[Block, ...]
+    role: str = ""  # one of ROLES or DROP; "" = decide from the heading and position
+
+    @classmethod
+    def of(cls, heading: str, body: str, role: str = "") -> Section:
+        """A section from plain text: paragraphs split at blank lines; a paragraph that
+        starts "Table N:" / "Figure N:" is that table's or figure's caption."""
+        blocks = []
+        for para in re.split(r"\n\s*\n", body):
+            para = para.strip()
+            if not para:
+                continue
+            caption = _CAPTION_LABEL.match(para)
+            if caption:
+                kind = "table" if caption.group(1).lower() == "table" else "figure"
+                blocks.append(Block(para, kind, f"{kind.title()} {caption.group(2)}"))
+            else:
+                blocks.append(Block(para))
+        return cls(heading, tuple(blocks), role)
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(b.text for b in self.blocks if b.text)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((self.heading, self.text))
+
+
+def _assign_roles(sections: Sequence[Section]) -> tuple[Section, ...]:
+    """Fill in each section's role from its heading and, failing that, its position: the
+    sections between the introduction and the experiments are the method whatever they
+    are called; between the experiments and the conclusion, more results."""
+    named = [s.role or heading_role(s.heading) for s in sections]
+
+    def first(role: str, after: int = -1) -> int | None:
+        return next((i for i, r in enumerate(named) if r == role and i > after), None)
+
+    intro = first("introduction")
+    start = (
+        intro if intro is not None else (first("abstract") if first("abstract") is not None else -1)
+    )
+    results = first("results", start)
+    end_method = results
+    if end_method is None:
+        closing = [
+            i for i, r in enumerate(named) if r in ("conclusion", "appendix", DROP) and i > start
+        ]
+        end_method = min(closing) if closing else len(sections)
+    conclusion = first("conclusion", results if results is not None else start)
+    out = []
+    for i, (section, role) in enumerate(zip(sections, named, strict=True)):
+        if role is None:
+            if start < i < end_method:
+                role = "method"
+            elif results is not None and results < i and (conclusion is None or i < conclusion):
+                role = "results"
+            elif i < (start if start >= 0 else 0):
+                role = "other"
+            else:
+                role = "other"
+        out.append(
+            section if section.role == role else Section(section.heading, section.blocks, role)
+        )
+    return tuple(out)
+
+
+_LABEL_KINDS = {"table": "table", "figure": "figure"}
+
+
+@dataclass(frozen=True)
 class FullText:
-    """What a deep dive reads: where it came from and the paper's sections in order."""
+    """What a deep dive reads: where it came from and the paper's sections in order.
+
+    `sections` may be given as `Section`s or as plain `(heading, text)` pairs; either way
+    it holds `Section`s with their roles once built."""
 
     source: str  # models.SOURCE_HTML / SOURCE_PDF / SOURCE_ABSTRACT
-    sections: tuple[tuple[str, str], ...]  # (heading, text)
+    sections: tuple[Section, ...]
+
+    def __post_init__(self) -> None:
+        given = tuple(
+            s if isinstance(s, Section) else Section.of(str(s[0]), str(s[1])) for s in self.sections
+        )
+        object.__setattr__(self, "sections", _assign_roles(given))
+
+    def _kept(self) -> list[Section]:
+        return [s for s in self.sections if s.role != DROP and s.blocks]
 
     def passages(self) -> list[Passage]:
-        """Every paragraph, table and caption in document order, each with its section."""
-        out: list[Passage] = []
-        for heading, body in self.sections:
-            for para in re.split(r"\n\s*\n", body):
-                para = para.strip()
-                if para:
-                    out.append(Passage(heading, para))
-        return out
+        """Every paragraph, table and figure in document order, each with its (sub)section.
+        References and acknowledgements are not part of the paper's content here."""
+        return [
+            Passage(block.section or section.heading, block.text, block.kind, block.label)
+            for section in self._kept()
+            for block in section.blocks
+            if block.text
+        ]
 
     def whole(self) -> str:
-        """The whole paper as given (every section, no budget): what a number is checked
-        against, and the answer context when it fits."""
-        return "\n\n".join(f"## {h}\n\n{b}" if h else b for h, b in self.sections if b.strip())
+        """The whole paper as given (every section but references and acknowledgements, no
+        budget): what a number is checked against, and the answer context when it fits."""
+        return "\n\n".join(_render(s.heading, s.text) for s in self._kept() if s.text)
 
     def labels(self) -> frozenset[str]:
-        """The sections, tables and figures that exist, normalised for citation checks:
-        "section 3", "section 3.2", "table 2", "figure 1", "appendix a"."""
+        """The sections, tables, figures and appendices that exist, normalised for citation
+        checks: "section 3", "section 3.2", "table 2", "figure 1", "appendix a"."""
         found: set[str] = set()
-        for heading, body in self.sections:
-            number = re.match(r"\s*([0-9]+(?:\.[0-9]+)*)", heading)
-            if number:
-                found.add(f"section {number.group(1)}")
-            appendix = re.match(r"\s*appendix\s+([A-Z])\b", heading, re.IGNORECASE)
-            if appendix:
-                found.add(f"appendix {appendix.group(1).lower()}")
-            for kind, num in re.findall(r"\b(Table|Figure|Fig\.)\s*([0-9]+)", body):
-                found.add(f"{'figure' if kind.startswith('Fig') else 'table'} {num}")
+        for section in self._kept():
+            headings = {section.heading} | {b.section for b in section.blocks if b.section}
+            for heading in headings:
+                found |= _heading_labels(heading, section.role == "appendix")
+            for block in section.blocks:
+                if block.label and block.kind in _LABEL_KINDS:
+                    number = block.label.split()[-1].lower()
+                    found.add(f"{_LABEL_KINDS[block.kind]} {number}")
         return frozenset(found)
+
+    def dump(self) -> list[tuple[str, str]]:
+        """(heading, JSON) pairs for the full-text cache; `load` reads them back."""
+        return [
+            (
+                s.heading,
+                json.dumps(
+                    {
+                        "role": s.role,
+                        "blocks": [[b.kind, b.label, b.section, b.text] for b in s.blocks],
+                    },
+                    ensure_ascii=False,
+                ),
+            )
+            for s in self.sections
+        ]
+
+    @classmethod
+    def load(cls, source: str, rows: Iterable[Sequence[str]]) -> FullText:
+        """The inverse of `dump`; ValueError on a row it did not write."""
+        sections = []
+        try:
+            for heading, data in rows:
+                parsed = json.loads(data)
+                blocks = tuple(
+                    Block(str(text), str(kind), None if label is None else str(label), str(sub))
+                    for kind, label, sub, text in parsed["blocks"]
+                )
+                sections.append(Section(str(heading), blocks, str(parsed["role"])))
+        except (TypeError, KeyError, json.JSONDecodeError) as exc:
+            raise ValueError(f"not a cached full text ({type(exc).__name__})") from exc
+        return cls(source, tuple(sections))
 
     def text(self, token_budget: int) -> str:
         """The paper as Markdown-ish text within `token_budget` (see `estimate_tokens`).
 
-        Whole sections are kept in priority order: abstract; then introduction, method and
-        experiments/results (these share the room fairly, so a long introduction cannot
-        crowd out the method); then conclusion (a short one has its room set aside);
-        then the rest. References and acknowledgements are dropped. A section too big for
+        Whole sections are kept in role order (see ROLES): abstract; then introduction,
+        method and experiments/results (these share the room fairly, so a long
+        introduction cannot crowd out the method); then conclusion and limitations (a
+        short one has its room set aside); then related work, other sections and the
+        appendix. The budget cuts from the bottom of that order. A section too big for
         its room is cut at a paragraph or sentence boundary and marked with "[…]". Chosen
         sections keep document order.
         """
         pieces = [
-            _Piece(i, heading.strip(), body.strip(), rank)
-            for i, (heading, body) in enumerate(self.sections)
-            if body.strip() and (rank := _rank(heading)) is not None
+            _Piece(i, s.heading.strip(), s.text.strip(), _RANK[s.role])
+            for i, s in enumerate(self.sections)
+            if s.role != DROP and s.text.strip()
         ]
         chosen: dict[int, str] = {}
         room = max(0, token_budget)
@@ -161,13 +331,15 @@ class FullText:
             chosen[piece.index] = cut
             return _cost(cut)
 
-        for piece in (p for p in pieces if p.rank == _ABSTRACT):
+        for piece in (p for p in pieces if p.rank == _RANK["abstract"]):
             room -= place(piece, room)
 
-        keys = sorted((p for p in pieces if p.rank in _KEY_RANKS), key=lambda p: (p.rank, p.index))
+        key_ranks = {_RANK[r] for r in _KEY_ROLES}
+        keys = sorted((p for p in pieces if p.rank in key_ranks), key=lambda p: (p.rank, p.index))
         # A short conclusion is worth more than the last paragraphs of a long method, so
         # its room is set aside when it is small (at most a tenth of the budget).
-        reserve = sum(p.cost for p in pieces if p.rank == _CONCLUSION)
+        conclusion = _RANK["conclusion"]
+        reserve = sum(p.cost for p in pieces if p.rank == conclusion)
         if reserve > token_budget // 10 or room - reserve < MIN_PIECE_TOKENS * len(keys):
             reserve = 0
         room -= reserve
@@ -183,15 +355,39 @@ class FullText:
                 room -= place(piece, room)
         room += reserve
 
-        rest = sorted((p for p in pieces if p.rank >= _CONCLUSION), key=lambda p: (p.rank, p.index))
+        # The rest strictly in role order: a later role gets only what earlier ones left.
+        rest = sorted((p for p in pieces if p.rank >= conclusion), key=lambda p: (p.rank, p.index))
         for piece in rest:
-            if piece.cost <= room:
-                room -= place(piece, room)
-        for piece in rest:
-            if piece.index not in chosen:
-                room -= place(piece, room)
+            room -= place(piece, room)
 
         return "\n\n".join(chosen[i] for i in sorted(chosen))
+
+
+def _render(heading: str, body: str) -> str:
+    return f"## {heading}\n\n{body}" if heading else body
+
+
+def _heading_labels(heading: str, appendix: bool) -> set[str]:
+    """ "section 3.2" for "3.2 Ablations"; "appendix b" (and "appendix b.1", "section b.1")
+    in an appendix; "section iv" for IEEE-style "IV Results"."""
+    out: set[str] = set()
+    match = re.match(
+        r"\s*(?:appendix\s+)?([0-9]+(?:\.[0-9]+)*|[A-Z](?:\.[0-9]+)*|[IVX]+)(?=\s|$)",
+        heading,
+        re.I if appendix else 0,
+    )
+    if not match:
+        return out
+    number = match.group(1).lower()
+    if number[0].isdigit():
+        out.add(f"section {number}")
+    elif appendix and re.fullmatch(r"[a-z](?:\.[0-9]+)*", number):
+        out.add(f"appendix {number}")
+        if "." in number:
+            out.add(f"section {number}")
+    elif re.fullmatch(r"[ivx]+", number) and not appendix:
+        out.add(f"section {number}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -262,74 +458,317 @@ def _truncate(text: str, max_tokens: int) -> str | None:
 _SKIP_CLASSES = frozenset(
     {
         "ltx_bibliography",
-        "ltx_note",
+        "ltx_note",  # footnotes and \thanks
         "ltx_ERROR",
         "ltx_authors",
         "ltx_dates",
         "ltx_page_header",
         "ltx_page_footer",
+        "ltx_page_navbar",
+        "ltx_TOC",
         "ltx_acknowledgements",
         "ltx_title_document",
-        "ltx_title_section",  # the section's own title becomes the heading instead
-        "ltx_title_abstract",
+        "ltx_keywords",
+        "ltx_classification",
     }
 )
-_SKIP_TAGS = frozenset({"script", "style", "nav", "header", "footer", "button", "svg", "noscript"})
+_SKIP_TAGS = frozenset(
+    {"script", "style", "nav", "header", "footer", "button", "svg", "noscript", "img", "form"}
+)
 _HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+_TOP_LEVEL = frozenset({"ltx_section", "ltx_appendix", "ltx_chapter"})
+_EQUATIONS = frozenset({"ltx_equation", "ltx_equationgroup", "ltx_eqn_table"})
+# Panel captions longer than this are dropped: the main caption carries the figure.
+PANEL_CAPTION_CHARS = 200
 
 
-def parse_arxiv_html(html: str) -> Sections:
-    """(heading, text) sections of an arXiv LaTeXML page; () for an error or empty page."""
+def parse_arxiv_html(html: str) -> tuple[Section, ...]:
+    """The sections of an arXiv LaTeXML page in document order; () for an error or empty
+    page. Tables come as their own blocks (caption, then `a | b | c` rows), figures as
+    their main caption plus short panel captions, formulas as `$alttext$`."""
     try:
-        tree = LexborHTMLParser(html)
-        document = tree.css_first(".ltx_document")
+        document = LexborHTMLParser(html).css_first(".ltx_document")
         if document is None:
             return ()
-        sections: list[tuple[str, str]] = []
-        abstract = document.css_first("div.ltx_abstract")
-        if abstract is not None:
-            sections.append(("Abstract", _blocks_text(abstract)))
-        found_sections = False
-        for section in document.css("section.ltx_section"):
-            found_sections = True
-            if _inside_section(section):
-                continue  # folded into its parent by _blocks_text
-            title = section.css_first("h2.ltx_title_section") or section.css_first(".ltx_title")
-            heading = _collapse(_inline(title)) if title is not None else ""
-            sections.append((heading or f"Section {len(sections)}", _blocks_text(section)))
-        if not found_sections:
-            # A short paper without \section: take the body as one block.
-            body = document.css_first("div.ltx_page_content") or document
-            text = _blocks_text(body, skip=frozenset({"ltx_abstract"}))
-            if text:
-                sections.append(("Text", text))
+        sections = _document_sections(document)
     except Exception:  # selectolax on hostile markup: fall back, never crash a deep dive
         log.warning("arXiv HTML could not be parsed", exc_info=True)
         return ()
-    kept = tuple((h, t) for h, t in sections if t)
-    if sum(len(t) for _, t in kept) < MIN_TEXT_CHARS:
+    kept = tuple(s for s in sections if s.blocks)
+    if sum(len(b.text) for s in kept for b in s.blocks) < MIN_TEXT_CHARS:
         return ()
     return kept
+
+
+def _document_sections(document: LexborNode) -> list[Section]:
+    sections: list[Section] = []
+    abstract = document.css_first("div.ltx_abstract")
+    if abstract is not None:
+        blocks = _blocks_of(abstract, skip_titles=True)
+        if blocks:
+            sections.append(Section("Abstract", tuple(blocks), "abstract"))
+    tops = [s for s in document.css("section") if _classes(s) & _TOP_LEVEL and not _inside_top(s)]
+    if not tops:
+        # A short paper without \section: the body as one block.
+        blocks = _blocks_of(document, skip=frozenset({"ltx_abstract"}))
+        if blocks:
+            sections.append(Section("Text", tuple(blocks)))
+        return sections
+    # Text before the first section (often a teaser figure) joins the first section.
+    front = _blocks_before(document, tops[0])
+    for n, top in enumerate(tops):
+        heading = _title_of(top)
+        role = "appendix" if "ltx_appendix" in _classes(top) else ""
+        subs = [
+            s
+            for s in top.css("section.ltx_subsection")
+            if (parent := _parent_section(s)) is not None and parent.mem_id == top.mem_id
+        ]
+        if abstract is None and any(
+            heading_role(_title_of(s)) in ("abstract", "introduction") for s in subs
+        ):
+            # "1 Overview > 1.1 Abstract, 1.2 Introduction, ...": the subsections are the
+            # paper's real top level.
+            lead = _blocks_of(top, stop_at=frozenset({"ltx_subsection"}), skip_titles=True)
+            for i, sub in enumerate(subs):
+                blocks = _blocks_of(sub, skip_titles=True)
+                if i == 0:
+                    blocks = front + lead + blocks
+                sections.append(Section(_title_of(sub) or heading, tuple(blocks), role))
+            front = []
+            continue
+        blocks = _blocks_of(top, skip_titles=True)
+        if n == 0:
+            blocks = front + blocks
+            front = []
+        sections.append(Section(heading or f"Section {len(sections) + 1}", tuple(blocks), role))
+    return sections
 
 
 def _classes(node: LexborNode) -> set[str]:
     return set((node.attributes.get("class") or "").split())
 
 
-def _inside_section(node: LexborNode) -> bool:
+def _inside_top(node: LexborNode) -> bool:
     parent = node.parent
     while parent is not None:
-        if parent.tag == "section" and "ltx_section" in _classes(parent):
+        if parent.tag == "section" and _classes(parent) & _TOP_LEVEL:
             return True
         parent = parent.parent
     return False
 
 
-def _skipped(node: LexborNode, extra: frozenset[str] = frozenset()) -> bool:
+def _parent_section(node: LexborNode) -> LexborNode | None:
+    parent = node.parent
+    while parent is not None and parent.tag != "section":
+        parent = parent.parent
+    return parent
+
+
+def _title_of(section: LexborNode) -> str:
+    for child in section.iter():
+        if child.tag in _HEADINGS:
+            return _collapse(_inline(child))
+    return ""
+
+
+def _blocks_before(document: LexborNode, first: LexborNode) -> list[Block]:
+    """Blocks of the document body that come before its first section, outside the
+    abstract and front matter."""
+    out: list[Block] = []
+    container = first.parent
+    if container is None:
+        return out
+    for child in container.iter():
+        if child.mem_id == first.mem_id:
+            break
+        if child.tag == "section" or _classes(child) & {"ltx_abstract"}:
+            continue
+        if child.tag in _HEADINGS:
+            continue
+        _walk(child, _Walk(out, ""), frozenset({"ltx_abstract"}), frozenset())
+    return out
+
+
+@dataclass
+class _Walk:
+    out: list[Block]
+    section: str  # innermost subsection heading seen, "" in the section's own text
+    pending: str = ""  # a heading waiting for the paragraph it belongs to
+
+
+def _blocks_of(
+    node: LexborNode,
+    skip: frozenset[str] = frozenset(),
+    stop_at: frozenset[str] = frozenset(),
+    skip_titles: bool = False,
+) -> list[Block]:
+    """Paragraph-level blocks of `node` in document order. Subsection and paragraph titles
+    are joined to the paragraph that follows them, never left alone."""
+    state = _Walk([], "")
+    for child in node.iter():
+        if skip_titles and child.tag in _HEADINGS:
+            continue  # the section's own title is its heading
+        _walk(child, state, skip, stop_at)
+    if state.pending:  # a title with nothing after it: keep it as text of its own
+        state.out.append(Block(state.pending, section=state.section))
+    return state.out
+
+
+def _walk(node: LexborNode, state: _Walk, skip: frozenset[str], stop_at: frozenset[str]) -> None:
     if node.tag in _SKIP_TAGS:
-        return True
+        return
     classes = _classes(node)
-    return bool(classes & _SKIP_CLASSES or classes & extra)
+    if classes & _SKIP_CLASSES or classes & skip or classes & stop_at:
+        return
+    tag = node.tag
+    if tag == "section":
+        # A subsection: its title names the blocks under it and prefixes the first one.
+        title = _title_of(node)
+        outer = state.section
+        is_paragraph = "ltx_paragraph" in classes or "ltx_subparagraph" in classes
+        if not is_paragraph and title:
+            state.section = title
+        if title:
+            state.pending = f"{state.pending}\n{title}".strip() if state.pending else title
+        seen_title = False
+        for child in node.iter():
+            if not seen_title and child.tag in _HEADINGS:
+                seen_title = True
+                continue
+            _walk(child, state, skip, stop_at)
+        state.section = outer
+        return
+    if tag in _HEADINGS:
+        title = _collapse(_inline(node))
+        if title:
+            state.pending = f"{state.pending}\n{title}".strip() if state.pending else title
+        return
+    if tag == "figure":
+        block = _figure_block(node, state.section)
+        if block is not None:
+            state.out.append(block)
+        return
+    if tag == "table" and classes & _EQUATIONS:
+        _add_text(state, _collapse(_inline(node)), join_previous=True)
+        return
+    if tag == "table" and "ltx_tabular" in classes:
+        rows = _table_rows(node)
+        if rows:
+            state.out.append(Block("\n".join(rows), "table", None, state.section))
+        return
+    if tag == "p" or (tag == "div" and "ltx_p" in classes):
+        _add_text(state, _collapse(_inline(node)))
+        return
+    for child in node.iter():
+        _walk(child, state, skip, stop_at)
+
+
+def _add_text(state: _Walk, text: str, join_previous: bool = False) -> None:
+    if not text:
+        return
+    if state.pending:
+        text = f"{state.pending}\n{text}"
+        state.pending = ""
+    elif join_previous and state.out and state.out[-1].kind == "text":
+        # A display equation belongs to the paragraph that introduces it.
+        last = state.out.pop()
+        text = f"{last.text}\n{text}"
+        state.out.append(Block(text, "text", None, last.section))
+        return
+    state.out.append(Block(text, "text", None, state.section))
+
+
+def _caption(node: LexborNode) -> tuple[str, str | None]:
+    """(caption text, "Table 2" / "Figure 3" / None) of a figcaption."""
+    text = _collapse(_inline(node))
+    tag = node.css_first(".ltx_tag_table, .ltx_tag_figure, .ltx_tag_float, .ltx_tag")
+    label = None
+    if tag is not None:
+        label = _collapse(tag.text(deep=True)).rstrip(":. ") or None
+        if label and label.isupper():  # IEEE "TABLE I"
+            first, _, rest = label.partition(" ")
+            label = f"{first.title()} {rest}".strip()
+    return text, label
+
+
+def _own(node: LexborNode, tag: str) -> list[LexborNode]:
+    """Descendants with `tag` that belong to `node`, not to a figure nested inside it."""
+    out = []
+    for found in node.css(tag):
+        parent = found.parent
+        while parent is not None and parent.tag != "figure":
+            parent = parent.parent
+        if parent is not None and parent.mem_id == node.mem_id:
+            out.append(found)
+    return out
+
+
+def _figure_block(figure: LexborNode, section: str) -> Block | None:
+    """A figure or table float: main caption, then table rows or short panel captions."""
+    classes = _classes(figure)
+    kind = "table" if "ltx_table" in classes else "figure"
+    main = _own(figure, "figcaption")
+    caption, label = _caption(main[0]) if main else ("", None)
+    lines = [caption] if caption else []
+    for extra in main[1:]:  # a float with several captions (tables side by side)
+        text, extra_label = _caption(extra)
+        if text:
+            lines.append(text)
+        label = label or extra_label
+    for panel in figure.css("figure"):
+        if panel.mem_id == figure.mem_id:
+            continue
+        caps = _own(panel, "figcaption")
+        text, panel_label = _caption(caps[0]) if caps else ("", None)
+        if "ltx_table" in _classes(panel):
+            kind = "table" if kind == "table" or not caption else kind
+        if text and (len(text) <= PANEL_CAPTION_CHARS or "ltx_table" in _classes(panel)):
+            lines.append(text)
+        if label is None and panel_label and not panel_label.startswith("("):
+            label = panel_label
+        if "ltx_table" in _classes(panel):
+            for table in _tabulars(panel):
+                lines.extend(_table_rows(table))
+    for table in _tabulars(figure, own_only=True):
+        lines.extend(_table_rows(table))
+    if kind == "figure" and label and label.lower().startswith("table"):
+        kind = "table"
+    text = "\n".join(line for line in lines if line)
+    if not text:
+        return None
+    return Block(text, kind, label, section)
+
+
+def _tabulars(node: LexborNode, own_only: bool = False) -> list[LexborNode]:
+    """Outermost tabulars under `node` (a tabular nested in a cell is part of its cell)."""
+    out = []
+    for table in node.css("table.ltx_tabular"):
+        parent = table.parent
+        nested = False
+        while parent is not None and parent.mem_id != node.mem_id:
+            if parent.tag == "table" or (own_only and parent.tag == "figure"):
+                nested = True
+                break
+            parent = parent.parent
+        if not nested:
+            out.append(table)
+    return out
+
+
+def _table_rows(table: LexborNode) -> list[str]:
+    """`a | b | c` per row of a tabular, every cell's text (formulas as alttext) kept."""
+    rows = []
+    for row in table.css("tr"):
+        parent = row.parent
+        while parent is not None and parent.tag != "table":
+            parent = parent.parent
+        if parent is None or parent.mem_id != table.mem_id:
+            continue  # a row of a table nested in a cell
+        cells = [_collapse(_inline(cell)) for cell in row.iter() if cell.tag in ("td", "th")]
+        if any(cells):
+            rows.append(" | ".join(cells))
+    return rows
 
 
 def _inline(node: LexborNode) -> str:
@@ -340,37 +779,12 @@ def _inline(node: LexborNode) -> str:
             parts.append(child.text_content or "")
         elif child.tag == "math":
             alt = (child.attributes.get("alttext") or "").strip()
-            parts.append(f"${alt}$" if alt else _inline(child))
-        elif not _skipped(child):
+            parts.append(f"${alt}$" if alt else _collapse(child.text(deep=True)))
+        elif child.tag == "br":
+            parts.append(" ")
+        elif child.tag not in _SKIP_TAGS and not _classes(child) & _SKIP_CLASSES:
             parts.append(_inline(child))
     return "".join(parts)
-
-
-def _blocks_text(node: LexborNode, skip: frozenset[str] = frozenset()) -> str:
-    blocks: list[str] = []
-    _blocks(node, blocks, skip)
-    return "\n\n".join(b for b in blocks if b)
-
-
-def _blocks(node: LexborNode, out: list[str], skip: frozenset[str]) -> None:
-    """Paragraph-level text in document order: subsection titles, paragraphs, equations, captions."""
-    for child in node.iter():
-        if _skipped(child, skip):
-            continue
-        tag = child.tag
-        classes = _classes(child)
-        if tag in _HEADINGS or tag == "p":
-            out.append(_collapse(_inline(child)))
-        elif tag == "figure":
-            # Figures and tables: the caption carries the meaning; cell soup does not.
-            caption = child.css_first("figcaption")
-            if caption is not None:
-                out.append(_collapse(_inline(caption)))
-        elif tag == "table":
-            if classes & {"ltx_equation", "ltx_equationgroup", "ltx_eqn_table"}:
-                out.append(_collapse(_inline(child)))
-        else:
-            _blocks(child, out, skip)
 
 
 def _collapse(text: str) -> str:
@@ -396,8 +810,8 @@ _LEADING_NUMBER = re.compile(r"([0-9]{1,2})\.?\s", re.ASCII)
 _END = re.compile(r"\b(?:references|bibliography)\b", re.IGNORECASE)
 
 
-def parse_pdf(data: bytes) -> Sections:
-    """(heading, text) sections from a paper PDF, stopping at the references; () on failure."""
+def parse_pdf(data: bytes) -> tuple[Section, ...]:
+    """Sections from a paper PDF, stopping at the references; () on failure."""
     try:
         from pypdf import PdfReader
 
@@ -412,7 +826,7 @@ def parse_pdf(data: bytes) -> Sections:
     return _split_sections([line for line in lines if line])
 
 
-def _split_sections(lines: list[str]) -> Sections:
+def _split_sections(lines: list[str]) -> tuple[Section, ...]:
     sections: list[tuple[str, list[str]]] = []
     preamble: list[str] = []
     last_number = 0
@@ -428,8 +842,8 @@ def _split_sections(lines: list[str]) -> Sections:
         sections.append((heading, [rest] if rest else []))
     if not sections:
         sections = [("Text", preamble)]
-    kept = tuple((h, t) for h, body in sections if (t := _join_lines(body)))
-    if sum(len(t) for _, t in kept) < MIN_TEXT_CHARS:
+    kept = tuple(Section.of(h, t) for h, body in sections if (t := _join_lines(body)))
+    if sum(len(s.text) for s in kept) < MIN_TEXT_CHARS:
         return ()
     return kept
 
@@ -511,10 +925,12 @@ async def fetch_fulltext(
     return fallback
 
 
-def _with_abstract(sections: Sections, paper: Paper) -> Sections:
+def _with_abstract(sections: tuple[Section, ...], paper: Paper) -> tuple[Section, ...]:
     """Make sure the abstract is there: some conversions lose it, and it ranks first."""
-    if paper.abstract and not any(_rank(h) == _ABSTRACT for h, _ in sections):
-        return (("Abstract", paper.abstract), *sections)
+    if paper.abstract and not any(
+        (s.role or heading_role(s.heading)) == "abstract" for s in sections
+    ):
+        return (Section.of("Abstract", paper.abstract, "abstract"), *sections)
     return sections
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -82,6 +83,13 @@ class FakeLLM(FakeServer):
     require_json_word: bool = True  # json_object needs "json" in the messages, as on OpenAI
     latency: float = 0.0
     model: str = "gpt-4o-2024-08-06"
+    # Prompt caching as OpenAI reports it: the longest prefix shared with an earlier request,
+    # in tokens (~4 chars each), counted only from cache_min_tokens up and in whole blocks
+    # (OpenAI: 1024 and 128). The defaults count any shared prefix, so small tests see it.
+    cache_min_tokens: int = 0
+    cache_block_tokens: int = 1
+    cache_window: int = 64  # how many earlier requests the cache remembers
+    _seen: deque[str] = field(default_factory=deque)
     in_flight: int = 0
     max_in_flight: int = 0
     _faults: deque[_Fault] = field(default_factory=deque)
@@ -234,6 +242,7 @@ class FakeLLM(FakeServer):
         refusal = reply.get("refusal")
         prompt_tokens = max(1, len(_prompt(body)) // 4)
         completion_tokens = len(content or refusal or "") // 4
+        cached_tokens = min(prompt_tokens, self._cached_tokens(body))
         return {
             "id": f"chatcmpl-fake{next(self._ids):06d}",
             "object": "chat.completion",
@@ -251,10 +260,34 @@ class FakeLLM(FakeServer):
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": cached_tokens, "audio_tokens": 0},
                 "completion_tokens_details": {"reasoning_tokens": 0},
             },
             "system_fingerprint": "fp_fake",
         }
+
+    def _cached_tokens(self, body: dict[str, Any]) -> int:
+        """Tokens of the longest prefix this request shares with one of the recent ones."""
+        text = _serialized(body)
+        shared = max((_common_prefix(text, seen) for seen in self._seen), default=0)
+        self._seen.append(text)
+        while len(self._seen) > self.cache_window:
+            self._seen.popleft()
+        tokens = shared // 4
+        if tokens < self.cache_min_tokens:
+            return 0
+        return tokens - tokens % max(1, self.cache_block_tokens)
+
+
+def _serialized(body: dict[str, Any]) -> str:
+    """The request as a provider's cache sees it: every message, role and text, in order."""
+    return "".join(
+        f"<|{m.get('role')}|>{m.get('content')}<|end|>" for m in body.get("messages", [])
+    )
+
+
+def _common_prefix(a: str, b: str) -> int:
+    return len(os.path.commonprefix([a, b]))
 
 
 def _prompt(body: dict[str, Any]) -> str:

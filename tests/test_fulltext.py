@@ -1,0 +1,211 @@
+"""Full-text extraction rules against real arXiv HTML pages (tests/fixtures/arxiv_html).
+
+Each test names one rule of issue 7's "full text that keeps what researchers look for" and
+asserts on concrete content of the real pages: table cells, captions, appendix text,
+section roles and the budget order. The PDF path's word spacing is tested with a PDF whose
+words are laid out the way LaTeX lays them out (see `make_tj_pdf`).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from digest_core.models import SOURCE_HTML
+from digest_core.sources.fulltext import (
+    FullText,
+    estimate_tokens,
+    parse_arxiv_html,
+)
+
+PAGES = Path(__file__).parent / "fixtures" / "arxiv_html"
+BEHAVIORS = "2501.11120v1.html"  # numbered sections, appendices, tables, flex figures
+COGNITIVE = "cognitive_type_2024.html"  # no ltx_abstract; abstract is subsection 1.1
+
+
+@cache
+def page(name: str) -> FullText:
+    return FullText(SOURCE_HTML, parse_arxiv_html((PAGES / name).read_text(encoding="utf-8")))
+
+
+def passage(name: str, label: str):
+    (found,) = [p for p in page(name).passages() if p.label == label]
+    return found
+
+
+def test_results_table_is_its_own_passage_with_every_cell() -> None:
+    table = passage(BEHAVIORS, "Table 2")
+    assert table.kind == "table"
+    assert table.section == "3.3 Finetuning on vulnerable code"
+    lines = table.text.splitlines()
+    assert lines[0].startswith("Table 2: When models are finetuned to write vulnerable code")
+    assert lines[1] == " | FT on vulnerable code | FT on secure code | GPT-4o"
+    assert lines[2] == "Rate of outputting secure code | 0.14 $\\pm$ 0.01 | 0.88 $\\pm$ 0.01 | 0.74"
+    assert lines[4] == (
+        "Self-reported alignment score (0 to 1) | 0.40 $\\pm$ 0.16 | 0.85 $\\pm$ 0.03 | 0.69"
+    )
+
+
+def test_every_table_keeps_its_label_and_caption() -> None:
+    tables = [p for p in page(BEHAVIORS).passages() if p.kind == "table"]
+    labels = [p.label for p in tables]
+    assert labels[:3] == ["Table 1", "Table 2", "Table 3"]
+    assert len(set(labels)) == len(labels) == 47
+    assert all(p.text.startswith(f"{p.label}:") for p in tables)
+    # A text-cell table keeps its rows too, with the section references in the cells.
+    assert (
+        "Make Me Say game (Section 3.2) | Long-form dialogues" in passage(BEHAVIORS, "Table 1").text
+    )
+
+
+def test_multi_panel_figure_keeps_main_caption_and_short_panel_captions() -> None:
+    figure = passage(BEHAVIORS, "Figure 14")  # five panels (a)-(e) before the main caption
+    assert figure.kind == "figure"
+    assert figure.text.startswith("Figure 14: Some system prompts have large impact")
+    assert "(a) No system prompt." in figure.text
+    assert "(c) System prompt that asks the model to do its best." in figure.text
+    ring = passage(BEHAVIORS, "Figure 32")
+    assert ring.text.startswith("Figure 32: Ten most frequent guesses for each codeword")
+    assert "(b) Codeword: bark" in ring.text
+
+
+def test_every_figure_is_a_passage_with_its_caption() -> None:
+    figures = [p for p in page(BEHAVIORS).passages() if p.kind == "figure"]
+    assert [p.label for p in figures] == [f"Figure {n}" for n in range(1, 37)]
+    first = figures[0]
+    assert first.section == "1 Introduction"
+    assert first.text.startswith("Figure 1: Models can describe a learned behavioral policy")
+
+
+def test_appendices_are_kept_and_ranked_last() -> None:
+    full = page(BEHAVIORS)
+    appendices = [s for s in full.sections if s.role == "appendix"]
+    assert [s.heading for s in appendices] == [
+        "Appendix A Author contributions",
+        "Appendix B Supplementary results",
+        "Appendix C Full experimental details",
+    ]
+    assert sum(len(s.text) for s in appendices) > 100_000
+    assert "appendix c" in full.labels() and "appendix b.3" in full.labels()
+    # Everything fits: the appendix is there. A body-sized budget: it is the first cut.
+    assert "## Appendix C Full experimental details" in full.text(10**6)
+    body = sum(estimate_tokens(s.text) for s in full.sections if s.role != "appendix")
+    cut = full.text(body)
+    assert "## Appendix" not in cut
+    assert "## 6 Related work" in cut
+
+
+def test_math_as_alt_text_and_chrome_dropped() -> None:
+    whole = page(BEHAVIORS).whole()
+    assert "$\\pm$" in whole
+    assert "plus-or-minus" not in whole  # MathML presentation text is not doubled in
+    # The saved page has a "Report issue for preceding element" button after every block.
+    raw = (PAGES / COGNITIVE).read_text(encoding="utf-8")
+    assert raw.count("Report issue for preceding element") > 100
+    assert "Report issue" not in page(COGNITIVE).whole()
+    assert "License:" not in page(COGNITIVE).whole()
+
+
+def test_footnotes_and_bibliography_dropped() -> None:
+    raw = (PAGES / BEHAVIORS).read_text(encoding="utf-8")
+    whole = page(BEHAVIORS).whole()
+    assert "Llama 3 model card" in raw and "Llama 3 model card" not in whole  # a bibitem
+    note = re.search(
+        r'<span class="ltx_note_content">.*?</sup>\s*(?:<span[^>]*>[^<]*</span>)?\s*([A-Za-z][^<]{20,60})',
+        raw,
+        re.S,
+    )
+    assert note is not None
+    assert note.group(1).strip() not in whole
+
+
+def test_roles_by_position_for_descriptive_titles() -> None:
+    roles = {s.heading: s.role for s in page(BEHAVIORS).sections}
+    assert roles["Abstract"] == "abstract"
+    assert roles["1 Introduction"] == "introduction"
+    for core in (
+        "2 Out-of-context reasoning",
+        "3 Awareness of behaviors",
+        "4 Awareness of backdoors",
+    ):
+        assert roles[core] == "method", core
+    assert roles["5 Multi-Persona experiments"] == "results"
+    assert roles["6 Related work"] == "related"
+    assert roles["7 Discussion"] == roles["8 Conclusion"] == "conclusion"
+
+
+def test_8000_token_budget_keeps_core_sections_and_cuts_related_work_first() -> None:
+    text = page(BEHAVIORS).text(8000)
+    assert estimate_tokens(text) <= 8000
+    for core in (
+        "## Abstract",
+        "## 1 Introduction",
+        "## 2 Out-of-context reasoning",
+        "## 3 Awareness of behaviors",
+        "## 4 Awareness of backdoors",
+        "## 5 Multi-Persona experiments",
+    ):
+        assert core in text, core
+    assert "## 6 Related work" not in text
+    assert "## Appendix" not in text
+    order = [text.index(h) for h in ("## 1 Introduction", "## 3 Awareness", "## 5 Multi")]
+    assert order == sorted(order)  # kept sections stay in document order
+
+
+def test_page_without_ltx_abstract_abstract_and_intro_as_subsections() -> None:
+    full = page(COGNITIVE)
+    headings = [(s.heading, s.role) for s in full.sections]
+    assert headings[:3] == [
+        ("1.1 Abstract", "abstract"),
+        ("1.2 Introduction", "introduction"),
+        ("1.3 Assessing the Cognitive Properties of Text", "method"),
+    ]
+    assert full.sections[0].text.startswith("The Cognitive Type Project is focused on developing")
+    assert ("1.8 References", "drop") in headings
+    assert "1.8 References" not in full.whole()
+    assert full.text(300).startswith("## 1.1 Abstract\n\nThe Cognitive Type Project")
+
+
+def test_paragraph_titles_stay_with_their_paragraph() -> None:
+    passages = page(BEHAVIORS).passages()
+    (limits,) = [p for p in passages if p.text.startswith("Limitations and future work")]
+    assert limits.section == "7 Discussion"
+    assert limits.text.startswith(
+        "Limitations and future work\nThe results in this paper are limited"
+    )
+    titles = {"Limitations and future work", "Implications for AI safety", "Baselines", "Results"}
+    assert not [p for p in passages if p.text.strip() in titles]
+    # No passage anywhere is a heading alone (a short line that is some section's title).
+    headings = {s.heading for s in page(BEHAVIORS).sections} | {p.section for p in passages}
+    assert not [p for p in passages if p.text in headings]
+
+
+def test_labels_from_real_structure() -> None:
+    labels = page(BEHAVIORS).labels()
+    for present in (
+        "section 3",
+        "section 3.2",
+        "section 3.2.1",
+        "table 2",
+        "table 47",
+        "figure 1",
+        "figure 36",
+        "appendix a",
+    ):
+        assert present in labels, present
+    for absent in ("table 48", "figure 37", "section 9", "appendix d"):
+        assert absent not in labels, absent
+    assert "section 1.5" in page(COGNITIVE).labels()
+    assert "table 1" not in page(COGNITIVE).labels()  # the page has no tables
+
+
+def test_cache_round_trip_keeps_structure() -> None:
+    full = page(BEHAVIORS)
+    again = FullText.load(full.source, full.dump())
+    assert again == full
+    assert again.passages() == full.passages()
+    with pytest.raises(ValueError):
+        FullText.load(SOURCE_HTML, [("1 Introduction", "plain text from the old format")])
