@@ -67,10 +67,10 @@ def verdict(ok: bool) -> str:
 
 
 async def build_digest(world: World) -> tuple[Any, Any]:
-    from digest_core.pipeline import Pipeline
+    from bot.chatstore import open_pipeline
 
     settings = world.settings()
-    pipeline = await Pipeline.open(settings)
+    pipeline = await open_pipeline(settings)
     digest = await pipeline.build_digest(DAY)
     return pipeline, digest
 
@@ -82,6 +82,7 @@ async def deliver_once(
     never posts a digest twice to one chat) does not skip anything in a second run."""
     from bot.channels.slack import SlackChannel, make_slack_client
     from bot.channels.telegram import TelegramChannel, make_bot, make_rate_limiter
+    from bot.chatstore import ChatStore
     from bot.service import Destination, deliver
 
     settings = pipeline.settings
@@ -109,7 +110,7 @@ async def deliver_once(
         started = time.perf_counter()
         for dest in destinations:
             t0 = time.perf_counter()
-            results.append(await deliver(pipeline.store, dest, digest, settings))
+            results.append(await deliver(ChatStore(pipeline.store), dest, digest, settings))
             spans.append((dest.label, time.perf_counter() - t0))
         wall = time.perf_counter() - started
         await slack_channel.aclose()

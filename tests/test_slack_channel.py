@@ -216,11 +216,11 @@ async def test_fake_enforces_slack_limits(
     assert fake.messages(CHAT) == []
 
 
-async def test_update_replaces_placeholder_and_ephemeral_reaches_one_user(
+async def test_replace_replaces_placeholder_and_ephemeral_reaches_one_user(
     fake: FakeSlack, channel: SlackChannel
 ) -> None:
     ts = await channel.send(CHAT, SlackMessage(text="working on it…", blocks=[]), None, key="root")
-    await channel.update(CHAT, ts, msg("the answer"))
+    await channel.replace(CHAT, ts, msg("the answer"))
     [stored] = fake.messages(CHAT)
     assert stored["text"] == "the answer"
     assert stored["blocks"][0]["text"]["text"] == "the answer"
@@ -230,7 +230,7 @@ async def test_update_replaces_placeholder_and_ephemeral_reaches_one_user(
     assert fake.ephemerals[-1]["text"] == "only you"
 
     with pytest.raises(DeliveryError) as info:
-        await channel.update(CHAT, "1600000000.000009", msg("nope"))
+        await channel.replace(CHAT, "1600000000.000009", msg("nope"))
     assert info.value.permanent is True
 
 
