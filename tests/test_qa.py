@@ -191,7 +191,7 @@ async def test_a_thread_question_gets_the_abstract_the_dive_and_the_passages(rig
     assert "## Abstract\n" + rig.paper.abstract in paper
     assert "Evaluated on one central bank's reports." in paper  # the deep dive
     first, current = blocks(call, "passages")
-    assert "Methodological Constraints." in current and "[Limitations]" in current
+    assert "Dataset Scope." in current and "[Limitations]" in current
     assert "text-embedding-3-large" in first  # the earlier question keeps its passages
     # layout for the prompt cache: paper, (passages, question, answer) per earlier turn,
     # then the current question's passages and the question
