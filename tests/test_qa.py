@@ -1,6 +1,7 @@
 """Answers grounded in the paper, in the reader's language (issue 7, item 4).
 
-The paper is real text (tests/fixtures/papers/, see SOURCES.md) as a FullText. The real
+The papers are real text (tests/fixtures/papers/, see SOURCES.md) as a FullText, and the
+real arXiv page tests/fixtures/arxiv_html/2501.11120v1.html parsed by the real extractor. The real
 openai client talks to the fake LLM over loopback HTTP; what the model was sent is read back
 from the fake. Chinese questions reach English passages through the search-terms call, which
 the fake answers from a fixed glossary (tests/qa_paper.py).
