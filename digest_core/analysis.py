@@ -14,6 +14,7 @@ from typing import Any
 from digest_core import prompts
 from digest_core.config import Profile
 from digest_core.fallback import extractive_deep_dive
+from digest_core.grounding import Guard
 from digest_core.llm import LLMClient, LLMError
 from digest_core.models import SECTION_KEYS, SOURCE_ABSTRACT, DeepDive, Paper
 from digest_core.scoring import LANGUAGE_NAMES
@@ -21,12 +22,14 @@ from digest_core.sources.fulltext import FullText
 
 log = logging.getLogger(__name__)
 
+DIVE_FIELDS: tuple[str, ...] = ("verdict", *SECTION_KEYS)
 DIVE_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "properties": {key: {"type": "string"} for key in SECTION_KEYS},
-    "required": list(SECTION_KEYS),
+    "properties": {key: {"type": "string"} for key in DIVE_FIELDS},
+    "required": list(DIVE_FIELDS),
     "additionalProperties": False,
 }
+VERDICT_MAX_CHARS = 300
 
 # Openers the original report's model liked to write; a deep dive starts with content.
 _BOILERPLATE = re.compile(
@@ -41,7 +44,9 @@ def analysis_cache_key(paper: Paper, version: str, model: str, language: str) ->
 
 
 def parse_sections(data: object) -> dict[str, str]:
-    """The four sections, each non-empty Markdown with the boilerplate opener removed."""
+    """The four sections, each non-empty Markdown with the boilerplate opener removed, and
+    the verdict on one line under key "verdict" ("" when the model left it out: a missing
+    verdict is not worth a retry)."""
     if not isinstance(data, dict):
         raise ValueError("expected a JSON object with the four sections")
     sections: dict[str, str] = {}
@@ -52,6 +57,11 @@ def parse_sections(data: object) -> dict[str, str]:
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"section '{key}' is missing or empty")
         sections[key] = _BOILERPLATE.sub("", value.strip(), count=1).strip()
+    verdict = data.get("verdict")
+    verdict = " ".join(verdict.split()) if isinstance(verdict, str) else ""
+    if len(verdict) > VERDICT_MAX_CHARS:
+        verdict = verdict[: VERDICT_MAX_CHARS - 1].rstrip() + "…"
+    sections["verdict"] = verdict
     return sections
 
 
@@ -101,10 +111,11 @@ class Analyst:
             topics=", ".join(self.profile.topics),
             language_name=LANGUAGE_NAMES.get(language, "English"),
         )
+        given = paper_data(paper, text, self.token_budget)
         try:
             sections, result = await self.llm.json(
                 system=system,
-                user=paper_data(paper, text, self.token_budget),
+                user=given,
                 schema=DIVE_SCHEMA,
                 schema_name="deep_dive",
                 purpose="deep_dive",
@@ -117,14 +128,26 @@ class Analyst:
                 "deep dive of %s fell back to the extractive analyser: %s", paper.arxiv_id, exc
             )
             return extractive_deep_dive(paper, self.profile, language, str(exc))
+        # Every number and citation is checked against exactly what the model was given.
+        guard = Guard(given, text.labels())
+        written = dict(sections)  # type: ignore[call-overload]
+        checked = {key: guard.check(value) for key, value in written.items()}
+        total = sum(g.checked for g in checked.values())
+        failed = sum(g.unverified for g in checked.values())
+        self.llm.record_grounding(result, total, failed)
+        if failed:
+            log.info("deep dive of %s: %d of %d numbers unverified", paper.arxiv_id, failed, total)
         return DeepDive(
             arxiv_id=paper.arxiv_id,
             title=paper.title,
-            sections=sections,  # type: ignore[arg-type]
+            sections={key: checked[key].text for key in SECTION_KEYS},
             language=language,
             source_read=text.source,
             model=result.model or self.model,
             prompt_version=self.prompt.version,
             tokens=result.tokens,
             llm_used=True,
+            verdict=checked["verdict"].text,
+            numbers_checked=total,
+            numbers_unverified=failed,
         )

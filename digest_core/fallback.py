@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import cache
 
 from digest_core.config import Profile
 from digest_core.models import SECTION_KEYS, SOURCE_ABSTRACT, DeepDive, Paper, Score
@@ -17,7 +18,7 @@ from digest_core.models import SECTION_KEYS, SOURCE_ABSTRACT, DeepDive, Paper, S
 PROMPT_VERSION = "extractive-1"
 
 # Alternative spellings of common research topics. A topic not listed here still matches by
-# its own words; these only widen the net for the usual abbreviations and variants.
+# its own words as a phrase; these only widen the net for the usual abbreviations and variants.
 _VARIANTS: dict[str, tuple[str, ...]] = {
     "diffusion": (
         "diffusion",
@@ -27,22 +28,20 @@ _VARIANTS: dict[str, tuple[str, ...]] = {
         "denoising diffusion",
         "latent diffusion",
     ),
-    "flow matching": ("flow matching", "rectified flow", "flow-matching", "stochastic interpolant"),
+    "flow matching": ("flow matching", "rectified flow", "stochastic interpolant"),
     "masked autoregressive": (
         "masked autoregressive",
-        "mar ",
+        "mar",
         "autoregressive image",
         "masked generative",
     ),
-    "super-resolution": ("super-resolution", "super resolution", "upscaling", "upsampling", " sr "),
+    "super-resolution": ("super-resolution", "upscaling", "upsampling", "sr"),
     "image generation": (
         "image generation",
         "text-to-image",
         "image synthesis",
-        "video generation",
         "visual generation",
         "image editing",
-        "text-to-video",
     ),
     "image restoration": (
         "image restoration",
@@ -60,45 +59,82 @@ _VARIANTS: dict[str, tuple[str, ...]] = {
     "3d": ("3d", "gaussian splatting", "nerf", "neural radiance"),
 }
 
-_WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
-_STOP = {"model", "models", "method", "methods", "image", "images", "the", "and", "of", "for", "a"}
+# Generic last words a topic can drop and still name the same field: "diffusion models".
+_GENERIC_TAIL = re.compile(r"[\s-]+(?:models?|methods?|approach(?:es)?|techniques?)$")
+
+# Work next to a generation topic without being it: 3D/4D and video generation. It counts
+# for every topic about generation or synthesis, at a discount (_ADJACENT_WEIGHT).
+_ADJACENT = re.compile(
+    r"(?<![a-z0-9])(?:(?:3d|4d|video|videos|panoram\w*|360°?)(?:[\s-]+[a-z0-9°]+)??"
+    r"[\s-]+(?:generation|synthesis|generators?|generative[\s-]+models?|world[\s-]+models?)"
+    r"|(?:text|image)-to-(?:video|3d|4d)|video[\s-]+diffusion|novel[\s-]+view[\s-]+synthesis)"
+    r"(?![a-z0-9])"
+)
+_ADJACENT_WEIGHT = 0.7
+_GENERATION_TOPIC = re.compile(r"generat|synthes")
+
+# "Denoising" in a robot control policy (diffusion policy, action denoising, manipulation)
+# or in the mechanics of a diffusion model ("denoising steps") is not image restoration.
+_ROBOT_CONTROL = re.compile(
+    r"(?<![a-z0-9])(?:robot\w*|manipulation|visuomotor|embodied|vla|vision-language-action"
+    r"|polic(?:y|ies)|action[\s-]+chunk\w*|grasp\w*)(?![a-z0-9])"
+)
+_NOT_RESTORATION = re.compile(
+    r"(?:action[\s-]+|policy[\s-]+)denoising"
+    r"|denoising[\s-]+(?:steps?|process\w*|schedules?|trajector\w*|networks?|objectives?"
+    r"|diffusion|models?|loss\w*|iterations?|the\s+action\w*)"
+)
 
 
 def _norm(text: str) -> str:
     return " " + re.sub(r"\s+", " ", text.lower()) + " "
 
 
-def _stem(word: str) -> str:
-    for suffix in ("ing", "es", "s"):
-        if word.endswith(suffix) and len(word) - len(suffix) >= 4:
-            return word[: -len(suffix)]
-    return word
-
-
 def _variants(topic: str) -> tuple[str, ...]:
     t = topic.lower().strip()
-    found = [t]
+    found = [t, _GENERIC_TAIL.sub("", t)]
     for key, alts in _VARIANTS.items():
         if key in t or t in key:
             found.extend(alts)
-    return tuple(dict.fromkeys(found))
+    return tuple(dict.fromkeys(v for v in found if v))
+
+
+@cache
+def _phrase(phrase: str) -> re.Pattern[str]:
+    """A phrase as a pattern: whole words, spaces or hyphens between them, a plural allowed
+    on the last word. Multi-word topics match only as phrases, never word by word."""
+    words = [re.escape(w) for w in re.split(r"[\s-]+", phrase.strip()) if w]
+    body = r"[\s-]+".join(words)
+    return re.compile(rf"(?<![a-z0-9]){body}(?:s|es)?(?![a-z0-9])")
+
+
+def _count(phrase: str, text: str) -> int:
+    pattern = _phrase(phrase)
+    if phrase != "denoising":
+        return len(pattern.findall(text))
+    if _ROBOT_CONTROL.search(text):
+        return 0
+    return sum(1 for m in pattern.finditer(text) if not _NOT_RESTORATION.match(text, m.start()))
 
 
 def _topic_match(topic: str, title: str, abstract: str) -> tuple[float, str | None]:
     """How strongly a paper matches one topic (0..1) and where."""
+    # "denoising" is judged against the whole paper: the robot words may be in the abstract.
+    context = title + abstract
     for phrase in _variants(topic):
-        if phrase in title:
+        if _count(phrase, title) and (phrase != "denoising" or _count(phrase, context)):
             return 1.0, "title"
     for phrase in _variants(topic):
-        if phrase in abstract:
-            hits = abstract.count(phrase)
+        hits = _count(phrase, abstract)
+        if hits and (phrase != "denoising" or _count(phrase, context)):
             return min(0.85, 0.55 + 0.1 * hits), "abstract"
-    words = {_stem(w) for w in _WORD.findall(topic.lower())} - _STOP
-    if not words:
-        return 0.0, None
-    present = {_stem(w) for w in _WORD.findall(title + " " + abstract)}
-    share = len(words & present) / len(words)
-    return (0.3 * share, "abstract") if share >= 0.5 else (0.0, None)
+    if _GENERATION_TOPIC.search(topic.lower()):
+        if _ADJACENT.search(title):
+            return _ADJACENT_WEIGHT, "adjacent, title"
+        hits = len(_ADJACENT.findall(abstract))
+        if hits:
+            return _ADJACENT_WEIGHT * min(0.85, 0.55 + 0.1 * hits), "adjacent, abstract"
+    return 0.0, None
 
 
 # A topic word in a paper about language models or physics is not the topic: "diffusion"
@@ -223,6 +259,7 @@ def extractive_deep_dive(paper: Paper, profile: Profile, language: str, why: str
         sections[key] = "\n".join(lines) or empty.get(key, empty["default"])
     notes = NO_LLM_NOTES.get(language, NO_LLM_NOTES["en"])
     return DeepDive(
+        verdict=extractive_verdict(paper, profile, language),
         arxiv_id=paper.arxiv_id,
         title=paper.title,
         sections=sections,
@@ -234,6 +271,19 @@ def extractive_deep_dive(paper: Paper, profile: Profile, language: str, why: str
         llm_used=False,
         note=notes.format(why=why),
     )
+
+
+def extractive_verdict(paper: Paper, profile: Profile, language: str) -> str:
+    """An honest one-line verdict without a model: the built-in ranker's score and reason."""
+    score = lexical_score(paper, profile)
+    reason = score.reason
+    if language == "zh":
+        if reason.startswith("keyword match: "):
+            reason = "关键词匹配：" + reason.removeprefix("keyword match: ")
+        else:
+            reason = "标题和摘要中没有研究方向的关键词"
+        return f"未经模型判断，仅按关键词估计相关度 {score.score}/100（{reason}）。"
+    return f"Not judged by a model: keyword relevance {score.score}/100 ({reason})."
 
 
 _LIMITS = {"contribution": 2, "methodology": 3, "takeaway": 2, "limitations": 2}

@@ -18,8 +18,9 @@ import logging
 import random
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
@@ -73,6 +74,9 @@ class LLMCall:
     attempts: int
     started_at: str  # ISO 8601 UTC, seconds
     cached_tokens: int = 0  # prompt tokens the provider served from its prompt cache
+    # Names this call for later notes on it (the number guard's counts, see
+    # LLMClient.record_grounding); the LLMResult of a successful call carries the same id.
+    call_id: str = ""
 
 
 @dataclass
@@ -86,6 +90,7 @@ class LLMResult:
     completion_tokens: int
     mode: str
     cached_tokens: int = 0  # of prompt_tokens, served from the provider's prompt cache
+    call_id: str = ""
 
     @property
     def tokens(self) -> int:
@@ -134,6 +139,7 @@ class _Tally:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def add_usage(self, completion: Any) -> None:
         usage = getattr(completion, "usage", None)
@@ -153,6 +159,7 @@ class LLMClient:
         settings: LLMSettings,
         on_call: Callable[[LLMCall], None] | None = None,
         *,
+        on_grounding: Callable[[str, int, int], None] | None = None,
         backoff_base: float = 0.5,
         retry_after_cap: float = RETRY_AFTER_CAP_S,
         sleep: Callable[[float], Awaitable[None]] | None = None,
@@ -161,6 +168,7 @@ class LLMClient:
             raise ValueError("LLMClient needs settings.api_key (check settings.enabled first)")
         self.settings = settings
         self.on_call = on_call
+        self.on_grounding = on_grounding
         self.backoff_base = backoff_base
         self.retry_after_cap = retry_after_cap
         self._sleep = sleep or asyncio.sleep
@@ -313,6 +321,7 @@ class LLMClient:
                 completion_tokens=tally.completion_tokens,
                 mode=mode(),
                 cached_tokens=tally.cached_tokens,
+                call_id=tally.call_id,
             )
             self._record(tally, purpose, prompt_version, mode(), "ok")
             return data, result
@@ -422,11 +431,22 @@ class LLMClient:
             attempts=tally.attempts,
             started_at=tally.started_at,
             cached_tokens=tally.cached_tokens,
+            call_id=tally.call_id,
         )
         try:
             self.on_call(call)
         except Exception as exc:  # a bookkeeping failure must not discard a paid-for answer
             log.warning("recording an LLM call failed: %s", type(exc).__name__)
+
+    def record_grounding(self, result: LLMResult, checked: int, unverified: int) -> None:
+        """Note on the call that produced `result` how many of the numbers and citations in
+        its text the number guard checked, and how many it could not find."""
+        if self.on_grounding is None or not result.call_id:
+            return
+        try:
+            self.on_grounding(result.call_id, checked, unverified)
+        except Exception as exc:  # bookkeeping again: never lose the answer over it
+            log.warning("recording the number guard's counts failed: %s", type(exc).__name__)
 
     def _backoff(self, retry: int) -> float:
         delay = min(_BACKOFF_MAX_S, self.backoff_base * 2 ** (retry - 1))

@@ -25,6 +25,14 @@ SECTION_HEADINGS: dict[str, dict[str, str]] = {
     },
 }
 
+VERDICT_LABEL = {"zh": "一句话结论：", "en": "Verdict:"}
+# What the number guard's mark means (digest_core.grounding), under a text that has one.
+UNVERIFIED_NOTE = {
+    "zh": "⚠️ 标记的数字或引用未出现在模型读到的论文文本中（未核实），请以原文为准。",
+    "en": "⚠️ marks a number or citation that does not appear in the paper text the model"
+    " read (unverified); check it in the paper.",
+}
+
 # What the deep dive was written from, best first.
 SOURCE_HTML = "full text (arXiv HTML)"
 SOURCE_PDF = "full text (arXiv PDF)"
@@ -80,25 +88,41 @@ class DeepDive:
     tokens: int = 0
     llm_used: bool = True
     note: str | None = None  # e.g. "LLM unavailable: extractive summary"
+    verdict: str = ""  # one line: why the paper matters (or not) to the profile
+    # The number guard (digest_core.grounding): numbers and citations checked against the
+    # text the model read, and how many of them were not found (marked ⚠️ in the sections).
+    numbers_checked: int = 0
+    numbers_unverified: int = 0
 
     def body_markdown(self, heading_level: int = 3) -> str:
-        """The sections as Markdown, headings in the configured language, then the footer."""
+        """The verdict, the sections as Markdown (headings in the configured language), then
+        the footer."""
         headings = SECTION_HEADINGS.get(self.language, SECTION_HEADINGS["en"])
         hashes = "#" * heading_level
         parts: list[str] = []
+        if self.verdict.strip():
+            name = VERDICT_LABEL.get(self.language, VERDICT_LABEL["en"])
+            parts.append(f"**{name}** {' '.join(self.verdict.split())}")
         if self.note:
             parts.append(f"> ⚠️ {self.note}")
         for i, key in enumerate(SECTION_KEYS, start=1):
             text = self.sections.get(key, "").strip() or "—"
             parts.append(f"{hashes} {i}. {headings[key]}\n\n{text}")
+        if self.numbers_unverified:
+            parts.append(f"_{UNVERIFIED_NOTE.get(self.language, UNVERIFIED_NOTE['en'])}_")
         parts.append(self.footer())
         return "\n\n".join(parts)
 
     def footer(self) -> str:
         model = self.model or "none (built-in extractive analyser)"
+        checked = (
+            f" · numbers checked: {self.numbers_checked}, unverified: {self.numbers_unverified}"
+            if self.llm_used
+            else ""
+        )
         return (
             f"_Model: {model} · prompt {self.prompt_version} · read: {self.source_read}"
-            f" · tokens: {self.tokens}_"
+            f" · tokens: {self.tokens}{checked}_"
         )
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import httpx
+from sqlite_utils import Migrations
 
 from digest_core.analysis import Analyst, analysis_cache_key
 from digest_core.arxiv_id import ArxivId, parse_arxiv_id
@@ -56,7 +57,15 @@ class Pipeline:
         self.offline = offline  # the demo: no network at all, built-in analyser
         self.arxiv = ArxivClient(http, settings.sources)
         llm_on = settings.llm.enabled and not offline
-        self.llm = LLMClient(settings.llm, on_call=store.record_llm_call) if llm_on else None
+        self.llm = (
+            LLMClient(
+                settings.llm,
+                on_call=store.record_llm_call,
+                on_grounding=store.record_grounding,
+            )
+            if llm_on
+            else None
+        )
         why = "offline demo" if offline else "no OPENAI_API_KEY set"
         self.model = settings.llm.model
         self.scorer = Scorer(
@@ -82,8 +91,16 @@ class Pipeline:
         self._inflight: dict[str, asyncio.Future[DeepDive]] = {}
 
     @classmethod
-    async def open(cls, settings: Settings, *, offline: bool = False) -> Pipeline:
-        store = await Store.open(settings.db_path)
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        offline: bool = False,
+        extensions: Sequence[Migrations] = (),
+    ) -> Pipeline:
+        """Open the store at `settings.db_path` (with an application's own `extensions`
+        migrations, see store.Store.open) and the clients."""
+        store = await Store.open(settings.db_path, extensions=extensions)
         return cls(settings, store, make_http_client(settings.sources), offline=offline)
 
     async def aclose(self) -> None:

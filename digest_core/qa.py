@@ -37,6 +37,7 @@ import Stemmer
 
 from digest_core import prompts
 from digest_core.config import Profile
+from digest_core.grounding import Guard, with_footnote
 from digest_core.llm import LLMClient, LLMError
 from digest_core.models import SOURCE_ABSTRACT, Answer, DeepDive, Paper
 from digest_core.sources.fulltext import FullText, Passage, estimate_tokens
@@ -286,9 +287,16 @@ class Answerer:
             if whole:
                 ranked = rank_passages(passages, question)
             return self._extractive(paper, ranked, text.source, str(exc))
+        # The number guard: what the answer states must be in the context the model saw,
+        # the passages of the thread's earlier questions included.
+        retrieved = "\n\n".join(
+            m["content"] for m in messages if m["content"].startswith("<passages>\n")
+        )
+        grounded = Guard(block + "\n\n" + retrieved, text.labels()).check(result.content.strip())
+        self.llm.record_grounding(result, grounded.checked, grounded.unverified)
         return Answer(
             arxiv_id=paper.arxiv_id,
-            text=result.content.strip(),
+            text=with_footnote(grounded),
             model=result.model,
             tokens=result.tokens,
             llm_used=True,

@@ -90,3 +90,66 @@ def test_sentence_split_keeps_numbers() -> None:
         "Then v2.0 works!",
         "Done.",
     ]
+
+
+# -- the ranker on real Hugging Face days (tests/fixtures/hf) ---------------------------------------
+
+
+def _real(arxiv_id: str) -> Paper:
+    import json
+
+    from digest_core.sources.hf import parse_daily_papers
+
+    for day in sorted((Path(__file__).parent / "fixtures" / "hf").glob("daily_papers_*.json")):
+        for paper in parse_daily_papers(json.loads(day.read_text(encoding="utf-8")), "x"):
+            if paper.arxiv_id == arxiv_id:
+                return paper
+    raise LookupError(arxiv_id)
+
+
+def test_image_generation_matches_as_a_phrase_not_the_word_generation() -> None:
+    # Language-model papers that say "generation" but nothing about images.
+    for arxiv_id in ("2602.15763", "2602.15327", "2601.19375", "2602.15772"):
+        score = lexical_score(_real(arxiv_id), PROFILE)
+        assert "image generation" not in score.reason, (arxiv_id, score.reason)
+    t2i = lexical_score(_real("2601.16208"), PROFILE)  # "Scaling Text-to-Image Diffusion ..."
+    assert "image generation (title)" in t2i.reason and t2i.score >= 80
+
+
+def test_video_and_3d_generation_are_adjacent_to_the_generation_topics() -> None:
+    world_model = lexical_score(_real("2602.07854"), PROFILE)  # "... Consistent Video World Model"
+    assert "image generation (adjacent, title)" in world_model.reason
+    assert world_model.score >= 50
+    panorama = lexical_score(_real("2601.16192"), PROFILE)  # "immersive 3D world generation"
+    assert "image generation (adjacent, abstract)" in panorama.reason
+    # adjacent counts less than the topic itself
+    direct = lexical_score(
+        _paper("Fast Image Generation", "We study image generation with diffusion."), PROFILE
+    )
+    adjacent = lexical_score(
+        _paper("Fast Video Generation", "We study video generation with diffusion."), PROFILE
+    )
+    assert direct.score > adjacent.score > 50
+    # matting is not generation, even "via generative prior"
+    matting = lexical_score(_real("2601.14255"), PROFILE)
+    assert "adjacent, title" not in matting.reason
+
+
+def test_denoising_in_a_robot_policy_is_not_image_restoration() -> None:
+    legato = lexical_score(_real("2602.12978"), PROFILE)  # action-chunked flow VLA policies
+    assert "image restoration" not in legato.reason and legato.score < 20
+    restoration = lexical_score(
+        _paper("Real-World Image Denoising", "We remove real camera noise from photos."), PROFILE
+    )
+    assert "image restoration (title)" in restoration.reason
+
+
+def test_the_extractive_verdict_is_honest_about_where_it_comes_from() -> None:
+    paper = _real("2601.16208")
+    zh = extractive_deep_dive(paper, PROFILE, "zh", "no OPENAI_API_KEY set")
+    en = extractive_deep_dive(paper, PROFILE, "en", "no OPENAI_API_KEY set")
+    score = lexical_score(paper, PROFILE).score
+    assert zh.verdict.startswith("未经模型判断") and f"{score}/100" in zh.verdict
+    assert en.verdict.startswith("Not judged by a model") and "image generation" in en.verdict
+    assert en.body_markdown().startswith(f"**Verdict:** {en.verdict}")
+    assert "numbers checked" not in en.body_markdown()  # nothing was written by a model

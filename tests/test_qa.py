@@ -126,6 +126,7 @@ async def test_the_right_passage_reaches_the_model(
     (call,) = rig.requests("answer")
     sent = block(call, "passages")
     assert snippet in sent
+    # A table or figure is labelled "6 Results · Table 1": it still sits in that section.
     assert section in sections_in(sent)
     # The search itself ranks that section first, from the terms the model was given.
     terms = await rig.answerer.search_terms(question)

@@ -17,6 +17,7 @@ import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -810,6 +811,41 @@ _LEADING_NUMBER = re.compile(r"([0-9]{1,2})\.?\s", re.ASCII)
 _END = re.compile(r"\b(?:references|bibliography)\b", re.IGNORECASE)
 
 
+# Word gaps in TeX output. TeX draws no space glyphs: it sets each line as a TJ array
+# whose numbers move the pen, in thousandths of an em; an interword gap is one such number
+# (about -333, down to about -190 on a tight justified line), a kern is a small one (at
+# most about 0.11 em). pypdf inserts a space when a gap exceeds half the font's space
+# width, and finds that width by looking up character code 32. TeX fonts have no space
+# there: code 32 holds some other glyph (often a wide one, such as "Q"; pypdf issue #3978),
+# so the threshold exceeds every real gap and whole lines come out as
+# "ThesummarizationresultisshowninFigure2". The fix does not guess at fonts: a TJ move of
+# at least WORD_GAP_EM is split into an overwhelming move that pypdf must read as a space
+# and a move back, so the pen ends where the PDF put it and later positions are unchanged.
+WORD_GAP_EM = 0.15
+_FORCE_GAP = 100_000.0
+
+
+def _mark_word_gaps(operator: bytes, operands: list[Any], _cm: Any, _tm: Any) -> None:
+    """pypdf `visitor_operand_before`: make every word-sized TJ gap read as a space."""
+    if operator != b"TJ" or not operands or not isinstance(operands[0], list):
+        return
+    items = operands[0]
+    threshold = -WORD_GAP_EM * 1000
+    out: list[Any] = []
+    for item in items:
+        if (
+            isinstance(item, (int, float))
+            and not isinstance(item, bool)
+            and -_FORCE_GAP < item <= threshold
+        ):
+            # Idempotent: the forced move is outside the range, the move back is positive.
+            out += [-_FORCE_GAP, _FORCE_GAP + float(item)]
+        else:
+            out.append(item)
+    if len(out) != len(items):
+        items[:] = out
+
+
 def parse_pdf(data: bytes) -> tuple[Section, ...]:
     """Sections from a paper PDF, stopping at the references; () on failure."""
     try:
@@ -818,7 +854,10 @@ def parse_pdf(data: bytes) -> tuple[Section, ...]:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
             reader.decrypt("")
-        pages = [page.extract_text() or "" for page in reader.pages[:PDF_MAX_PAGES]]
+        pages = [
+            page.extract_text(visitor_operand_before=_mark_word_gaps) or ""
+            for page in reader.pages[:PDF_MAX_PAGES]
+        ]
     except Exception:  # pypdf raises many kinds of errors on broken files; all mean "no text"
         log.info("PDF could not be read", exc_info=True)
         return ()
