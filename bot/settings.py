@@ -29,6 +29,7 @@ __all__ = [
     "ConfigError",
     "InteractiveSettings",
     "SlackSettings",
+    "TeamSettings",
     "TelegramSettings",
     "load_settings",
 ]
@@ -143,12 +144,34 @@ class InteractiveSettings(Section):
         return value
 
 
+class TeamSettings(Section):
+    """Who may change a channel's digest from chat. Both lists empty: everyone."""
+
+    slack_admins: tuple[Annotated[str, Field(pattern=r"^[A-Z0-9]{2,}$")], ...] = ()
+    telegram_admins: tuple[Annotated[str, Field(pattern=r"^[0-9]+$")], ...] = ()
+
+    @field_validator("telegram_admins", mode="before")
+    @classmethod
+    def _ids_as_text(cls, value: object) -> object:
+        # User IDs are numbers in TOML but compared as text with what Telegram sends.
+        if isinstance(value, list | tuple):
+            return tuple(str(v) for v in value)
+        return value
+
+    def may_change(self, platform: str, user: str) -> bool:
+        if not self.slack_admins and not self.telegram_admins:
+            return True
+        admins = self.slack_admins if platform == "slack" else self.telegram_admins
+        return user in admins
+
+
 class AppSettings(Settings):
     """The core's settings plus everything only the bot uses."""
 
     slack: SlackSettings = SlackSettings()
     telegram: TelegramSettings = TelegramSettings()
     interactive: InteractiveSettings = InteractiveSettings()
+    team: TeamSettings = TeamSettings()
     port: int = Field(3000, ge=1, le=65535)
 
     ENV_VARS: ClassVar[dict[str, str]] = {

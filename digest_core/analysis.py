@@ -1,7 +1,9 @@
 """Writes the four-section deep dive of one paper, from its full text where it can be had.
 
-Cached by (arXiv id, version, prompt version, model, language): re-running a day or
-re-analysing a paper costs no LLM call. When the LLM is missing or fails after its retries,
+Cached by (arXiv id, version, prompt version, model, language, profile content): re-running a
+day or re-analysing a paper costs no LLM call, two chats with the same profile share one deep
+dive, and a chat with another profile gets its own, related to its topics. The profile goes
+to the model as data (a <profile> block in the user message), never into the system prompt. When the LLM is missing or fails after its retries,
 the extractive analyser writes the deep dive and says so.
 """
 
@@ -12,12 +14,11 @@ import re
 from typing import Any
 
 from digest_core import prompts
-from digest_core.config import Profile
 from digest_core.fallback import extractive_deep_dive
 from digest_core.grounding import Guard
 from digest_core.llm import LLMClient, LLMError
-from digest_core.models import SECTION_KEYS, SOURCE_ABSTRACT, DeepDive, Paper
-from digest_core.scoring import LANGUAGE_NAMES
+from digest_core.models import SECTION_KEYS, SOURCE_ABSTRACT, DeepDive, Paper, ResearchProfile
+from digest_core.scoring import LANGUAGE_NAMES, profile_data
 from digest_core.sources.fulltext import FullText
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,12 @@ _BOILERPLATE = re.compile(
 )
 
 
-def analysis_cache_key(paper: Paper, version: str, model: str, language: str) -> str:
-    return f"{paper.arxiv_id}|v{paper.version or 0}|{version}|{model}|{language}"
+def analysis_cache_key(
+    paper: Paper, version: str, model: str, language: str, profile: ResearchProfile
+) -> str:
+    return (
+        f"{paper.arxiv_id}|v{paper.version or 0}|{version}|{model}|{language}|{profile.fingerprint}"
+    )
 
 
 def parse_sections(data: object) -> dict[str, str]:
@@ -85,7 +90,7 @@ def paper_data(paper: Paper, text: FullText, budget: int) -> str:
 class Analyst:
     def __init__(
         self,
-        profile: Profile,
+        profile: ResearchProfile,
         llm: LLMClient | None,
         model: str,
         token_budget: int,
@@ -102,20 +107,22 @@ class Analyst:
     def prompt_version(self) -> str:
         return self.prompt.version
 
-    async def write(self, paper: Paper, text: FullText, language: str) -> DeepDive:
+    async def write(
+        self,
+        paper: Paper,
+        text: FullText,
+        language: str,
+        profile: ResearchProfile | None = None,
+    ) -> DeepDive:
+        profile = profile or self.profile
         if self.llm is None:
-            return extractive_deep_dive(paper, self.profile, language, self.no_llm_reason)
-        system = self.prompt.render(
-            profile_name=self.profile.name,
-            profile_focus=self.profile.focus,
-            topics=", ".join(self.profile.topics),
-            language_name=LANGUAGE_NAMES.get(language, "English"),
-        )
+            return extractive_deep_dive(paper, profile, language, self.no_llm_reason)
+        system = self.prompt.render(language_name=LANGUAGE_NAMES.get(language, "English"))
         given = paper_data(paper, text, self.token_budget)
         try:
             sections, result = await self.llm.json(
                 system=system,
-                user=given,
+                user=profile_data(profile) + "\n\n" + given,
                 schema=DIVE_SCHEMA,
                 schema_name="deep_dive",
                 purpose="deep_dive",
@@ -127,8 +134,9 @@ class Analyst:
             log.warning(
                 "deep dive of %s fell back to the extractive analyser: %s", paper.arxiv_id, exc
             )
-            return extractive_deep_dive(paper, self.profile, language, str(exc))
-        # Every number and citation is checked against exactly what the model was given.
+            return extractive_deep_dive(paper, profile, language, str(exc))
+        # Every number and citation is checked against the paper text the model was given (not
+        # the profile: a number in a topic is no evidence).
         guard = Guard(given, text.labels())
         written = dict(sections)  # type: ignore[call-overload]
         checked = {key: guard.check(value) for key, value in written.items()}

@@ -19,6 +19,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -34,6 +35,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from digest_core.models import ResearchProfile
 
 DEFAULT_CONFIG = Path("config/digestbot.toml")
 RETRY_USERS = ("llm", "sources")  # the slices that receive the [retry] table
@@ -77,13 +80,31 @@ class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# Limits of a research profile, shared by the config file and `/digest profile …` from chat.
+MAX_TOPICS = 12
+MAX_TOPIC_CHARS = 60
+MAX_FOCUS_CHARS = 300
+MAX_NAME_CHARS = 80
+MAX_PICKS = 15
+LANGUAGES = ("zh", "en")
+PROFILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"  # a [profiles.NAME] table's name
+DEFAULT_PROFILE = "default"  # the [profile] table (with [digest]'s language, threshold, pick)
+
+Topic = Annotated[str, Field(min_length=1, max_length=MAX_TOPIC_CHARS)]
+
+
 class Profile(Section):
-    name: str = Field("Image Restoration researcher", min_length=1)
-    focus: str = (
+    """Who the digest is for: the [profile] table, the default profile. Its language,
+    threshold and number of picks are [digest]'s."""
+
+    name: str = Field("Image Restoration researcher", min_length=1, max_length=MAX_NAME_CHARS)
+    focus: str = Field(
         "Image restoration (denoising, deblurring, super-resolution) and generative models "
-        "for low-level vision"
+        "for low-level vision",
+        min_length=1,
+        max_length=MAX_FOCUS_CHARS,
     )
-    topics: tuple[Annotated[str, Field(min_length=1)], ...] = Field(
+    topics: tuple[Topic, ...] = Field(
         (
             "diffusion models",
             "flow matching",
@@ -93,7 +114,17 @@ class Profile(Section):
             "image restoration",
         ),
         min_length=1,
+        max_length=MAX_TOPICS,
     )
+
+
+class NamedProfile(Profile):
+    """A [profiles.NAME] table: every field it does not set is the default profile's (and
+    [digest]'s language, threshold and pick)."""
+
+    language: Literal["zh", "en"] = "zh"
+    threshold: int = Field(60, ge=0, le=100)
+    picks: int = Field(2, ge=1, le=MAX_PICKS)
 
 
 class DigestSettings(Section):
@@ -182,6 +213,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="forbid")
 
     profile: Profile = Profile()
+    profiles: dict[Annotated[str, Field(pattern=PROFILE_NAME)], NamedProfile] = {}
     digest: DigestSettings = DigestSettings()
     llm: LLMSettings = LLMSettings()
     sources: SourceSettings = SourceSettings()
@@ -230,6 +262,35 @@ class Settings(BaseSettings):
                     raise ValueError(f"{table}.retry: set the retry policy in [retry]")
                 out[table] = {**sub, "retry": shape}
         return out
+
+    @field_validator("profiles")
+    @classmethod
+    def _not_default(cls, value: dict[str, NamedProfile]) -> dict[str, NamedProfile]:
+        if DEFAULT_PROFILE in value:
+            raise ValueError(f"{DEFAULT_PROFILE!r} is the [profile] table; pick another name")
+        return value
+
+    def research_profile(self, name: str | None = None) -> ResearchProfile:
+        """The default profile, or a named one, with every field resolved. KeyError: unknown."""
+        cfg = self.digest
+        base = self.profile
+        default = ResearchProfile(
+            name=base.name,
+            focus=base.focus,
+            topics=tuple(base.topics),
+            language=cfg.language,
+            threshold=cfg.threshold,
+            picks=cfg.pick,
+            key=DEFAULT_PROFILE,
+        )
+        if name is None or name == DEFAULT_PROFILE:
+            return default
+        named = self.profiles[name]
+        given = {f: getattr(named, f) for f in named.model_fields_set}
+        return replace(default, **given, key=name) if given else replace(default, key=name)
+
+    def profile_names(self) -> list[str]:
+        return [DEFAULT_PROFILE, *self.profiles]
 
     def secrets(self) -> list[str]:
         """Every secret value, for the log redactor."""

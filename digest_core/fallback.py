@@ -13,7 +13,14 @@ import re
 from functools import cache
 
 from digest_core.config import Profile
-from digest_core.models import SECTION_KEYS, SOURCE_ABSTRACT, DeepDive, Paper, Score
+from digest_core.models import (
+    SECTION_KEYS,
+    SOURCE_ABSTRACT,
+    DeepDive,
+    Paper,
+    ResearchProfile,
+    Score,
+)
 
 PROMPT_VERSION = "extractive-1"
 
@@ -145,7 +152,7 @@ _VISION = re.compile(
 )
 
 
-def lexical_score(paper: Paper, profile: Profile) -> Score:
+def lexical_score(paper: Paper, profile: Profile | ResearchProfile) -> Score:
     """Relevance 0-100 from topic matches in title and abstract; the reason names them."""
     title = _norm(paper.title)
     abstract = _norm(paper.abstract)
@@ -241,7 +248,9 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE.split(text) if s.strip()]
 
 
-def extractive_deep_dive(paper: Paper, profile: Profile, language: str, why: str) -> DeepDive:
+def extractive_deep_dive(
+    paper: Paper, profile: Profile | ResearchProfile, language: str, why: str
+) -> DeepDive:
     """Four sections from the abstract's sentences; each sentence goes to the section whose
     cue words it matches most, in the abstract's order."""
     sentences = split_sentences(paper.abstract)
@@ -273,7 +282,7 @@ def extractive_deep_dive(paper: Paper, profile: Profile, language: str, why: str
     )
 
 
-def extractive_verdict(paper: Paper, profile: Profile, language: str) -> str:
+def extractive_verdict(paper: Paper, profile: Profile | ResearchProfile, language: str) -> str:
     """An honest one-line verdict without a model: the built-in ranker's score and reason."""
     score = lexical_score(paper, profile)
     reason = score.reason
@@ -303,7 +312,7 @@ def _assign(sentences: list[str]) -> dict[str, list[int]]:
     return chosen
 
 
-def _relation(paper: Paper, profile: Profile, language: str) -> str | None:
+def _relation(paper: Paper, profile: Profile | ResearchProfile, language: str) -> str | None:
     title, abstract = _norm(paper.title), _norm(paper.abstract)
     hits = [t for t in profile.topics if _topic_match(t, title, abstract)[0] > 0]
     if not hits:

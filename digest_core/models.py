@@ -5,6 +5,8 @@ Nothing here does I/O. Renderers, channels and the store all speak in these type
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 # The four sections of a deep dive, in the order of the original daily report.
@@ -37,6 +39,33 @@ UNVERIFIED_NOTE = {
 SOURCE_HTML = "full text (arXiv HTML)"
 SOURCE_PDF = "full text (arXiv PDF)"
 SOURCE_ABSTRACT = "abstract only"
+
+
+@dataclass(frozen=True)
+class ResearchProfile:
+    """Who a digest is for: what the scorer and the deep dive read (name, focus, topics, in
+    `language`), and how many papers make it (`threshold`, `picks`). `key` says where it came
+    from ("default", a config profile's name, or a chat's edited copy) and is not content:
+    two destinations whose profiles have the same content share scores and deep dives."""
+
+    name: str
+    focus: str
+    topics: tuple[str, ...]
+    language: str = "zh"
+    threshold: int = 60
+    picks: int = 2
+    key: str = "default"
+
+    @property
+    def fingerprint(self) -> str:
+        """What the model reads of the profile (not its language, threshold or picks)."""
+        raw = json.dumps([self.name, self.focus, list(self.topics)], ensure_ascii=False)
+        return hashlib.sha256(raw.encode()).hexdigest()[:12]
+
+    @property
+    def content_key(self) -> str:
+        """Everything that shapes a digest: destinations with equal keys get one digest."""
+        return f"{self.fingerprint}-{self.language}-{self.threshold}-{self.picks}"
 
 
 @dataclass(frozen=True)
@@ -148,6 +177,7 @@ class Digest:
     threshold: int
     llm_note: str | None = None  # set when scores did not come from the LLM
     available: int = 0  # how many papers HF listed that day (before the top-N cut)
+    profile_key: str = ""  # ResearchProfile.content_key of the profile it was built for
 
     @property
     def picked(self) -> tuple[DigestEntry, ...]:

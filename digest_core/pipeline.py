@@ -19,7 +19,16 @@ from digest_core.analysis import Analyst, analysis_cache_key
 from digest_core.arxiv_id import ArxivId, parse_arxiv_id
 from digest_core.config import Settings
 from digest_core.llm import LLMClient
-from digest_core.models import SOURCE_ABSTRACT, Answer, DeepDive, Digest, DigestEntry, Paper, Score
+from digest_core.models import (
+    SOURCE_ABSTRACT,
+    Answer,
+    DeepDive,
+    Digest,
+    DigestEntry,
+    Paper,
+    ResearchProfile,
+    Score,
+)
 from digest_core.qa import Answerer
 from digest_core.render.markdown import render_report
 from digest_core.scoring import Scorer
@@ -68,8 +77,9 @@ class Pipeline:
         )
         why = "offline demo" if offline else "no OPENAI_API_KEY set"
         self.model = settings.llm.model
+        self.profile = settings.research_profile()  # the default; callers may pass another
         self.scorer = Scorer(
-            settings.profile,
+            self.profile,
             store,
             self.llm,
             self.model,
@@ -78,7 +88,7 @@ class Pipeline:
             no_llm_reason=why,
         )
         self.analyst = Analyst(
-            settings.profile, self.llm, self.model, settings.llm.fulltext_token_budget, why
+            self.profile, self.llm, self.model, settings.llm.fulltext_token_budget, why
         )
         self.answerer = Answerer(
             settings.profile,
@@ -112,81 +122,134 @@ class Pipeline:
     # -- the daily digest ------------------------------------------------------------------------
 
     async def build_digest(
-        self, date: str, progress: Progress = _no_progress, papers: Sequence[Paper] | None = None
+        self,
+        date: str,
+        progress: Progress = _no_progress,
+        papers: Sequence[Paper] | None = None,
+        profile: ResearchProfile | None = None,
     ) -> Digest:
-        """Fetch the day's list (unless given), score the top N, deep-dive the best K."""
+        """Fetch the day's list (unless given), score the top N, deep-dive the best K, for one
+        profile (default: the configured default profile)."""
+        profile = profile or self.profile
+        built = await self.build_digests(date, [profile], progress, papers)
+        return built[profile.content_key]
+
+    async def build_digests(
+        self,
+        date: str,
+        profiles: Sequence[ResearchProfile],
+        progress: Progress = _no_progress,
+        papers: Sequence[Paper] | None = None,
+    ) -> dict[str, Digest]:
+        """The day's digest for each distinct profile, by `ResearchProfile.content_key`.
+
+        The list is fetched once and the arXiv versions asked once; each profile whose content
+        differs is scored in its own batched call, all profiles at once; the deep dives of
+        every profile's picks run together, one per (paper, profile content, language)."""
         cfg = self.settings.digest
+        distinct = list({p.content_key: p for p in profiles}.values())
         if papers is None:
             progress("fetch", 0, 1)
             papers = await fetch_daily_papers(self.http, self.settings.sources, date)
             progress("fetch", 1, 1)
         available = len(papers)
         top = list(papers[: cfg.top_n])
+        main_key = self._main_key(distinct)
         if not top:
-            digest = Digest(
-                date, (), self.settings.profile.name, cfg.language, cfg.threshold, None, 0
-            )
-            await self.store.save_digest(digest)
-            return digest
+            out = {}
+            for prof in distinct:
+                digest = Digest(
+                    date,
+                    (),
+                    prof.name,
+                    prof.language,
+                    prof.threshold,
+                    None,
+                    0,
+                    profile_key=prof.content_key,
+                )
+                await self.store.save_digest(digest, main=prof.content_key == main_key)
+                out[prof.content_key] = digest
+            return out
         await self.store.save_papers(top)
 
         # The arXiv versions do not depend on the scores: ask for all of them (one request)
         # while the LLM scores, instead of after it for the picked ones.
         versions = asyncio.create_task(self._versions(top))
+        # Profiles that differ only in threshold or picks read the same scores: one call.
+        scoring_of = {(p.fingerprint, p.language): p for p in distinct}
         try:
             progress("score", 0, len(top))
-            scoring = await self.scorer.score(top)
+            results = await asyncio.gather(
+                *(self.scorer.score(top, prof) for prof in scoring_of.values())
+            )
             progress("score", len(top), len(top))
         except BaseException:
             versions.cancel()
             raise
+        scored = dict(zip(scoring_of, results, strict=True))
         upvotes = {p.arxiv_id: p.upvotes for p in top}
-        ranked = sorted(
-            top, key=lambda p: (-scoring.scores[p.arxiv_id].score, -upvotes[p.arxiv_id])
-        )
-        picked = [p for p in ranked if scoring.scores[p.arxiv_id].score >= cfg.threshold][
-            : cfg.pick
-        ]
-        if picked:
+        plans: dict[str, tuple[ResearchProfile, list[Paper], list[Paper]]] = {}
+        for prof in distinct:
+            scores = scored[(prof.fingerprint, prof.language)].scores
+            ranked = sorted(top, key=lambda p: (-scores[p.arxiv_id].score, -upvotes[p.arxiv_id]))
+            picked = [p for p in ranked if scores[p.arxiv_id].score >= prof.threshold]
+            plans[prof.content_key] = (prof, ranked, picked[: prof.picks])
+        if any(picked for _, _, picked in plans.values()):
             found = await versions
         else:
             versions.cancel()  # a quiet day needs no version: do not wait on arXiv for it
             found = {}
-        picked = [
-            replace(p, version=found[p.arxiv_id]) if p.arxiv_id in found else p for p in picked
-        ]
 
-        progress("analyse", 0, len(picked))
+        def versioned(p: Paper) -> Paper:
+            return replace(p, version=found[p.arxiv_id]) if p.arxiv_id in found else p
+
+        jobs = [(key, versioned(p)) for key, (_, _, picked) in plans.items() for p in picked]
+        progress("analyse", 0, len(jobs))
         done = 0
 
-        async def one(paper: Paper) -> DeepDive:
+        async def one(key: str, paper: Paper) -> DeepDive:
             nonlocal done
-            dive = await self.deep_dive(paper)
+            dive = await self.deep_dive(paper, plans[key][0])
             done += 1
-            progress("analyse", done, len(picked))
+            progress("analyse", done, len(jobs))
             return dive
 
-        dives = await asyncio.gather(*(one(p) for p in picked))
-        picked_ids = {p.arxiv_id for p in picked}
-        entries = [
-            DigestEntry(p, scoring.scores[p.arxiv_id], d)
-            for p, d in zip(picked, dives, strict=True)
-        ] + [
-            DigestEntry(p, scoring.scores[p.arxiv_id])
-            for p in ranked
-            if p.arxiv_id not in picked_ids
-        ]
-        digest = Digest(
-            date=date,
-            entries=tuple(entries),
-            profile_name=self.settings.profile.name,
-            language=cfg.language,
-            threshold=cfg.threshold,
-            llm_note=scoring.note,
-            available=available,
-        )
-        await self.store.save_digest(digest)
-        return digest
+        dives = await asyncio.gather(*(one(key, p) for key, p in jobs))
+        by_profile: dict[str, list[tuple[Paper, DeepDive]]] = {key: [] for key in plans}
+        for (key, paper), dive in zip(jobs, dives, strict=True):
+            by_profile[key].append((paper, dive))
+
+        out: dict[str, Digest] = {}
+        for key, (prof, ranked, _) in plans.items():
+            scoring = scored[(prof.fingerprint, prof.language)]
+            pairs = by_profile[key]
+            picked_ids = {p.arxiv_id for p, _ in pairs}
+            entries = [DigestEntry(p, scoring.scores[p.arxiv_id], d) for p, d in pairs] + [
+                DigestEntry(p, scoring.scores[p.arxiv_id])
+                for p in ranked
+                if p.arxiv_id not in picked_ids
+            ]
+            digest = Digest(
+                date=date,
+                entries=tuple(entries),
+                profile_name=prof.name,
+                language=prof.language,
+                threshold=prof.threshold,
+                llm_note=scoring.note,
+                available=available,
+                profile_key=key,
+            )
+            await self.store.save_digest(digest, main=key == main_key)
+            out[key] = digest
+        return out
+
+    def _main_key(self, profiles: Sequence[ResearchProfile]) -> str:
+        """Which of the built digests is the day's main one (export): the default profile's,
+        or the first built when the default profile is not among them."""
+        default = self.profile.content_key
+        keys = [p.content_key for p in profiles]
+        return default if default in keys else keys[0]
 
     async def _versions(self, papers: Sequence[Paper]) -> dict[str, int]:
         """The latest arXiv version of each paper (HF lists none), so a new version gets a new
@@ -202,10 +265,12 @@ class Pipeline:
 
     # -- one paper -------------------------------------------------------------------------------
 
-    async def deep_dive(self, paper: Paper) -> DeepDive:
-        """The cached analysis, or one new one shared by every concurrent caller."""
-        language = self.settings.digest.language
-        key = analysis_cache_key(paper, self.analyst.prompt_version, self.model, language)
+    async def deep_dive(self, paper: Paper, profile: ResearchProfile | None = None) -> DeepDive:
+        """The cached analysis for a profile (and its language), or one new one shared by
+        every concurrent caller."""
+        profile = profile or self.profile
+        language = profile.language
+        key = analysis_cache_key(paper, self.analyst.prompt_version, self.model, language, profile)
         if self.llm is not None:
             cached = await self.store.get_analysis(key)
             if cached is not None:
@@ -217,7 +282,7 @@ class Pipeline:
         self._inflight[key] = future
         try:
             text = await self.fulltext(paper)
-            dive = await self.analyst.write(paper, text, language)
+            dive = await self.analyst.write(paper, text, language, profile)
             await self.store.save_analysis(key, dive, paper.version)
             future.set_result(dive)
             return dive
@@ -269,39 +334,52 @@ class Pipeline:
         await self.store.save_papers([paper])
         return paper
 
-    async def score_one(self, paper: Paper) -> Score:
-        result = await self.scorer.score([paper])
+    async def score_one(self, paper: Paper, profile: ResearchProfile | None = None) -> Score:
+        result = await self.scorer.score([paper], profile)
         return result.scores[paper.arxiv_id]
 
-    async def analyze(self, id_or_url: str | ArxivId) -> DigestEntry:
+    async def analyze(
+        self, id_or_url: str | ArxivId, profile: ResearchProfile | None = None
+    ) -> DigestEntry:
         """A deep dive of any arXiv paper, with its score against the profile."""
         paper = await self.resolve(id_or_url)
-        score, dive = await asyncio.gather(self.score_one(paper), self.deep_dive(paper))
+        score, dive = await asyncio.gather(
+            self.score_one(paper, profile), self.deep_dive(paper, profile)
+        )
         return DigestEntry(paper, score, dive)
 
-    async def cached_analysis(self, id_or_url: str | ArxivId) -> DeepDive | None:
+    async def cached_analysis(
+        self, id_or_url: str | ArxivId, profile: ResearchProfile | None = None
+    ) -> DeepDive | None:
         """An analysis already in the store that a new request would reuse (same model, prompt
-        version and language), without any request."""
+        version, language and profile), without any request."""
         aid = id_or_url if isinstance(id_or_url, ArxivId) else parse_arxiv_id(id_or_url)
         if self.llm is None:
             return None
+        profile = profile or self.profile
         return await self.store.latest_analysis(
             aid.base,
-            self.settings.digest.language,
+            profile.language,
             model=self.model,
             prompt_version=self.analyst.prompt_version,
+            profile=profile.fingerprint,
         )
 
     # -- questions -------------------------------------------------------------------------------
 
     async def answer(
-        self, id_or_url: str | ArxivId, question: str, history: Sequence[tuple[str, str]] = ()
+        self,
+        id_or_url: str | ArxivId,
+        question: str,
+        history: Sequence[tuple[str, str]] = (),
+        profile: ResearchProfile | None = None,
     ) -> Answer:
         aid = id_or_url if isinstance(id_or_url, ArxivId) else parse_arxiv_id(id_or_url)
         paper = await self.store.get_paper(aid.base)
         if paper is None or (aid.version and paper.version != aid.version):
             paper = await self.resolve(aid)
-        dive = await self.store.latest_analysis(paper.arxiv_id, self.settings.digest.language)
+        language = (profile or self.profile).language
+        dive = await self.store.latest_analysis(paper.arxiv_id, language)
         text = await self.fulltext(paper)
         return await self.answerer.answer(paper, dive, text, question, history)
 

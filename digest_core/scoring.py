@@ -3,12 +3,15 @@
 One batched structured-output call scores every paper; the answer is validated item by item
 (scores out of range, duplicated, missing or unasked-for are not trusted). Papers left without
 a valid score get one more call, then the lexical fallback, so one bad paper never sinks the
-digest. LLM scores are cached per (paper, profile, prompt version, model).
+digest. LLM scores are cached per (paper, profile, prompt version, model, language).
+
+The profile is data, like the papers: it goes to the model in a <profile> block of the user
+message (`profile_data`), never into the system prompt, so a topic written in chat cannot
+change a rule.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -18,10 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from digest_core import prompts
-from digest_core.config import Profile
 from digest_core.fallback import lexical_score
 from digest_core.llm import LLMClient, LLMError
-from digest_core.models import Paper, Score
+from digest_core.models import Paper, ResearchProfile, Score
 from digest_core.store import Store
 
 log = logging.getLogger(__name__)
@@ -58,15 +60,20 @@ class ScoringResult:
     note: str | None  # set when some or all scores are not from the LLM
 
 
-def profile_fingerprint(profile: Profile) -> str:
-    raw = json.dumps([profile.name, profile.focus, list(profile.topics)], ensure_ascii=False)
-    return hashlib.sha256(raw.encode()).hexdigest()[:12]
+def profile_fingerprint(profile: ResearchProfile) -> str:
+    return profile.fingerprint
 
 
 def score_cache_key(
-    arxiv_id: str, profile: Profile, version: str, model: str, language: str
+    arxiv_id: str, profile: ResearchProfile, version: str, model: str, language: str
 ) -> str:
     return f"{arxiv_id}|{profile_fingerprint(profile)}|{version}|{model}|{language}"
+
+
+def profile_data(profile: ResearchProfile) -> str:
+    """The profile as a delimited data block for the user message (see the module docstring)."""
+    content = {"name": profile.name, "focus": profile.focus, "topics": list(profile.topics)}
+    return prompts.data_block("profile", json.dumps(content, ensure_ascii=False, indent=1))
 
 
 def coerce_score(value: object) -> int | None:
@@ -117,7 +124,7 @@ def parse_scores(data: object, asked: Sequence[str]) -> dict[str, Score]:
 class Scorer:
     def __init__(
         self,
-        profile: Profile,
+        profile: ResearchProfile,
         store: Store,
         llm: LLMClient | None,
         model: str,
@@ -134,17 +141,22 @@ class Scorer:
         self.no_llm_reason = no_llm_reason
         self.prompt = prompts.load("score")
 
-    async def score(self, papers: Sequence[Paper]) -> ScoringResult:
+    async def score(
+        self, papers: Sequence[Paper], profile: ResearchProfile | None = None
+    ) -> ScoringResult:
+        """Scores against `profile` (default: the one given at construction), with the reasons
+        in its language."""
+        profile = profile or self.profile
         if not papers:
             return ScoringResult({}, None)
         if self.llm is None:
             return ScoringResult(
-                {p.arxiv_id: lexical_score(p, self.profile) for p in papers},
+                {p.arxiv_id: lexical_score(p, profile) for p in papers},
                 f"LLM unavailable ({self.no_llm_reason}): ranked by keyword relevance",
             )
         keys = {
             p.arxiv_id: score_cache_key(
-                p.arxiv_id, self.profile, self.prompt.version, self.model, self.language
+                p.arxiv_id, profile, self.prompt.version, self.model, profile.language
             )
             for p in papers
         }
@@ -157,7 +169,7 @@ class Scorer:
             for start in range(0, len(todo), self.batch_size):
                 batch = todo[start : start + self.batch_size]
                 try:
-                    got = await self._ask(batch, last_round=attempt == 1)
+                    got = await self._ask(batch, profile, last_round=attempt == 1)
                 except LLMError as exc:
                     failure = str(exc)
                     log.warning("scoring batch failed: %s", exc)
@@ -174,7 +186,7 @@ class Scorer:
         note = None
         if todo:
             for p in todo:
-                scores[p.arxiv_id] = lexical_score(p, self.profile)
+                scores[p.arxiv_id] = lexical_score(p, profile)
             why = failure or "no valid score for some papers"
             if len(todo) == len(papers):
                 note = f"LLM unavailable ({why}): ranked by keyword relevance"
@@ -182,18 +194,21 @@ class Scorer:
                 note = f"{len(todo)} paper(s) ranked by keyword relevance ({why})"
         return ScoringResult(scores, note)
 
-    async def _ask(self, batch: Sequence[Paper], *, last_round: bool) -> dict[str, Score]:
+    async def _ask(
+        self, batch: Sequence[Paper], profile: ResearchProfile, *, last_round: bool
+    ) -> dict[str, Score]:
         system = self.prompt.render(
-            profile_name=self.profile.name,
-            profile_focus=self.profile.focus,
-            topics=", ".join(self.profile.topics),
-            language_name=LANGUAGE_NAMES.get(self.language, "English"),
+            language_name=LANGUAGE_NAMES.get(profile.language, "English"),
         )
         papers = [
             {"id": p.arxiv_id, "title": p.title, "abstract": p.abstract[:_ABSTRACT_CHARS]}
             for p in batch
         ]
-        user = prompts.data_block("papers", json.dumps(papers, ensure_ascii=False, indent=1))
+        user = (
+            profile_data(profile)
+            + "\n\n"
+            + prompts.data_block("papers", json.dumps(papers, ensure_ascii=False, indent=1))
+        )
         asked = [p.arxiv_id for p in batch]
 
         def validate(data: object) -> dict[str, Score]:

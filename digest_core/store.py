@@ -168,6 +168,17 @@ def m007_search_terms(db: Database) -> None:
     )
 
 
+@migrations()
+def m035_profile_digests(db: Database) -> None:
+    # One digest per day and research profile (its content key); the `digests` table keeps
+    # the day's main digest (the default profile's), which `export` writes.
+    db["profile_digests"].create(
+        {"date": str, "profile_key": str, "payload": str, "created_at": str},
+        pk=("date", "profile_key"),
+        if_not_exists=True,
+    )
+
+
 class Store:
     """Async facade over one SQLite file."""
 
@@ -360,9 +371,11 @@ class Store:
         *,
         model: str | None = None,
         prompt_version: str | None = None,
+        profile: str | None = None,
     ) -> DeepDive | None:
-        """The newest cached analysis of a paper in a language; of one model and prompt
-        version when given (what the pipeline would reuse without an LLM call)."""
+        """The newest cached analysis of a paper in a language; of one model, prompt version
+        and profile fingerprint when given (what the pipeline would reuse without an LLM
+        call)."""
 
         def read() -> str | None:
             rows = list(
@@ -374,7 +387,7 @@ class Store:
                         arxiv_id,
                         language,
                         model,
-                        _key_pattern(arxiv_id, prompt_version, model, language),
+                        _key_pattern(arxiv_id, prompt_version, model, language, profile),
                     ],
                 )
             )
@@ -405,17 +418,34 @@ class Store:
 
     # -- digests -------------------------------------------------------------------------------
 
-    async def save_digest(self, digest: Digest) -> None:
-        record = {
-            "date": digest.date,
-            "payload": json.dumps(_digest_to_dict(digest), ensure_ascii=False),
-            "created_at": _now(),
-        }
-        await self._run(lambda: self.db["digests"].upsert(record, pk="date"))
+    async def save_digest(self, digest: Digest, *, main: bool = True) -> None:
+        """Keep a built digest under its profile; `main`: also as the day's digest (export)."""
+        payload = json.dumps(_digest_to_dict(digest), ensure_ascii=False)
+        record = {"date": digest.date, "payload": payload, "created_at": _now()}
 
-    async def load_digest(self, date: str) -> Digest | None:
+        def write() -> None:
+            with self.db.conn:
+                if main:
+                    self.db["digests"].upsert(record, pk="date")
+                if digest.profile_key:
+                    self.db["profile_digests"].upsert(
+                        record | {"profile_key": digest.profile_key}, pk=("date", "profile_key")
+                    )
+
+        await self._run(write)
+
+    async def load_digest(self, date: str, profile_key: str | None = None) -> Digest | None:
+        """The day's digest, or the one built for a profile (its content key)."""
+
         def read() -> Digest | None:
-            rows = list(self.db["digests"].rows_where("date = ?", [date]))
+            if profile_key is None:
+                rows = list(self.db["digests"].rows_where("date = ?", [date]))
+            else:
+                rows = list(
+                    self.db["profile_digests"].rows_where(
+                        "date = ? and profile_key = ?", [date, profile_key]
+                    )
+                )
             return _digest_from_dict(json.loads(rows[0]["payload"])) if rows else None
 
         return await self._run(read)
@@ -476,14 +506,20 @@ class Store:
 
 
 def _key_pattern(
-    arxiv_id: str, prompt_version: str | None, model: str | None, language: str
+    arxiv_id: str,
+    prompt_version: str | None,
+    model: str | None,
+    language: str,
+    profile: str | None = None,
 ) -> str:
-    """A LIKE pattern for analysis cache keys (see analysis.analysis_cache_key), any version."""
+    """A LIKE pattern for analysis cache keys (see analysis.analysis_cache_key), any version;
+    of any profile unless one is given."""
 
     def lit(text: str) -> str:
         return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
-    return f"{lit(arxiv_id)}|v%|{lit(prompt_version or '')}|{lit(model or '')}|{lit(language)}"
+    head = f"{lit(arxiv_id)}|v%|{lit(prompt_version or '')}|{lit(model or '')}|{lit(language)}"
+    return f"{head}|{lit(profile)}" if profile else f"{head}%"
 
 
 def _paper_row(p: Paper) -> dict[str, Any]:
