@@ -29,6 +29,7 @@ from bot.channels.base import Channel, Outgoing
 from bot.chatstore import ChatStore, PostStatus, ThreadRecord
 from bot.service import Delivered, Destination, post_thread
 from bot.settings import AppSettings as Settings
+from bot.team import Team
 from digest_core.arxiv_id import ArxivId, InvalidArxivId, parse_arxiv_id
 from digest_core.models import Answer
 from digest_core.pipeline import PaperNotFound, Pipeline
@@ -47,6 +48,8 @@ NOT_ENABLED = "digestbot is not enabled for this workspace or chat."
 USAGE = "Usage: /analyze ARXIV_ID_OR_URL (e.g. /analyze 2602.14941)"
 PENDING = "pending"  # a question kept while the bot asks which paper it is about
 ANALYZE = "analyze"  # Request.command of /analyze (and of a Slack mention with an ID)
+DIGEST = "digest"  # Request.command of /digest (help, subscribe, profile …; bot.team)
+RATINGS_NOT_YET = "/digest like and /digest dislike are not available yet."
 
 # "#2", "no. 2", "paper 2", "第2篇": a paper by its number in the table of contents.
 _NUMBER = re.compile(
@@ -91,6 +94,7 @@ class Request:
     replied_to: str | None = None  # the bot message a (Telegram) question replies to
     team: str | None = None  # the Slack workspace, for the allow-list
     private: bool = False  # lines go back to the adapter (Slack ephemeral), not into the chat
+    user_name: str | None = None  # how an announcement names the person (else the user ID)
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,7 @@ class Assistant:
         self.settings = settings
         self.store = pipeline.store
         self.chat = chat or ChatStore(pipeline.store)
+        self.team = Team(settings, self.chat)
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
     # -- the flow --------------------------------------------------------------------------------
@@ -148,6 +153,10 @@ class Assistant:
             title = await self.known_title(parsed)
             line = f"🔎 Analysing arXiv:{parsed}" + (f" — {title}" if title else "") + " …"
             return Opening(line, True, parsed)
+        if req.command == DIGEST:
+            if not self.allowed(req.platform, team=req.team, chat=req.chat):
+                return Opening(f"⚠️ {NOT_ENABLED}", False)
+            return Opening("", True)
         return Opening("", bool(req.text.strip()) and req.thread is not None)
 
     async def handle(self, channel: Channel, req: Request, *, opened: bool = False) -> Handled:
@@ -164,6 +173,8 @@ class Assistant:
             if req.command == ANALYZE:
                 assert opening.paper is not None
                 await self._analyze(channel, req, done, opening, opened=opened)
+            elif req.command == DIGEST:
+                await self._digest(channel, req, done)
             else:
                 await self._question(channel, req, done)
         except asyncio.CancelledError:  # shutdown ran out of time: say so, then stop
@@ -196,6 +207,42 @@ class Assistant:
             # chat; a new analysis thread speaks for itself.
             line = ("" if outcome.ok else "⚠️ ") + outcome.line
             await self._say(channel, req, done, line, "outcome", where=outcome.thread)
+
+    async def _digest(self, channel: Channel, req: Request, done: Handled) -> None:
+        """/digest: the team's commands (bot.team). A change is announced in the channel
+        (not only to the requester), through the ledger, once per request."""
+        who = f"@{req.user_name}" if req.user_name else req.user
+        reply = await self.team.command(req.platform, req.chat, req.user, who, req.text)
+        lines = list(reply.lines)
+        if reply.rate is not None:
+            lines.append(await self.rate(req, *reply.rate))
+        if reply.announce is not None:
+            line = dataclasses.replace(channel.render_line(reply.announce), key="announce")
+            delivered = await post_thread(
+                self.chat,
+                Destination(channel, req.chat),
+                f"announce:{req.message}",
+                [line],
+                kind="reply",
+                papers=[],
+                thread=None if req.private else req.reply_to,
+                retry_permanent=True,
+            )
+            if not delivered.ok:
+                log.error(
+                    "%s %s: announcement not posted: %s", req.platform, req.chat, delivered.error
+                )
+                lines = [f"Saved, but the announcement could not be posted here: {delivered.error}"]
+            elif not req.private:
+                lines = []  # in the chat, the announcement is the answer
+        for i, text in enumerate(lines):
+            await self._say(channel, req, done, text, f"digest-{i}")
+
+    async def rate(self, req: Request, paper: str, verdict: int) -> str:
+        """`/digest like|dislike ID`: rate a paper for this chat's profile (+1 or -1).
+        The ratings store and the scoring examples are built on their own branch; until they
+        land this says so in one line."""
+        return RATINGS_NOT_YET
 
     async def _question(self, channel: Channel, req: Request, done: Handled) -> None:
         thread = req.thread
@@ -292,8 +339,10 @@ class Assistant:
         allow-list applies to it."""
         if not self.allowed(platform, team=team, chat=chat):
             return NOT_ENABLED
-        if paper is not None and await self.pipeline.cached_analysis(paper) is not None:
-            return None
+        if paper is not None:
+            profile = await self.team.profile_for(platform, chat or "")
+            if await self.pipeline.cached_analysis(paper, profile) is not None:
+                return None
         cfg = self.settings.interactive
         if self.pipeline.llm is not None:
             midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -337,8 +386,9 @@ class Assistant:
                 return Outcome(
                     True, f"Already analysed here: arXiv:{aid.base}", thread=root.message_ref
                 )
+            profile = await self.team.profile_for(dest.channel.platform, dest.chat)
             try:
-                entry = await self.pipeline.analyze(aid)
+                entry = await self.pipeline.analyze(aid, profile)
             except PaperNotFound as exc:
                 return Outcome(False, str(exc))
             except SourceError as exc:
@@ -440,7 +490,8 @@ class Assistant:
             question = earlier[-1].text  # the reply to "which paper?" names it; answer that
         turns = [t for t in earlier if t.role != PENDING][-limit:] if limit else []
         history = [(t.role, t.text) for t in turns if t.arxiv_id == paper_id]
-        answer = await self.pipeline.answer(paper_id, question, history)
+        profile = await self.team.profile_for(platform, chat)
+        answer = await self.pipeline.answer(paper_id, question, history, profile)
         await self.chat.add_turn(platform, chat, thread_ref, paper_id, "user", question)
         await self.chat.add_turn(platform, chat, thread_ref, paper_id, "assistant", answer.text)
         return answer

@@ -12,8 +12,9 @@ and m007 are the core's).
 
     digest_core.store.Store ── papers, scores, analyses, full texts, digests, LLM calls
           ▲ run(fn)                          (core migrations m001, m002, m007; m006 reserved)
-    bot.chatstore.ChatStore ── runs, posts, threads, turns, events, requests
-                                             (bot migrations m003, m004, m005, m008)
+    bot.chatstore.ChatStore ── runs, posts, threads, turns, events, requests, chat profiles,
+                               profile changes, subscriptions
+                                             (bot migrations m003, m004, m005, m008, m030)
 """
 
 from __future__ import annotations
@@ -129,6 +130,42 @@ def m008_post_error_kind(db: Database) -> None:
         )
 
 
+@migrations()
+def m030_team_state(db: Database) -> None:
+    # Which research profile each chat uses: a base profile ("default" or a config name) and
+    # the fields edited here from chat (JSON), so a config change still reaches unedited ones.
+    db["chat_profiles"].create(
+        {"platform": str, "chat": str, "base": str, "edits": str, "updated_at": str},
+        pk=("platform", "chat"),
+        if_not_exists=True,
+    )
+    # Every change, with the state before it, for the announcement and `/digest profile undo`.
+    db["profile_changes"].create(
+        {
+            "id": int,
+            "platform": str,
+            "chat": str,
+            "user": str,
+            "field": str,
+            "old": str,
+            "new": str,
+            "before": str,
+            "undone": int,
+            "at": str,
+        },
+        pk="id",
+        if_not_exists=True,
+    )
+    db["profile_changes"].create_index(["platform", "chat"], if_not_exists=True)
+    # Subscriptions made from chat: active adds a chat to SLACK_CHANNELS / TELEGRAM_CHATS;
+    # inactive (unsubscribed) takes a configured one out.
+    db["subscriptions"].create(
+        {"platform": str, "chat": str, "active": int, "user": str, "at": str},
+        pk=("platform", "chat"),
+        if_not_exists=True,
+    )
+
+
 # -- records ------------------------------------------------------------------------------------
 
 
@@ -174,6 +211,44 @@ class Turn:
     role: str  # "user", "assistant", or PENDING: a question kept while asking which paper
     text: str
     arxiv_id: str
+
+
+@dataclass(frozen=True)
+class ProfileBinding:
+    """The profile a chat uses: `base` ("default" or a [profiles.NAME]) with `edits` made here
+    (field -> value; topics as a list)."""
+
+    platform: str
+    chat: str
+    base: str = "default"
+    edits: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def edited(self) -> dict[str, Any]:
+        return dict(self.edits)
+
+
+@dataclass(frozen=True)
+class ProfileChange:
+    """One change of a chat's profile, as announced, and the binding before it."""
+
+    id: int
+    user: str
+    field: str
+    old: str
+    new: str
+    before: ProfileBinding
+
+
+@dataclass(frozen=True)
+class Subscription:
+    platform: str
+    chat: str
+    active: bool
+
+
+def _binding(platform: str, chat: str, base: str, edits: str | None) -> ProfileBinding:
+    return ProfileBinding(platform, chat, base, tuple(json.loads(edits or "{}").items()))
 
 
 def _post(row: dict[str, Any]) -> PostRecord:
@@ -472,3 +547,132 @@ class ChatStore:
             return None
 
         return await self.store.run(write)
+
+    # -- team state: profile bindings, their history, subscriptions ------------------------------
+
+    async def binding(self, platform: str, chat: str) -> ProfileBinding:
+        """The chat's profile binding (the default profile when none was set)."""
+
+        def read() -> ProfileBinding:
+            rows = list(
+                self._db.query(
+                    "select base, edits from chat_profiles where platform = ? and chat = ?",
+                    [platform, chat],
+                )
+            )
+            if not rows:
+                return ProfileBinding(platform, chat)
+            return _binding(platform, chat, rows[0]["base"], rows[0]["edits"])
+
+        return await self.store.run(read)
+
+    async def bindings(self) -> list[ProfileBinding]:
+        def read() -> list[ProfileBinding]:
+            rows = self._db.query(
+                "select platform, chat, base, edits from chat_profiles order by platform, chat"
+            )
+            return [_binding(r["platform"], r["chat"], r["base"], r["edits"]) for r in rows]
+
+        return await self.store.run(read)
+
+    async def change_binding(
+        self, new: ProfileBinding, user: str, field: str, old: str, shown: str
+    ) -> ProfileChange:
+        """Store a chat's new binding and the change (with the binding before it), at once."""
+
+        def write() -> ProfileChange:
+            with self._db.conn:
+                rows = self._db.conn.execute(
+                    "select base, edits from chat_profiles where platform = ? and chat = ?",
+                    [new.platform, new.chat],
+                ).fetchall()
+                before = (
+                    _binding(new.platform, new.chat, rows[0][0], rows[0][1])
+                    if rows
+                    else ProfileBinding(new.platform, new.chat)
+                )
+                cur = self._db.conn.execute(
+                    "insert into profile_changes(platform, chat, user, field, old, new, before, "
+                    "undone, at) values (?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                    [
+                        new.platform,
+                        new.chat,
+                        user,
+                        field,
+                        old,
+                        shown,
+                        json.dumps({"base": before.base, "edits": before.edited}),
+                        _now(),
+                    ],
+                )
+                self._write_binding(new)
+                return ProfileChange(cur.lastrowid or 0, user, field, old, shown, before)
+
+        return await self.store.run(write)
+
+    async def undo_change(self, platform: str, chat: str) -> ProfileChange | None:
+        """Take back the chat's last change not yet undone: its binding before is restored."""
+
+        def write() -> ProfileChange | None:
+            with self._db.conn:
+                rows = self._db.conn.execute(
+                    "select id, user, field, old, new, before from profile_changes "
+                    "where platform = ? and chat = ? and undone = 0 order by id desc limit 1",
+                    [platform, chat],
+                ).fetchall()
+                if not rows:
+                    return None
+                id_, user, field, old, new, before_json = rows[0]
+                before = json.loads(before_json)
+                binding = ProfileBinding(
+                    platform, chat, before["base"], tuple(before["edits"].items())
+                )
+                self._db.conn.execute("update profile_changes set undone = 1 where id = ?", [id_])
+                self._write_binding(binding)
+                return ProfileChange(id_, user, field, old, new, binding)
+
+        return await self.store.run(write)
+
+    def _write_binding(self, binding: ProfileBinding) -> None:
+        self._db.conn.execute(
+            "insert into chat_profiles(platform, chat, base, edits, updated_at) "
+            "values (?, ?, ?, ?, ?) on conflict(platform, chat) do update set "
+            "base = excluded.base, edits = excluded.edits, updated_at = excluded.updated_at",
+            [
+                binding.platform,
+                binding.chat,
+                binding.base,
+                json.dumps(binding.edited, ensure_ascii=False),
+                _now(),
+            ],
+        )
+
+    async def set_subscription(self, platform: str, chat: str, active: bool, user: str) -> bool:
+        """Subscribe or unsubscribe a chat; False when it already was so."""
+
+        def write() -> bool:
+            with self._db.conn:
+                rows = self._db.conn.execute(
+                    "select active from subscriptions where platform = ? and chat = ?",
+                    [platform, chat],
+                ).fetchall()
+                if rows and bool(rows[0][0]) == active:
+                    return False
+                self._db.conn.execute(
+                    "insert into subscriptions(platform, chat, active, user, at) "
+                    "values (?, ?, ?, ?, ?) on conflict(platform, chat) do update set "
+                    "active = excluded.active, user = excluded.user, at = excluded.at",
+                    [platform, chat, int(active), user, _now()],
+                )
+                return True
+
+        return await self.store.run(write)
+
+    async def subscriptions(self) -> list[Subscription]:
+        def read() -> list[Subscription]:
+            rows = self._db.query(
+                "select platform, chat, active from subscriptions order by platform, at, chat"
+            )
+            return [Subscription(r["platform"], r["chat"], bool(r["active"])) for r in rows]
+
+        return await self.store.run(read)

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from bot.channels.base import Channel
 from bot.chatstore import ChatStore
-from bot.service import Delivered, Destination, deliver, started_digest
+from bot.service import Delivered, Destination, deliver, digests_for
 from bot.settings import AppSettings as Settings
+from bot.team import Team
 from digest_core.models import Digest, Paper
 from digest_core.pipeline import Pipeline
 from digest_core.retry import RetryPolicy, TryAgain
@@ -112,9 +114,12 @@ class DailyJob:
         *,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        channels: Mapping[str, Channel] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.destinations = list(destinations)
+        # A platform's channel, for chats subscribed from chat (`/digest subscribe`).
+        self.channels = dict(channels or {d.channel.platform: d.channel for d in destinations})
         self.settings = settings
         self.owner = owner
         self.now = now
@@ -167,11 +172,20 @@ class DailyJob:
         # live run over.
         keep_alive = asyncio.get_running_loop().create_task(self._keep_alive(day))
         try:
-            digest = await started_digest(self.store, day)
-            if digest is None:
-                papers = await self.wait_for_papers(day)
-                digest = await self.pipeline.build_digest(day, papers=papers)
-            failed = await self._deliver_all(digest)
+            # Each destination with its profile; one digest per distinct profile.
+            team = Team(self.settings, self.store)
+            destinations = await team.destinations(self.destinations, self.channels)
+            plan = await team.plan(destinations)
+            digests = await digests_for(
+                self.pipeline,
+                self.store,
+                day,
+                plan,
+                papers=lambda: self.wait_for_papers(day),
+            )
+            failed = await self._deliver_all(
+                [(dest, digests[profile.content_key]) for dest, profile in plan], day
+            )
             status = "failed" if failed else "done"
             detail = "; ".join(f"{r.destination}: {r.error}" for r in failed)
         except SourceError as exc:
@@ -223,10 +237,12 @@ class DailyJob:
             remaining -= step
             await self.store.heartbeat(day, self.owner)
 
-    async def _deliver_all(self, digest: Digest) -> list[Delivered]:
-        """Every destination; transient failures are tried again a few times, permanent ones
-        are reported once and left."""
-        pending = list(self.destinations)
+    async def _deliver_all(
+        self, pairs: Sequence[tuple[Destination, Digest]], day: str
+    ) -> list[Delivered]:
+        """Every destination its digest; transient failures are tried again a few times,
+        permanent ones are reported once and left."""
+        pending = list(pairs)
         last: dict[int, Delivered] = {}  # each destination's latest result, across rounds
         # Rounds a minute apart, then two: long enough for a platform's hiccup to pass.
         policy = RetryPolicy.from_settings(
@@ -240,20 +256,20 @@ class DailyJob:
         async def round_(_: int) -> None:
             nonlocal pending
             retry = []
-            for dest in pending:
+            for dest, digest in pending:
                 result = await deliver(self.store, dest, digest, self.settings)
                 last[id(dest)] = result
                 if not result.ok and result.retryable:
-                    retry.append(dest)
+                    retry.append((dest, digest))
             if retry:
                 pending = retry
                 raise TryAgain(f"{len(retry)} destination(s) failed for now")
 
         async def wait(seconds: float) -> None:
-            await self._wait(digest.date, seconds)
+            await self._wait(day, seconds)
 
         try:
-            await policy.run(round_, what=f"delivery of {digest.date}", sleep=wait)
+            await policy.run(round_, what=f"delivery of {day}", sleep=wait)
         except TryAgain:
             pass  # the last round's failures are reported below
         return [r for r in last.values() if not r.ok]

@@ -239,7 +239,9 @@ async def serve(
 
         owner = f"{socket.gethostname()}:{os.getpid()}"
         destinations = [d for r in runtimes for d in r.destinations()]
-        job = DailyJob(pipeline, destinations, settings, owner)
+        # Each platform's channel also serves chats subscribed with `/digest subscribe`.
+        channels = {r.channel.platform: r.channel for r in runtimes}
+        job = DailyJob(pipeline, destinations, settings, owner, channels=channels)
 
         async def health() -> dict[str, Any]:
             return await _health(pipeline, scheduler, runtimes)

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from bot.channels.base import Channel, DeliveryError, ErrorKind, Outgoing
 from bot.chatstore import ChatStore, PostRecord, PostStatus, ThreadRecord
 from bot.settings import AppSettings as Settings
 from digest_core.config import RetrySettings
-from digest_core.models import Digest
-from digest_core.pipeline import Pipeline
+from digest_core.models import Digest, Paper, ResearchProfile
+from digest_core.pipeline import Pipeline, Progress
 from digest_core.retry import RetryPolicy, TryAgain
 
 log = logging.getLogger(__name__)
@@ -106,26 +107,83 @@ def _telegram_destinations(settings: Settings) -> list[Destination]:
     return [Destination(channel, c) for c in settings.telegram.chats]
 
 
-async def started_digest(chat: ChatStore, day: str) -> Digest | None:
+async def started_digest(
+    chat: ChatStore,
+    day: str,
+    profile_key: str | None = None,
+    destinations: Sequence[Destination] = (),
+) -> Digest | None:
     """The digest a run already began posting, so a re-run or a catch-up finishes that one:
     rebuilt from HF's list (which grows during the day) it could pick other papers, and post
-    their deep dives under a table of contents that does not list them."""
-    if await chat.has_posts(f"digest:{day}"):
-        return await chat.store.load_digest(day)
-    return None
+    their deep dives under a table of contents that does not list them. With `profile_key`:
+    that profile's digest, if one of its `destinations` got part of it."""
+    scope = f"digest:{day}"
+    if profile_key is None:
+        return await chat.store.load_digest(day) if await chat.has_posts(scope) else None
+    for dest in destinations:
+        if await chat.post_state(scope, dest.channel.platform, dest.chat):
+            break
+    else:
+        return None
+    found = await chat.store.load_digest(day, profile_key)
+    if found is None:
+        main = await chat.store.load_digest(day)
+        if main is not None and not main.profile_key:
+            found = main  # stored before profiles existed: the one profile there was
+    return found
+
+
+Papers = Callable[[], Awaitable[Sequence[Paper]]]
+
+
+async def digests_for(
+    pipeline: Pipeline,
+    chat: ChatStore,
+    day: str,
+    plan: Sequence[tuple[Destination, ResearchProfile]],
+    *,
+    fresh: bool = False,
+    papers: Papers | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Digest]:
+    """The day's digest of every profile in `plan`, by content key: the one already begun
+    (unless `fresh`), or built now, all new ones from one fetch of the day's list."""
+    groups: dict[str, tuple[ResearchProfile, list[Destination]]] = {}
+    for dest, profile in plan:
+        groups.setdefault(profile.content_key, (profile, []))[1].append(dest)
+    if not groups:
+        groups[pipeline.profile.content_key] = (pipeline.profile, [])
+    out: dict[str, Digest] = {}
+    todo: list[ResearchProfile] = []
+    for key, (profile, dests) in groups.items():
+        begun = None if fresh else await started_digest(chat, day, key, dests)
+        if begun is not None:
+            out[key] = begun
+        else:
+            todo.append(profile)
+    if todo:
+        given = await papers() if papers is not None else None
+        extra = {"progress": progress} if progress is not None else {}
+        out.update(await pipeline.build_digests(day, todo, papers=given, **extra))
+    return out
 
 
 async def deliver_digest(
     pipeline: Pipeline, digest: Digest, destinations: list[Destination]
 ) -> int:
     """Deliver to every destination; exit code 0 when all of them got the whole digest."""
+    return await deliver_each(pipeline, [(dest, digest) for dest in destinations])
+
+
+async def deliver_each(pipeline: Pipeline, pairs: Sequence[tuple[Destination, Digest]]) -> int:
+    """Deliver each destination its digest; exit code 0 when all of them got the whole one."""
     chat = ChatStore(pipeline.store)
     results = []
-    for dest in destinations:
+    for dest, digest in pairs:
         # An explicit run is the operator's retry: destinations that failed permanently before
         # (the bot was not in the channel yet) are tried again.
         results.append(await deliver(chat, dest, digest, pipeline.settings, retry_permanent=True))
-    await _close_channels(destinations)
+    await _close_channels([dest for dest, _ in pairs])
     failed = [r for r in results if not r.ok]
     for r in failed:
         print(f"digestbot: {r.destination}: not delivered: {r.error}", file=sys.stderr)

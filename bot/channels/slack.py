@@ -279,12 +279,14 @@ class SlackChannel:
         """`root` naming the paper, then its deep dive as `<arxiv_id>#<j>` replies."""
         from digest_core.render import slack as render
 
+        # In the language it was written in: the language of the chat's profile.
+        language = entry.deep_dive.language if entry.deep_dive else self.language
         root = Outgoing(
             key="root",
-            payload=render.render_paper_root(entry, self.language),
+            payload=render.render_paper_root(entry, language),
             summary=f"analysis root {entry.paper.arxiv_id}",
         )
-        return [root, *self._parts(entry, render.render_deep_dive(entry, 1, self.language))]
+        return [root, *self._parts(entry, render.render_deep_dive(entry, 1, language))]
 
     def render_answer(self, answer: Answer) -> list[Outgoing]:
         """`answer#<j>` (j from 0), as many messages as the limits need."""

@@ -348,9 +348,11 @@ class TelegramChannel:
 
     def render_analysis(self, entry: DigestEntry) -> list[Outgoing]:
         render = _render()
-        root = render.render_paper_root(entry, self.language)
+        # In the language it was written in: the language of the chat's profile.
+        language = entry.deep_dive.language if entry.deep_dive else self.language
+        root = render.render_paper_root(entry, language)
         out = [Outgoing("root", root, f"analysis {entry.paper.arxiv_id}")]
-        out.extend(self._deep_dive(entry, 1, self.language))
+        out.extend(self._deep_dive(entry, 1, language))
         return out
 
     def render_answer(self, answer: Answer) -> list[Outgoing]:
