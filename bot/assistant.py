@@ -94,7 +94,7 @@ class Request:
     replied_to: str | None = None  # the bot message a (Telegram) question replies to
     team: str | None = None  # the Slack workspace, for the allow-list
     private: bool = False  # lines go back to the adapter (Slack ephemeral), not into the chat
-    user_name: str | None = None  # how an announcement names the person (else the user ID)
+    user_name: str | None = None  # how an announcement names the person ("@ana"; else the ID)
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,7 @@ class Assistant:
     async def _digest(self, channel: Channel, req: Request, done: Handled) -> None:
         """/digest: the team's commands (bot.team). A change is announced in the channel
         (not only to the requester), through the ledger, once per request."""
-        who = f"@{req.user_name}" if req.user_name else req.user
+        who = req.user_name or req.user
         reply = await self.team.command(req.platform, req.chat, req.user, who, req.text)
         lines = list(reply.lines)
         if reply.rate is not None:

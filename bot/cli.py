@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", help="YYYY-MM-DD (default: today in UTC)")
     p.add_argument("--dry-run", action="store_true", help="print to the terminal, post nothing")
     p.add_argument("--to", help="comma-separated destinations: console,slack,telegram,markdown")
+    p.add_argument(
+        "--profile",
+        metavar="NAME",
+        help="build for this research profile (default: each destination's own)",
+    )
 
     p = sub.add_parser("analyze", help="print a deep dive of any arXiv paper")
     p.add_argument("paper", metavar="ARXIV_ID_OR_URL")
@@ -67,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", required=True, help="YYYY-MM-DD")
     p.add_argument("--out", help="file to write (default: stdout)")
 
+    sub.add_parser("profiles", help="list the research profiles and which channel gets which")
     sub.add_parser("serve", help="run the scheduler and the Slack and Telegram bots until SIGTERM")
     sub.add_parser("demo", help="run the whole pipeline offline on a bundled real day")
     return parser
@@ -128,6 +134,10 @@ async def _with_pipeline(settings: Settings, args: argparse.Namespace) -> int:
     from digest_core.arxiv_id import InvalidArxivId, parse_arxiv_id
 
     day = parse_day(args.date) if args.command in ("digest", "export") else None
+    profile = getattr(args, "profile", None)
+    if profile is not None and profile not in settings.profile_names():
+        known = ", ".join(settings.profile_names())
+        raise UserError(f"--profile: unknown profile {profile!r} (known: {known})")
     if args.command in ("analyze", "ask"):
         try:
             parse_arxiv_id(args.paper)
@@ -156,6 +166,8 @@ async def _with_pipeline(settings: Settings, args: argparse.Namespace) -> int:
         if args.command == "export":
             assert day is not None
             return await _export(pipeline, day, args.out)
+        if args.command == "profiles":
+            return await _profiles(pipeline)
     except PaperNotFound as exc:
         raise UserError(str(exc)) from None
     except SourceError as exc:
@@ -183,17 +195,59 @@ def _progress_printer() -> Progress:
 
 async def _digest(pipeline: Pipeline, day: str, args: argparse.Namespace) -> int:
     from bot.chatstore import ChatStore
-    from bot.service import UnknownDestination, deliver_digest, parse_destinations, started_digest
+    from bot.service import UnknownDestination, deliver_each, digests_for, parse_destinations
+    from bot.team import Team
 
     try:
         destinations = parse_destinations(args.to, pipeline.settings, dry_run=args.dry_run)
     except UnknownDestination as exc:
         raise UserError(str(exc)) from None
     chat = ChatStore(pipeline.store)
-    digest = None if args.dry_run else await started_digest(chat, day)
-    if digest is None:
-        digest = await pipeline.build_digest(day, progress=_progress_printer())
-    return await deliver_digest(pipeline, digest, destinations)
+    team = Team(pipeline.settings, chat)
+    if not args.dry_run:
+        # Chats subscribed with `/digest subscribe` on a platform being delivered to.
+        channels = {d.channel.platform: d.channel for d in destinations}
+        destinations = await team.destinations(destinations, channels)
+    plan = await team.plan(destinations, only=args.profile)
+    digests = await digests_for(
+        pipeline, chat, day, plan, fresh=args.dry_run, progress=_progress_printer()
+    )
+    return await deliver_each(pipeline, [(d, digests[p.content_key]) for d, p in plan])
+
+
+async def _profiles(pipeline: Pipeline) -> int:
+    """One line per profile (the configured ones, then each chat's edited copy), with the
+    destinations that get it."""
+    from bot.chatstore import ChatStore
+    from bot.team import Team, describe
+
+    settings = pipeline.settings
+    chat = ChatStore(pipeline.store)
+    team = Team(settings, chat)
+    chats = [("slack", c) for c in settings.slack.channels]
+    chats += [("telegram", c) for c in settings.telegram.chats]
+    for sub in await chat.subscriptions():
+        if sub.active and (sub.platform, sub.chat) not in chats:
+            chats.append((sub.platform, sub.chat))
+        elif not sub.active and (sub.platform, sub.chat) in chats:
+            chats.remove((sub.platform, sub.chat))
+    bound = [(b.platform, b.chat) for b in await chat.bindings()]
+    users: dict[str, list[str]] = {}
+    copies: list[str] = []
+    for platform, where in chats + [b for b in bound if b not in chats]:
+        profile = await team.profile_for(platform, where)
+        place = f"{platform}:{where}" + ("" if (platform, where) in chats else " (not subscribed)")
+        if "*" in profile.key:  # its own edited copy: a line of its own
+            base = profile.key.partition("*")[0]
+            copies.append(f"{place} (edited copy of {base}): {describe(profile)}")
+        else:
+            users.setdefault(profile.key, []).append(place)
+    for name in settings.profile_names():
+        gets = ", ".join(users.get(name, [])) or "no channel"
+        print(f"{name}: {describe(settings.research_profile(name))} → {gets}")
+    for line in copies:
+        print(line)
+    return EXIT_OK
 
 
 async def _analyze(pipeline: Pipeline, paper: str) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from bot.assistant import ANALYZE, RESTARTING, Assistant, Request
+from bot.assistant import ANALYZE, DIGEST, RESTARTING, Assistant, Request
 from bot.channels.base import DeliveryError
 from bot.channels.slack import SlackChannel
 from digest_core.render.slack import escape
@@ -72,6 +72,16 @@ def build_slack_app(
         if opening.proceed:
             spawn(_analyze(channel, assistant, req, body.get("response_url")))
 
+    @app.command("/digest")
+    async def on_digest(ack: Any, body: dict[str, Any]) -> None:
+        # Acknowledged at once; the reply lines go to the requester alone, and a change is
+        # announced in the channel by the flow (bot.assistant, bot.team).
+        req = _slash_request(body, command=DIGEST)
+        opening = await assistant.opening(req)
+        await ack(escape(opening.line))
+        if opening.proceed:
+            spawn(_analyze(channel, assistant, req, body.get("response_url")))
+
     @app.event("message")
     async def on_message(event: dict[str, Any], body: dict[str, Any]) -> None:
         await _question(channel, assistant, spawn, event, body)
@@ -104,16 +114,17 @@ def build_slack_app(
     return app
 
 
-def _slash_request(body: dict[str, Any]) -> Request:
+def _slash_request(body: dict[str, Any], command: str = ANALYZE) -> Request:
     return Request(
         "slack",
         body.get("channel_id") or "",
         body.get("user_id") or "?",
         (body.get("text") or "").strip(),
         message=str(body.get("trigger_id") or ""),
-        command=ANALYZE,
+        command=command,
         team=body.get("team_id"),
         private=True,  # Slack gives a slash command a line only the requester sees
+        user_name=f"@{body['user_name']}" if body.get("user_name") else None,
     )
 
 
@@ -123,7 +134,8 @@ async def _analyze(
     req: Request,
     response_url: str | None,
 ) -> None:
-    """Run the analysis; its lines go to the requester alone, with a link to the thread."""
+    """Run a slash command (/analyze, /digest); its lines go to the requester alone, with a
+    link to the thread where there is one."""
     try:
         done = await assistant.handle(channel, req, opened=True)
     except asyncio.CancelledError:  # shutdown ran out of time: say so, then stop

@@ -214,9 +214,10 @@ class Team:
                 )
             new = ProfileBinding(platform, chat, name)
             return await self._change(new, user, who, "profile", label(before), name)
-        parsed = parse_field(what, value)
-        if isinstance(parsed, str):
-            return Reply([parsed])
+        try:
+            parsed = parse_field(what, value)
+        except BadValue as exc:
+            return Reply([str(exc)])
         edits = {**binding.edited, what: list(parsed) if what == "topics" else parsed}
         new = ProfileBinding(platform, chat, binding.base, tuple(edits.items()))
         return await self._change(new, user, who, what, _shown(before, what), _shown_value(parsed))
@@ -275,33 +276,39 @@ class Team:
         return ", ".join(self.settings.profile_names())
 
 
+class BadValue(ValueError):
+    """A value `/digest profile` cannot take; the message is the one line to answer with."""
+
+
 def parse_field(what: str, value: str) -> object:
-    """The value of `/digest profile FIELD VALUE`, or the one line that says why not."""
+    """The value of `/digest profile FIELD VALUE`; BadValue says why not, in one line."""
     if not value:
-        return f"/digest profile {what} needs a value; see /digest help."
+        raise BadValue(f"/digest profile {what} needs a value; see /digest help.")
     if what == "topics":
         topics = [t.strip() for t in value.replace("，", ",").split(",")]
         topics = [t for t in topics if t]
         if not topics:
-            return f"Topics cannot be empty: give 1-{MAX_TOPICS} topics separated by commas."
+            raise BadValue(
+                f"Topics cannot be empty: give 1-{MAX_TOPICS} topics separated by commas."
+            )
         if len(topics) > MAX_TOPICS:
-            return f"At most {MAX_TOPICS} topics, please (you gave {len(topics)})."
+            raise BadValue(f"At most {MAX_TOPICS} topics, please (you gave {len(topics)}).")
         long = next((t for t in topics if len(t) > MAX_TOPIC_CHARS), None)
         if long is not None:
-            return (
+            raise BadValue(
                 f"A topic can be at most {MAX_TOPIC_CHARS} characters"
                 f" ({long[:20]!r}… has {len(long)})."
             )
         return tuple(dict.fromkeys(topics))  # the same topic twice counts once
     if what == "focus":
         if len(value) > MAX_FOCUS_CHARS:
-            return (
+            raise BadValue(
                 f"The focus can be at most {MAX_FOCUS_CHARS} characters (yours has {len(value)})."
             )
         return " ".join(value.split())
     if what == "language":
         if value.lower() not in LANGUAGES:
-            return "The language must be zh or en."
+            raise BadValue("The language must be zh or en.")
         return value.lower()
     low, high = (0, 100) if what == "threshold" else (1, MAX_PICKS)
     try:
@@ -309,7 +316,7 @@ def parse_field(what: str, value: str) -> object:
     except ValueError:
         number = None
     if number is None or not low <= number <= high:
-        return f"The {what} must be a whole number from {low} to {high}."
+        raise BadValue(f"The {what} must be a whole number from {low} to {high}.")
     return number
 
 

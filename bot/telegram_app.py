@@ -1,6 +1,7 @@
 """python-telegram-bot handlers: turn Telegram updates into `assistant.Request`s, nothing more.
 
-`/analyze` and `/analyze@BotName` (groups, forum topics) are answered by the one flow in
+`/analyze` and `/analyze@BotName` (groups, forum topics), and `/digest` (help, subscribe,
+profile …) the same way, are answered by the one flow in
 `bot.assistant`: a short reply and the typing action, then a thread of the paper's root
 message and the deep dive as replies to it. A reply to one of the bot's messages is a question
 about that thread's paper; in a forum topic the bot posts its digest to, any message in the
@@ -18,7 +19,7 @@ from typing import Any
 from telegram import Message, Update
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 
-from bot.assistant import ANALYZE, Assistant, Request
+from bot.assistant import ANALYZE, DIGEST, Assistant, Request
 from bot.channels.telegram import TelegramChannel
 from bot.chatstore import ThreadRecord
 
@@ -48,6 +49,13 @@ def install_handlers(
         req = _request(message, " ".join(context.args or []), command=ANALYZE)
         spawn(assistant.handle(channel, req))
 
+    async def on_digest(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        if message is None or not await assistant.chat.first_sight(f"tg-update:{update.update_id}"):
+            return
+        req = _request(message, " ".join(context.args or []), command=DIGEST)
+        spawn(assistant.handle(channel, req))
+
     async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.message  # not edited_message: edits are ignored
         if message is None or message.from_user is None or message.from_user.is_bot:
@@ -72,6 +80,9 @@ def install_handlers(
 
     app.add_handler(
         CommandHandler("analyze", on_analyze, filters=filters.UpdateType.MESSAGE, block=False)
+    )
+    app.add_handler(
+        CommandHandler("digest", on_digest, filters=filters.UpdateType.MESSAGE, block=False)
     )
     app.add_handler(
         MessageHandler(
@@ -99,7 +110,16 @@ def _request(
         reply_to=str(message.message_id),
         thread=thread,
         replied_to=replied_to,
+        user_name=_name(message),
     )
+
+
+def _name(message: Message) -> str | None:
+    """How an announcement names the person: @username, else their name."""
+    user = message.from_user
+    if user is None:
+        return None
+    return f"@{user.username}" if user.username else (user.full_name or None)
 
 
 async def _thread_for(
