@@ -20,6 +20,14 @@ fake's late answer), timed here with the test configuration:
   (was timed in tests/test_scoring.py and tests/test_llm.py, with a 0.5 s deadline the
   configuration does not accept)
 
+Then the team case (issue 8): 5 destinations with 3 distinct profiles (two channels on the
+default profile, one on `[profiles.robots]` in English, two on `[profiles.video]`), built as
+the daily job builds them, against the fake LLM with latency L on a fresh database:
+
+- wall time <= 2.2 L + 1 s; one HF fetch; 3 scoring calls (one per distinct profile)
+- deep-dive calls = the distinct (paper, profile, language) picks (channels that share a
+  profile share its deep dives)
+
 Usage: python bench/digest.py [--latency SECONDS] [--arxiv-delay SECONDS]. `--arxiv-delay`
 makes each arXiv API answer take that long (the real API often takes about a second): the
 one version lookup of a run overlaps the scoring call, so it should not add to the wall
@@ -41,7 +49,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from fakes.llm import FakeLLM  # noqa: E402
 from fakes.papers import FakeArxiv, FakeHF, arxiv_fixture, hf_day  # noqa: E402
-from fakes.world import fast_config, research_responder  # noqa: E402
+from fakes.recording import RecordingChannel  # noqa: E402
+from fakes.world import fast_config, profile_responder, research_responder  # noqa: E402
 
 from bot.settings import load_settings  # noqa: E402
 from digest_core.pipeline import Pipeline  # noqa: E402
@@ -267,7 +276,109 @@ async def main(latency: float, arxiv_delay: float) -> None:
         print(f"  wait between scoring and deep dives (arXiv version lookup): {gap:.2f} s")
     print(f"run 2 wall time {wall2:.2f} s (stages: score {clock2.span('score')})")
     print(f"arXiv API queries: run 1 {queries1}, run 2 {queries2}")
+    await team_case(latency)
     await deadlines()
+
+
+# Named profiles for the team case; picks 1 each so the day's distinct deep dives (2 + 1 + 1)
+# fit the committed max_concurrency of 4 LLM calls at once.
+TEAM_PROFILES = """
+[profiles.robots]
+name = "Robot learning researcher"
+focus = "Vision-language-action models and visuomotor policies"
+topics = ["action", "policy", "agent"]
+language = "en"
+threshold = 50
+picks = 1
+
+[profiles.video]
+topics = ["video"]
+threshold = 50
+picks = 1
+"""
+
+
+async def team_case(latency: float) -> None:
+    """5 destinations, 3 distinct profiles, one day: the daily job's build, timed."""
+    from bot.chatstore import ChatStore, ProfileBinding, open_pipeline
+    from bot.service import Destination, digests_for
+    from bot.team import Team
+
+    day = hf_day(DAY)
+    hf = FakeHF(days={DAY: day})
+    entries = {item["paper"]["id"]: arxiv_entry(item["paper"]) for item in day}
+    page = arxiv_fixture("html_latexml_sample.html").decode()
+    arxiv = FakeArxiv(entries=entries, html=dict.fromkeys(entries, page))
+    llm = FakeLLM(responder=profile_responder, latency=latency)
+    for fake in (hf, arxiv, llm):
+        await fake.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="digestbot-bench-") as tmp:
+            config = Path(tmp) / "digestbot.toml"
+            committed = (ROOT / "config" / "digestbot.toml").read_text(encoding="utf-8")
+            config.write_text(committed + TEAM_PROFILES, encoding="utf-8")
+            env = {
+                "DIGEST_CONFIG": str(config),
+                "DIGEST_DB": str(Path(tmp) / "bench.db"),
+                "HF_ENDPOINT": hf.url,
+                "ARXIV_API_URL": arxiv.api_url,
+                "ARXIV_URL": arxiv.url,
+                "OPENAI_BASE_URL": f"{llm.url}/v1",
+                "OPENAI_API_KEY": KEY,
+            }
+            settings = load_settings(env=env)
+            pipeline = await open_pipeline(settings)
+            try:
+                chat = ChatStore(pipeline.store)
+                slack, telegram = RecordingChannel("slack"), RecordingChannel("telegram")
+                dests = [
+                    Destination(slack, "C1"),
+                    Destination(slack, "C2"),
+                    Destination(slack, "C3"),
+                    Destination(telegram, "-100"),
+                    Destination(telegram, "-200:7"),
+                ]
+                for dest, base in ((dests[2], "robots"), (dests[3], "video"), (dests[4], "video")):
+                    binding = ProfileBinding(dest.channel.platform, dest.chat, base)
+                    await chat.change_binding(binding, "bench", "profile", "default", base)
+                plan = await Team(settings, chat).plan(dests)
+                started = time.monotonic()
+                digests = await digests_for(pipeline, chat, DAY, plan)
+                wall = time.monotonic() - started
+            finally:
+                await pipeline.aclose()
+    finally:
+        for fake in (hf, arxiv, llm):
+            await fake.stop()
+
+    score, dive, other = kinds(llm.calls)
+    distinct = {(e.paper.arxiv_id, key, d.language) for key, d in digests.items() for e in d.picked}
+    goal = 2.2 * latency + 1.0
+    profiles = len({p.content_key for _, p in plan})
+    print()
+    print(
+        f"team case: {len(plan)} destinations, {profiles} distinct profiles, L = {latency:g} s,"
+        f" max {settings.llm.max_concurrency} LLM calls at once"
+    )
+    for dest, profile in plan:
+        picked = [e.paper.arxiv_id for e in digests[profile.content_key].picked]
+        print(f"  {dest.label:<18} {profile.key:<8} {profile.language}  picks {picked}")
+    rows = [
+        ("wall time", f"{wall:.2f} s", f"<= 2.2*L + 1 s = {goal:.1f} s", wall <= goal),
+        ("HF fetches", str(len(hf.daily_requests())), "1", len(hf.daily_requests()) == 1),
+        ("scoring calls", str(score), f"= distinct profiles ({profiles})", score == profiles),
+        (
+            "deep-dive calls",
+            str(dive),
+            f"= distinct (paper, profile, language) picks ({len(distinct)})",
+            dive == len(distinct),
+        ),
+        ("other LLM calls", str(other), "0", other == 0),
+        ("max LLM calls in flight", str(llm.max_in_flight), "", True),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value, target, ok in rows:
+        print(f"  {name:<{width}}  {value:>8}   goal {target:<50} {verdict(ok)}")
 
 
 if __name__ == "__main__":

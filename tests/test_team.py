@@ -9,7 +9,6 @@ request's <profile> block, as a model would, so scores, picks and deep dives fol
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,8 @@ from typing import Any
 
 import pytest
 from fakes.recording import RecordingChannel
-from fakes.world import World, fast_config
+from fakes.world import World, fast_config, profile_responder
+from fakes.world import data_block as _block
 
 from bot.assistant import DIGEST, RATINGS_NOT_YET, Assistant, Request
 from bot.chatstore import ChatStore, open_pipeline
@@ -43,40 +43,6 @@ topics = ["video"]
 threshold = 50
 picks = 1
 """
-
-
-def _block(tag: str, text: str) -> str | None:
-    found = re.search(rf"<{tag}>\n(.*?)\n</{tag}>", text, re.DOTALL)
-    return found.group(1) if found else None
-
-
-def profile_responder(body: dict[str, Any]) -> str:
-    """Scores by the profile's topics found in a paper; deep dives naming the profile's first
-    topic, in the language the system prompt asks for."""
-    system = str(body["messages"][0]["content"])
-    user = "\n".join(str(m["content"]) for m in body["messages"] if m["role"] == "user")
-    profile = json.loads(_block("profile", user) or '{"topics": []}')
-    topics = [t.lower() for t in profile["topics"]]
-    if "rate research papers" in system:
-        papers = json.loads(_block("papers", user) or "[]")
-        scores = []
-        for p in papers:
-            text = f"{p['title']} {p['abstract']}".lower()
-            hits = sum(1 for t in topics if t.split()[0] in text)  # "diffusion models": diffusion
-            scores.append({"id": p["id"], "score": min(95, 30 + 35 * hits), "reason": "fits"})
-        return json.dumps({"scores": scores})
-    language = "en" if "Write in English" in system else "zh"
-    title = re.search(r"Title: (.*)", user)
-    return json.dumps(
-        {
-            "verdict": f"[{language}] on {topics[0] if topics else '?'}",
-            "contribution": f"**{title.group(1) if title else '?'}** [{language}]",
-            "methodology": f"relates to {topics[0] if topics else '?'}",
-            "takeaway": "- try it",
-            "limitations": "costly",
-        },
-        ensure_ascii=False,
-    )
 
 
 def kind(call: dict[str, Any]) -> str:

@@ -80,6 +80,41 @@ def research_responder(
     return respond
 
 
+def data_block(tag: str, text: str) -> str | None:
+    """The content of a <tag>…</tag> block of a prompt."""
+    found = re.search(rf"<{tag}>\n(.*?)\n</{tag}>", text, re.DOTALL)
+    return found.group(1) if found else None
+
+
+def profile_responder(body: dict[str, Any]) -> str:
+    """Scores by the profile's topics found in a paper; deep dives naming the profile's first
+    topic, in the language the system prompt asks for."""
+    system = str(body["messages"][0]["content"])
+    user = "\n".join(str(m["content"]) for m in body["messages"] if m["role"] == "user")
+    profile = json.loads(data_block("profile", user) or '{"topics": []}')
+    topics = [t.lower() for t in profile["topics"]]
+    if "rate research papers" in system:
+        papers = json.loads(data_block("papers", user) or "[]")
+        scores = []
+        for p in papers:
+            text = f"{p['title']} {p['abstract']}".lower()
+            hits = sum(1 for t in topics if t.split()[0] in text)  # "diffusion models": diffusion
+            scores.append({"id": p["id"], "score": min(95, 30 + 35 * hits), "reason": "fits"})
+        return json.dumps({"scores": scores})
+    language = "en" if "Write in English" in system else "zh"
+    title = re.search(r"Title: (.*)", user)
+    return json.dumps(
+        {
+            "verdict": f"[{language}] on {topics[0] if topics else '?'}",
+            "contribution": f"**{title.group(1) if title else '?'}** [{language}]",
+            "methodology": f"relates to {topics[0] if topics else '?'}",
+            "takeaway": "- try it",
+            "limitations": "costly",
+        },
+        ensure_ascii=False,
+    )
+
+
 @dataclass
 class World:
     """The fakes, started and stopped together."""
