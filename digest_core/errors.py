@@ -21,6 +21,8 @@ that the tree names every exception class in `digest_core` and `bot`, and only t
      ├── ValueError
      │    ├── ConfigError ....... digest_core.config    a setting is missing or malformed
      │    ├── InvalidArxivId .... digest_core.arxiv_id  the text is not an arXiv ID
+     │    ├── BadValue .......... bot.team              a /digest profile value out of its
+     │    │                                             limits (the one line to answer with)
      │    └── UnknownDestination  bot.service           `--to` names no configured destination
      ├── LookupError
      │    └── PaperNotFound ..... digest_core.pipeline  a well-formed ID that names no paper

@@ -415,3 +415,44 @@ async def test_profiles_in_the_config_keep_the_settings_rules(tmp_path: Path) ->
             load(bad)
         assert says in str(exc.value), str(exc.value)
         assert "\n" not in str(exc.value)
+
+
+# == the command line ============================================================================
+
+
+async def test_cli_profiles_and_digest_profile(tmp_path: Path) -> None:
+    from fakes.world import run_cli
+
+    async with World(tmp_path) as world:
+        world.llm.responder = profile_responder
+        team = await _open(
+            tmp_path, world, {"SLACK_BOT_TOKEN": "xoxb-t-1", "SLACK_CHANNELS": "C1,C2"}
+        )
+        await team.say("profile use robots", chat="C2")
+        await team.say("profile topics video", chat="C5")
+        await team.pipeline.aclose()
+        env = world.env(
+            DIGEST_DB=str(tmp_path / "t.db"), SLACK_BOT_TOKEN="xoxb-t-1", SLACK_CHANNELS="C1,C2"
+        )
+
+        code, out, err = await run_cli(["profiles"], env)
+        assert code == 0, err
+        lines = out.splitlines()
+        assert lines[0].startswith("default: Image Restoration researcher · language zh")
+        assert lines[0].endswith("→ slack:C1")
+        assert lines[1].startswith("robots: Robot learning researcher · language en")
+        assert lines[1].endswith("→ slack:C2")
+        assert lines[2].startswith("video: ") and lines[2].endswith("→ no channel")
+        assert lines[3].startswith("slack:C5 (not subscribed) (edited copy of default):")
+        assert "topics: video" in lines[3] and len(lines) == 4
+
+        code, out, err = await run_cli(["digest", "--profile", "nope", "--dry-run"], env)
+        assert code == 2 and "--profile: unknown profile 'nope'" in err
+        assert len(world.hf.daily_requests()) == 0
+
+        code, out, err = await run_cli(
+            ["digest", "--date", DAY, "--dry-run", "--profile", "robots"], env
+        )
+        assert code == 0, err
+        assert "Key Contribution" in out and "核心创新点" not in out  # robots writes in English
+        assert "[en]" in out
