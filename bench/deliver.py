@@ -1,6 +1,6 @@
 """Delivery speed, idle memory and start-up time of digestbot, against local fakes.
 
-Three figures, each printed beside its goal (PASS/FAIL where the issue sets one):
+Four figures, each printed beside its goal (PASS/FAIL where the issue sets one):
 
 (a) Delivery of one digest to two Slack channels and two Telegram groups, against the fake
     Slack Web API and the fake Bot API with 50 ms added to every request. The digest (the
@@ -16,6 +16,13 @@ Three figures, each printed beside its goal (PASS/FAIL where the issue sets one)
 (c) Start time of `digestbot --help`: the median of 5 runs of the console script, and of
     `python -m bot.cli --help` for comparison. Goal < 0.5 s. On a miss, the slowest imports
     (`python -X importtime`) are listed.
+(d) Waiting out rate limits, which the tests check by order only (the fakes note any retry
+    that comes before Retry-After has passed): one Slack post answered 429 with
+    `Retry-After: 1`, and one Telegram message answered 429 with `retry_after: 1`, through
+    the production rate limiter and through the channel's own wait. Goal: the wait is at least
+    the 1 s asked for and at most 1 s more (Slack adds up to 1 s of jitter). And a Telegram
+    long-polling round trip: start polling, a pushed `/analyze` reaches its handler, stop
+    (was timed in tests/test_telegram_channel.py, `< 5 s`).
 
 Usage: python bench/deliver.py [--latency SECONDS]. Always exits 0: it reports, it does not
 judge. Linux only for (b) (/proc).
@@ -60,10 +67,10 @@ def verdict(ok: bool) -> str:
 
 
 async def build_digest(world: World) -> tuple[Any, Any]:
-    from digest_core.pipeline import Pipeline
+    from bot.chatstore import open_pipeline
 
     settings = world.settings()
-    pipeline = await Pipeline.open(settings)
+    pipeline = await open_pipeline(settings)
     digest = await pipeline.build_digest(DAY)
     return pipeline, digest
 
@@ -75,6 +82,7 @@ async def deliver_once(
     never posts a digest twice to one chat) does not skip anything in a second run."""
     from bot.channels.slack import SlackChannel, make_slack_client
     from bot.channels.telegram import TelegramChannel, make_bot, make_rate_limiter
+    from bot.chatstore import ChatStore
     from bot.service import Destination, deliver
 
     settings = pipeline.settings
@@ -102,7 +110,7 @@ async def deliver_once(
         started = time.perf_counter()
         for dest in destinations:
             t0 = time.perf_counter()
-            results.append(await deliver(pipeline.store, dest, digest, settings))
+            results.append(await deliver(ChatStore(pipeline.store), dest, digest, settings))
             spans.append((dest.label, time.perf_counter() - t0))
         wall = time.perf_counter() - started
         await slack_channel.aclose()
@@ -318,6 +326,90 @@ async def main(latency: float) -> None:
     await bench_delivery(latency)
     await bench_memory()
     bench_help()
+    await bench_rate_limits()
+
+
+# ------------------------------------------------------------------- (d) rate limits, polling
+
+
+async def bench_rate_limits() -> None:
+    from bot.channels.slack import SlackChannel, make_slack_client
+    from bot.channels.telegram import TelegramChannel, make_bot, make_rate_limiter
+    from digest_core.render.slack import SlackMessage
+
+    print()
+    print("(d) waiting out a 429 with Retry-After 1 s (goal: 1 s <= wait <= 2 s)")
+    slack = FakeSlack(channels={SLACK_CHANNELS[0]})
+    await slack.start()
+    try:
+        channel = SlackChannel(make_slack_client(slack.token, f"{slack.url}/api/"), "en")
+        root = await channel.send(SLACK_CHANNELS[0], SlackMessage("TOC", []), None, key="toc")
+        slack.rate_limit_next(1, retry_after=1)
+        started = time.perf_counter()
+        await channel.send(SLACK_CHANNELS[0], SlackMessage("reply", []), root, key="r#1")
+        waited = time.perf_counter() - started
+        await channel.aclose()
+    finally:
+        await slack.stop()
+    early = "none" if not slack.too_early else str(slack.too_early)
+    print(f"    Slack chat.postMessage          {waited:5.2f} s   {verdict(1 <= waited <= 2)}")
+    print(f"      retries before Retry-After: {early}")
+
+    for label, limiter in (
+        ("Telegram via the rate limiter", make_rate_limiter(group_max_rate=RAISED_GROUP_RATE)),
+        ("Telegram via the channel's wait", None),
+    ):
+        telegram = FakeTelegram()
+        telegram.add_chat(TELEGRAM_CHATS[0], title="Paper digest")
+        await telegram.start()
+        try:
+            bot = make_bot(telegram.token, f"{telegram.url}/bot", rate_limiter=limiter)
+            await bot.initialize()
+            tg_channel = TelegramChannel(bot, "en")
+            telegram.flood_next(1, retry_after=1)
+            started = time.perf_counter()
+            await tg_channel.send(str(TELEGRAM_CHATS[0]), "after the flood", None)
+            waited = time.perf_counter() - started
+            await tg_channel.aclose()
+        finally:
+            await telegram.stop()
+        early = "none" if not telegram.too_early else str(telegram.too_early)
+        print(f"    {label:<31} {waited:5.2f} s   {verdict(1 <= waited <= 2)}")
+        print(f"      retries before retry_after: {early}")
+
+    print(f"    Telegram polling round trip     {await polling_round_trip():5.2f} s")
+
+
+async def polling_round_trip() -> float:
+    """Start long polling, push `/analyze`, wait for the handler, stop: seconds in all."""
+    from telegram.ext import CommandHandler
+
+    from bot.channels.telegram import make_telegram_application
+
+    telegram = FakeTelegram()
+    telegram.add_chat(TELEGRAM_CHATS[0], title="Paper digest")
+    await telegram.start()
+    try:
+        started = time.perf_counter()
+        app = make_telegram_application(telegram.token, f"{telegram.url}/bot")
+        got: asyncio.Queue[list[str]] = asyncio.Queue()
+
+        async def on_analyze(update: Any, context: Any) -> None:
+            await got.put(list(context.args or []))
+
+        app.add_handler(CommandHandler("analyze", on_analyze))
+        await app.initialize()
+        await app.start()
+        assert app.updater is not None
+        await app.updater.start_polling(poll_interval=0.0, timeout=5)
+        telegram.push_message(TELEGRAM_CHATS[0], "/analyze 2602.14941")
+        await asyncio.wait_for(got.get(), 30)
+        await app.updater.stop()
+        await app.stop()
+        await app.shutdown()
+        return time.perf_counter() - started
+    finally:
+        await telegram.stop()
 
 
 if __name__ == "__main__":

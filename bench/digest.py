@@ -11,6 +11,15 @@ process would have, and prints each figure beside its goal:
 - scoring calls <= 2; deep-dive calls = the deep dives written; LLM calls in flight at once
 - run 2 (the same day again) makes 0 LLM calls
 
+Then the deadlines the tests check by outcome only (a hang ends as a timeout, not as the
+fake's late answer), timed here with the test configuration:
+
+- Hugging Face hangs (source deadline 1 s, 1 retry): time to the "did not answer in time"
+  error, beside `total_deadline()` (was timed in tests/test_sources.py)
+- the LLM hangs (deadline 1 s, 1 retry): time until scoring falls back to keyword relevance
+  (was timed in tests/test_scoring.py and tests/test_llm.py, with a 0.5 s deadline the
+  configuration does not accept)
+
 Usage: python bench/digest.py [--latency SECONDS] [--arxiv-delay SECONDS]. `--arxiv-delay`
 makes each arXiv API answer take that long (the real API often takes about a second): the
 one version lookup of a run overlaps the scoring call, so it should not add to the wall
@@ -32,7 +41,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from fakes.llm import FakeLLM  # noqa: E402
 from fakes.papers import FakeArxiv, FakeHF, arxiv_fixture, hf_day  # noqa: E402
-from fakes.world import research_responder  # noqa: E402
+from fakes.world import fast_config, research_responder  # noqa: E402
 
 from digest_core.config import load_settings  # noqa: E402
 from digest_core.pipeline import Pipeline  # noqa: E402
@@ -101,6 +110,81 @@ async def run(pipeline_env: dict[str, str]) -> tuple[float, Clock, object]:
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
+
+
+async def deadlines() -> None:
+    """Time a hung Hugging Face and a hung LLM against the deadlines that end them."""
+    from digest_core.sources import SourceError, make_http_client, total_deadline
+    from digest_core.sources.hf import fetch_daily_papers, parse_daily_papers
+
+    hf = FakeHF(days={DAY: hf_day(DAY)}, hang=True)
+    llm = FakeLLM(responder=research_responder())
+    llm_hang = 30.0
+    for fake in (hf, llm):
+        await fake.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="digestbot-bench-") as tmp:
+            config = Path(tmp) / "digestbot.toml"
+            config.write_text(
+                fast_config(
+                    **{
+                        # the smallest deadlines the configuration accepts
+                        "timeout_seconds = 120": "timeout_seconds = 1",  # [llm]
+                        "timeout_seconds = 30": "timeout_seconds = 1",  # [sources]
+                    }
+                ),
+                encoding="utf-8",
+            )
+            env = {
+                "DIGEST_CONFIG": str(config),
+                "DIGEST_DB": str(Path(tmp) / "bench.db"),
+                "HF_ENDPOINT": hf.url,
+                "OPENAI_BASE_URL": f"{llm.url}/v1",
+                "OPENAI_API_KEY": KEY,
+            }
+            settings = load_settings(env=env)
+            src = settings.sources
+            started = time.perf_counter()
+            async with make_http_client(src) as client:
+                try:
+                    await fetch_daily_papers(client, src, DAY)
+                    hf_outcome = "answered (unexpected)"
+                except SourceError as exc:
+                    hf_outcome = str(exc)
+            hf_took = time.perf_counter() - started
+
+            llm.fail_next("hang", times=10, seconds=llm_hang)
+            papers = parse_daily_papers(hf_day(DAY), "https://arxiv.org")[:5]
+            pipeline = await Pipeline.open(settings)
+            try:
+                started = time.perf_counter()
+                result = await pipeline.scorer.score(papers)
+                llm_took = time.perf_counter() - started
+                answered = llm.answered  # before stop() releases the hung requests
+            finally:
+                await pipeline.aclose()
+    finally:
+        for fake in (hf, llm):
+            await fake.stop()
+
+    attempts_hf = src.retries + 1
+    cap = total_deadline(src)
+    print()
+    print("deadlines (the tests check the outcome; the time is measured here):")
+    print(
+        f"  Hugging Face hangs: gave up after {hf_took:.2f} s ({attempts_hf} x"
+        f" {src.timeout_seconds:g} s + backoff), total_deadline {cap:.2f} s"
+        f"   {verdict(hf_took < cap)}"
+    )
+    print(f"    {hf_outcome}")
+    llm_cfg = settings.llm
+    goal = llm_cfg.timeout_seconds * (llm_cfg.max_retries + 1) + 2.0  # + backoff and scheduling
+    print(
+        f"  LLM hangs ({llm_hang:g} s each): scoring fell back after {llm_took:.2f} s"
+        f" ({llm_cfg.max_retries + 1} x {llm_cfg.timeout_seconds:g} s + backoff),"
+        f" goal < {goal:.1f} s   {verdict(llm_took < goal)}"
+    )
+    print(f"    {result.note}; LLM calls {len(llm.calls)}, answered {answered}")
 
 
 async def main(latency: float, arxiv_delay: float) -> None:
@@ -183,6 +267,7 @@ async def main(latency: float, arxiv_delay: float) -> None:
         print(f"  wait between scoring and deep dives (arXiv version lookup): {gap:.2f} s")
     print(f"run 2 wall time {wall2:.2f} s (stages: score {clock2.span('score')})")
     print(f"arXiv API queries: run 1 {queries1}, run 2 {queries2}")
+    await deadlines()
 
 
 if __name__ == "__main__":

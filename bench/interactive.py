@@ -42,9 +42,9 @@ from fakes.world import World, fast_config, research_responder  # noqa: E402
 from slack_sdk.signature import SignatureVerifier  # noqa: E402
 
 from bot.assistant import Assistant  # noqa: E402
+from bot.chatstore import open_pipeline  # noqa: E402
 from bot.http import HttpServer  # noqa: E402
 from bot.serve import SlackRuntime, Work  # noqa: E402
-from digest_core.pipeline import Pipeline  # noqa: E402
 
 SECRET = "bench-signing-secret-0123456789"
 PAPER = "1605.08386"
@@ -127,7 +127,7 @@ class Rig:
             SLACK_CHANNELS="C1",
             DIGEST_TIME="off",
         )
-        self.pipeline = await Pipeline.open(self.settings)
+        self.pipeline = await open_pipeline(self.settings)
         self.runtime = SlackRuntime(
             self.settings, Assistant(self.pipeline, self.settings), self.work
         )

@@ -1,25 +1,37 @@
-"""What the bot does when a person asks: `/analyze` and follow-up questions, on any platform.
+"""The one conversation flow: what the bot does when a person asks, on any platform.
 
-The Slack and Telegram apps only translate events into these calls. Paid work is admitted
-here (allow-list, per-user rate limit, daily token budget), an analysis thread is started
-once per paper per chat (concurrent requests share it, and the deep dive is shared across
-chats by the pipeline), and a question is matched to the paper it means before it is answered
-with the thread's earlier turns as memory.
+The Slack and Telegram adapters translate a platform payload into a `Request` (plain values:
+who, where, which thread, the text, the command) and call `Assistant.handle`; everything after
+that is the same on both platforms: admit (allow-list, per-user rate limit, daily token
+budget), find which paper, analyse or answer, and post, every line through the posting
+ledger (`bot.service.post_thread`): answers, refusals, "which paper?" and error lines alike.
+The only platform choice left to the adapter is where the platform requires it: Slack's
+slash command is acknowledged at once (`opening`) and its result lines are shown only to the
+requester (`Request.private`: returned, not posted).
+
+A new command or a button press is one more `Request.command` and one more branch in
+`handle`, not another copy of the flow. An analysis thread is started once per paper per
+chat (concurrent requests share it, and the deep dive is shared across chats by the
+pipeline); a question is matched to the paper it means before it is answered with the
+thread's earlier turns as memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
+from bot.channels.base import Channel, Outgoing
+from bot.chatstore import ChatStore, PostStatus, ThreadRecord
 from bot.service import Delivered, Destination, post_thread
 from digest_core.arxiv_id import ArxivId, InvalidArxivId, parse_arxiv_id
+from digest_core.config import Settings
 from digest_core.models import Answer
-from digest_core.pipeline import PaperNotFound
+from digest_core.pipeline import PaperNotFound, Pipeline
 from digest_core.sources import SourceError
 from digest_core.store import ORIGIN
 
@@ -32,7 +44,9 @@ RESTARTING = "⚠️ digestbot is restarting and could not finish this; please a
 FAILED_ANALYSIS = "⚠️ Sorry, the analysis failed; please try again in a few minutes."
 FAILED_ANSWER = "⚠️ Sorry, I could not answer that just now; please ask again in a few minutes."
 NOT_ENABLED = "digestbot is not enabled for this workspace or chat."
+USAGE = "Usage: /analyze ARXIV_ID_OR_URL (e.g. /analyze 2602.14941)"
 PENDING = "pending"  # a question kept while the bot asks which paper it is about
+ANALYZE = "analyze"  # Request.command of /analyze (and of a Slack mention with an ID)
 
 # "#2", "no. 2", "paper 2", "第2篇": a paper by its number in the table of contents.
 _NUMBER = re.compile(
@@ -63,6 +77,41 @@ def _only_names_a_paper(text: str) -> bool:
 
 
 @dataclass(frozen=True)
+class Request:
+    """One thing a person asked, in plain values, from either adapter."""
+
+    platform: str
+    chat: str  # as the ledger names it: a Slack channel ID; a Telegram `chat_id[:topic]`
+    user: str
+    text: str  # the question, or the command's argument
+    message: str  # the person's message (Slack ts, Telegram message_id): the ledger scope
+    command: str | None = None  # ANALYZE; None: a question in one of the bot's threads
+    reply_to: str | None = None  # where replies go: Slack thread_ts; Telegram a message_id
+    thread: ThreadRecord | None = None  # the bot thread a question belongs to
+    replied_to: str | None = None  # the bot message a (Telegram) question replies to
+    team: str | None = None  # the Slack workspace, for the allow-list
+    private: bool = False  # lines go back to the adapter (Slack ephemeral), not into the chat
+
+
+@dataclass(frozen=True)
+class Opening:
+    """What the requester is told at once, before any slow work, and whether work follows."""
+
+    line: str
+    proceed: bool
+    paper: ArxivId | None = None
+
+
+@dataclass
+class Handled:
+    """What `handle` did. `private` holds the lines for the requester alone (when the request
+    was private), in order; `thread` the thread that holds the result, if any."""
+
+    private: list[str] = field(default_factory=list)
+    thread: str | None = None
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What a request came to: `line` is the short text shown to the requester (ephemeral on
     Slack where possible); `thread` the thread that holds the result, if any."""
@@ -74,11 +123,150 @@ class Outcome:
 
 
 class Assistant:
-    def __init__(self, pipeline: Any, settings: Any) -> None:
+    def __init__(
+        self, pipeline: Pipeline, settings: Settings, chat: ChatStore | None = None
+    ) -> None:
         self.pipeline = pipeline
         self.settings = settings
         self.store = pipeline.store
+        self.chat = chat or ChatStore(pipeline.store)
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+
+    # -- the flow --------------------------------------------------------------------------------
+
+    async def opening(self, req: Request) -> Opening:
+        """The first line, with no LLM call and no post: refusals that need no I/O, bad input,
+        or "Analysing…". Slack puts it in the slash command's acknowledgement."""
+        if req.command == ANALYZE:
+            if not self.allowed(req.platform, team=req.team, chat=req.chat):
+                return Opening(f"⚠️ {NOT_ENABLED}", False)
+            if not req.text.strip():
+                return Opening(USAGE, False)
+            parsed = self.parse(req.text)
+            if isinstance(parsed, str):
+                return Opening(f"⚠️ {parsed}", False)
+            title = await self.known_title(parsed)
+            line = f"🔎 Analysing arXiv:{parsed}" + (f" — {title}" if title else "") + " …"
+            return Opening(line, True, parsed)
+        return Opening("", bool(req.text.strip()) and req.thread is not None)
+
+    async def handle(self, channel: Channel, req: Request, *, opened: bool = False) -> Handled:
+        """Serve one request to the end. `opened`: the adapter already showed the opening line
+        (Slack's ack). Never raises but for cancellation (shutdown), after saying so."""
+        done = Handled()
+        failed = FAILED_ANALYSIS if req.command == ANALYZE else FAILED_ANSWER
+        try:
+            opening = await self.opening(req)
+            if not opening.proceed:
+                if not opened and opening.line:
+                    await self._say(channel, req, done, opening.line, "opening")
+                return done
+            if req.command == ANALYZE:
+                assert opening.paper is not None
+                await self._analyze(channel, req, done, opening, opened=opened)
+            else:
+                await self._question(channel, req, done)
+        except asyncio.CancelledError:  # shutdown ran out of time: say so, then stop
+            await asyncio.wait_for(self._say(channel, req, done, RESTARTING, "restarting"), 5)
+            raise
+        except Exception:
+            log.exception("%s %s: request failed", req.platform, req.chat)
+            await self._say(channel, req, done, failed, "failed")
+        return done
+
+    async def _analyze(
+        self, channel: Channel, req: Request, done: Handled, opening: Opening, *, opened: bool
+    ) -> None:
+        aid = opening.paper
+        assert aid is not None
+        refusal = await self.admit(req.platform, req.user, team=req.team, chat=req.chat, paper=aid)
+        if refusal is not None:
+            await self._say(channel, req, done, f"⚠️ {refusal}", "refusal")
+            return
+        if not opened:  # said once admitted: "Analysing…" and then "no" would be a mixed message
+            await self._say(channel, req, done, opening.line, "opening")
+        if not req.private:
+            await channel.working(req.chat, None)
+        outcome = await self.analyze(Destination(channel, req.chat), aid)
+        done.thread = outcome.thread
+        if req.private:
+            done.private.append(("✅ " if outcome.ok else "⚠️ ") + outcome.line)
+        elif not outcome.ok or outcome.delivered is None:
+            # Failures, and "already analysed here" (said in that thread), are answered in the
+            # chat; a new analysis thread speaks for itself.
+            line = ("" if outcome.ok else "⚠️ ") + outcome.line
+            await self._say(channel, req, done, line, "outcome", where=outcome.thread)
+
+    async def _question(self, channel: Channel, req: Request, done: Handled) -> None:
+        thread = req.thread
+        assert thread is not None
+        refusal = await self.admit(req.platform, req.user, team=req.team, chat=req.chat)
+        if refusal is not None:
+            await self._say(channel, req, done, f"⚠️ {refusal}", "refusal")
+            return
+        target = await self.which_paper(thread, req.text, replied_to=req.replied_to)
+        if isinstance(target, list):
+            ask = await self.ask_which(req.platform, req.chat, thread.thread_ref, req.text, target)
+            await self._say(channel, req, done, ask, "ask")
+            return
+        placeholder = await channel.working(req.chat, req.reply_to)
+        try:
+            answer = await self.answer(req.platform, req.chat, thread.thread_ref, target, req.text)
+        except Exception:
+            # Never leave "Reading the paper…" standing: say the answer failed, in its place.
+            log.exception("%s %s: answering failed", req.platform, req.chat)
+            await self._say(channel, req, done, FAILED_ANSWER, "failed", replacing=placeholder)
+            return
+        await self._post(
+            channel, req, channel.render_answer(answer), papers=[target], replacing=placeholder
+        )
+
+    async def _say(
+        self,
+        channel: Channel,
+        req: Request,
+        done: Handled,
+        text: str,
+        key: str,
+        *,
+        where: str | None = None,
+        replacing: str | None = None,
+    ) -> None:
+        """One line to the requester: kept for the adapter if the request is private,
+        otherwise posted through the ledger as a reply."""
+        if req.private and replacing is None:
+            done.private.append(text)
+            return
+        line = dataclasses.replace(channel.render_line(text), key=key)
+        await self._post(channel, req, [line], where=where, replacing=replacing)
+
+    async def _post(
+        self,
+        channel: Channel,
+        req: Request,
+        messages: list[Outgoing],
+        *,
+        papers: list[str] | None = None,
+        where: str | None = None,
+        replacing: str | None = None,
+    ) -> Delivered:
+        """Replies to a request, through the ledger, as part of the bot thread the request is
+        in (so a reply to any of them is a follow-up in that thread)."""
+        delivered = await post_thread(
+            self.chat,
+            Destination(channel, req.chat),
+            f"reply:{req.message}",
+            messages,
+            kind="reply",
+            papers=papers or [],
+            thread=where or req.reply_to,
+            belongs_to=req.thread.thread_ref if req.thread else where,
+            replacing=replacing,
+            retry_permanent=True,
+        )
+        if not delivered.ok:
+            log.error("%s %s: reply not delivered: %s", req.platform, req.chat, delivered.error)
+        return delivered
 
     # -- admission -------------------------------------------------------------------------------
 
@@ -112,7 +300,7 @@ class Assistant:
             spent = await self.store.tokens_since(midnight, "interactive")
             if spent >= cfg.daily_token_budget:
                 return "Today's budget for on-demand analysis is spent; try again after 00:00 UTC."
-        wait = await self.store.count_request(
+        wait = await self.chat.count_request(
             f"{platform}:{user}", timedelta(hours=1), cfg.user_requests_per_hour
         )
         if wait is not None:
@@ -139,15 +327,15 @@ class Assistant:
         scope = f"analysis:{aid.base}"
         lock = self._locks.setdefault((dest.channel.platform, dest.chat, aid.base), asyncio.Lock())
         async with lock:
-            state = await self.store.post_state(scope, dest.channel.platform, dest.chat)
+            state = await self.chat.post_state(scope, dest.channel.platform, dest.chat)
             root = state.get("root")
             if (
                 root
-                and root["status"] == "sent"
-                and all(r["status"] == "sent" for r in state.values())
+                and root.status is PostStatus.SENT
+                and all(r.status is PostStatus.SENT for r in state.values())
             ):
                 return Outcome(
-                    True, f"Already analysed here: arXiv:{aid.base}", thread=root["message_ref"]
+                    True, f"Already analysed here: arXiv:{aid.base}", thread=root.message_ref
                 )
             try:
                 entry = await self.pipeline.analyze(aid)
@@ -161,7 +349,7 @@ class Assistant:
             messages = dest.channel.render_analysis(entry)
             # A person asking again is the retry of an earlier failure (the bot invited since).
             delivered = await post_thread(
-                self.store,
+                self.chat,
                 dest,
                 scope,
                 messages,
@@ -169,8 +357,9 @@ class Assistant:
                 papers=[entry.paper.arxiv_id],
                 retry_permanent=True,
             )
-            state = await self.store.post_state(scope, dest.channel.platform, dest.chat)
-            thread = state.get("root", {}).get("message_ref")
+            state = await self.chat.post_state(scope, dest.channel.platform, dest.chat)
+            root = state.get("root")
+            thread = root.message_ref if root else None
         if not delivered.ok:
             return Outcome(
                 False, f"Could not post the analysis: {delivered.error}", thread, delivered
@@ -181,12 +370,12 @@ class Assistant:
 
     # -- questions in threads ----------------------------------------------------------------------
 
-    async def thread_of(self, platform: str, chat: str, ref: str) -> dict[str, Any] | None:
+    async def thread_of(self, platform: str, chat: str, ref: str) -> ThreadRecord | None:
         """The bot's thread that `ref` belongs to (root or one of its messages), if any."""
-        return await self.store.find_thread(platform, chat, ref)
+        return await self.chat.find_thread(platform, chat, ref)
 
     async def which_paper(
-        self, thread: dict[str, Any], question: str, *, replied_to: str | None = None
+        self, thread: ThreadRecord, question: str, *, replied_to: str | None = None
     ) -> str | list[str]:
         """The arXiv ID the question means, or the candidates to ask about.
 
@@ -196,7 +385,7 @@ class Assistant:
         shares the most distinctive words with the question; the paper the thread last
         talked about. Otherwise (or on a tie between titles) it is not a guess: the caller
         asks, listing the picked papers."""
-        papers: list[str] = thread["papers"]
+        papers = list(thread.papers)
         if len(papers) == 1:
             return papers[0]
         for pid in papers:
@@ -205,12 +394,12 @@ class Assistant:
         number = _NUMBER.search(question) or _SELECTOR.fullmatch(question)
         if number and 1 <= int(number.group(1)) <= len(papers):
             return papers[int(number.group(1)) - 1]
-        platform, chat = thread["platform"], thread["chat"]
+        platform, chat = thread.platform, thread.chat
         if replied_to is not None:
             # Deep-dive messages are in the ledger under "<arxiv_id>#<part>".
-            state = await self.store.post_state(thread["scope"], platform, chat)
+            state = await self.chat.post_state(thread.scope, platform, chat)
             for key, row in state.items():
-                if row["message_ref"] == replied_to and key.split("#")[0] in papers:
+                if row.message_ref == replied_to and key.split("#")[0] in papers:
                     return key.split("#")[0]
         words = _title_words(question)
         hits: dict[str, int] = {}
@@ -222,10 +411,10 @@ class Assistant:
         leaders = [pid for pid, n in hits.items() if n == best]
         if best > 0 and len(leaders) == 1:
             return leaders[0]
-        last = await self.store.turns(platform, chat, thread["thread_ref"], 1)
-        if last and last[-1]["arxiv_id"] in papers:
-            return str(last[-1]["arxiv_id"])  # a follow-up: "and its limitations?"
-        digest = await self.store.load_digest(thread["scope"].removeprefix("digest:"))
+        last = await self.chat.turns(platform, chat, thread.thread_ref, 1)
+        if last and last[-1].arxiv_id in papers:
+            return last[-1].arxiv_id  # a follow-up: "and its limitations?"
+        digest = await self.store.load_digest(thread.scope.removeprefix("digest:"))
         picked = [e.paper.arxiv_id for e in digest.picked] if digest else []
         return picked[0] if len(picked) == 1 else (picked or papers)
 
@@ -234,7 +423,7 @@ class Assistant:
     ) -> str:
         """The "which paper do you mean?" line. The question is kept, so a reply that only
         names the paper ("2", an ID) gets it answered."""
-        await self.store.add_turn(
+        await self.chat.add_turn(
             platform, chat, thread_ref, "", PENDING, question.strip()[:MAX_QUESTION_CHARS]
         )
         return await self.describe(ids)
@@ -246,14 +435,14 @@ class Assistant:
         ORIGIN.set("interactive")
         question = question.strip()[:MAX_QUESTION_CHARS]
         limit = self.settings.interactive.thread_memory_turns * 2
-        earlier = await self.store.turns(platform, chat, thread_ref, limit + 1)
-        if earlier and earlier[-1]["role"] == PENDING and _only_names_a_paper(question):
-            question = earlier[-1]["text"]  # the reply to "which paper?" names it; answer that
-        turns = [t for t in earlier if t["role"] != PENDING][-limit:] if limit else []
-        history = [(t["role"], t["text"]) for t in turns if t["arxiv_id"] == paper_id]
+        earlier = await self.chat.turns(platform, chat, thread_ref, limit + 1)
+        if earlier and earlier[-1].role == PENDING and _only_names_a_paper(question):
+            question = earlier[-1].text  # the reply to "which paper?" names it; answer that
+        turns = [t for t in earlier if t.role != PENDING][-limit:] if limit else []
+        history = [(t.role, t.text) for t in turns if t.arxiv_id == paper_id]
         answer = await self.pipeline.answer(paper_id, question, history)
-        await self.store.add_turn(platform, chat, thread_ref, paper_id, "user", question)
-        await self.store.add_turn(platform, chat, thread_ref, paper_id, "assistant", answer.text)
+        await self.chat.add_turn(platform, chat, thread_ref, paper_id, "user", question)
+        await self.chat.add_turn(platform, chat, thread_ref, paper_id, "assistant", answer.text)
         return answer
 
     async def describe(self, ids: list[str]) -> str:

@@ -17,6 +17,11 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported on use below, so `--help` stays fast
+    from digest_core.config import Settings
+    from digest_core.pipeline import Pipeline, Progress
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -117,7 +122,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
 
 
-async def _with_pipeline(settings: object, args: argparse.Namespace) -> int:
+async def _with_pipeline(settings: Settings, args: argparse.Namespace) -> int:
     # Validate input before importing or opening anything: malformed input makes no request,
     # and is answered without loading the LLM and HTTP stacks.
     from digest_core.arxiv_id import InvalidArxivId, parse_arxiv_id
@@ -131,13 +136,15 @@ async def _with_pipeline(settings: object, args: argparse.Namespace) -> int:
         if args.command == "ask" and not args.question.strip():
             raise UserError("ask: the question is empty")
 
-    from digest_core.pipeline import PaperNotFound, Pipeline
+    from bot.chatstore import open_pipeline
+    from digest_core.pipeline import PaperNotFound
     from digest_core.sources import SourceError
 
-    pipeline = await Pipeline.open(settings)  # type: ignore[arg-type]
+    pipeline = await open_pipeline(settings)
     try:
         if args.command == "digest":
-            return await _digest(pipeline, day, args)  # type: ignore[arg-type]
+            assert day is not None
+            return await _digest(pipeline, day, args)
         if args.command == "analyze":
             return await _analyze(pipeline, args.paper)
         if args.command == "ask":
@@ -147,7 +154,8 @@ async def _with_pipeline(settings: object, args: argparse.Namespace) -> int:
             print(answer_markdown(answer))
             return EXIT_OK
         if args.command == "export":
-            return await _export(pipeline, day, args.out)  # type: ignore[arg-type]
+            assert day is not None
+            return await _export(pipeline, day, args.out)
     except PaperNotFound as exc:
         raise UserError(str(exc)) from None
     except SourceError as exc:
@@ -158,7 +166,7 @@ async def _with_pipeline(settings: object, args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
-def _progress_printer() -> object:
+def _progress_printer() -> Progress:
     """Progress lines on a terminal; nothing at all on a pipe."""
     if not sys.stderr.isatty():
         return lambda stage, done, total: None
@@ -173,29 +181,31 @@ def _progress_printer() -> object:
     return show
 
 
-async def _digest(pipeline: object, day: str, args: argparse.Namespace) -> int:
+async def _digest(pipeline: Pipeline, day: str, args: argparse.Namespace) -> int:
+    from bot.chatstore import ChatStore
     from bot.service import UnknownDestination, deliver_digest, parse_destinations, started_digest
 
     try:
-        destinations = parse_destinations(args.to, pipeline.settings, dry_run=args.dry_run)  # type: ignore[attr-defined]
+        destinations = parse_destinations(args.to, pipeline.settings, dry_run=args.dry_run)
     except UnknownDestination as exc:
         raise UserError(str(exc)) from None
-    digest = None if args.dry_run else await started_digest(pipeline.store, day)  # type: ignore[attr-defined]
+    chat = ChatStore(pipeline.store)
+    digest = None if args.dry_run else await started_digest(chat, day)
     if digest is None:
-        digest = await pipeline.build_digest(day, progress=_progress_printer())  # type: ignore[attr-defined]
+        digest = await pipeline.build_digest(day, progress=_progress_printer())
     return await deliver_digest(pipeline, digest, destinations)
 
 
-async def _analyze(pipeline: object, paper: str) -> int:
+async def _analyze(pipeline: Pipeline, paper: str) -> int:
     from digest_core.render.markdown import render_analysis_markdown
 
-    entry = await pipeline.analyze(paper)  # type: ignore[attr-defined]
-    print(render_analysis_markdown(entry, pipeline.settings.digest.language))  # type: ignore[attr-defined]
+    entry = await pipeline.analyze(paper)
+    print(render_analysis_markdown(entry, pipeline.settings.digest.language))
     return EXIT_OK
 
 
-async def _export(pipeline: object, day: str, out: str | None) -> int:
-    text = await pipeline.export(day)  # type: ignore[attr-defined]
+async def _export(pipeline: Pipeline, day: str, out: str | None) -> int:
+    text = await pipeline.export(day)
     if text is None:
         raise UserError(
             f"export: no digest stored for {day}; run `digestbot digest --date {day}` first"
@@ -213,7 +223,7 @@ async def _export(pipeline: object, day: str, out: str | None) -> int:
 DEMO_DAY = "2026-01-23"
 
 
-async def _demo(settings: object) -> int:
+async def _demo(settings: Settings) -> int:
     """The bundled real HF day, scored and analysed with the built-in analyser, no network."""
     import json
     from dataclasses import replace
@@ -226,9 +236,9 @@ async def _demo(settings: object) -> int:
     raw = (
         resources.files("digest_core").joinpath(f"data/hf_daily_{DEMO_DAY}.json").read_text("utf-8")
     )
-    papers = parse_daily_papers(json.loads(raw), settings.sources.arxiv_url)  # type: ignore[attr-defined]
+    papers = parse_daily_papers(json.loads(raw), settings.sources.arxiv_url)
     with tempfile.TemporaryDirectory(prefix="digestbot-demo-") as tmp:
-        demo_settings = replace(settings, db_path=Path(tmp) / "demo.db")  # type: ignore[type-var]
+        demo_settings = replace(settings, db_path=Path(tmp) / "demo.db")
         pipeline = await Pipeline.open(demo_settings, offline=True)
         try:
             digest = await pipeline.build_digest(

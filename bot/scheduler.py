@@ -18,9 +18,11 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from bot.chatstore import ChatStore
 from bot.service import Delivered, Destination, deliver, started_digest
 from digest_core.config import Settings
-from digest_core.models import Paper
+from digest_core.models import Digest, Paper
+from digest_core.pipeline import Pipeline
 from digest_core.sources import SourceError
 from digest_core.sources.hf import fetch_daily_papers
 
@@ -102,7 +104,7 @@ class DailyJob:
 
     def __init__(
         self,
-        pipeline: Any,
+        pipeline: Pipeline,
         destinations: Sequence[Destination],
         settings: Settings,
         owner: str,
@@ -119,8 +121,9 @@ class DailyJob:
         self.trigger = make_trigger(settings)
 
     @property
-    def store(self) -> Any:
-        return self.pipeline.store
+    def store(self) -> ChatStore:
+        """The bot's state (runs, ledger) in the pipeline's database."""
+        return ChatStore(self.pipeline.store)
 
     async def fire(self) -> str:
         """The scheduler's entry point: the day of this fire time. Returns the run's status."""
@@ -219,7 +222,7 @@ class DailyJob:
             remaining -= step
             await self.store.heartbeat(day, self.owner)
 
-    async def _deliver_all(self, digest: Any) -> list[Delivered]:
+    async def _deliver_all(self, digest: Digest) -> list[Delivered]:
         """Every destination; transient failures are tried again a few times, permanent ones
         are reported once and left."""
         pending = list(self.destinations)

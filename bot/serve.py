@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from bot.assistant import Assistant
+from bot.chatstore import open_pipeline
 from bot.http import HttpServer
 from bot.scheduler import DailyJob, start_scheduler
 from bot.service import Destination
@@ -221,14 +222,14 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    pipeline = await Pipeline.open(settings)
+    pipeline = await open_pipeline(settings)
     work = Work()
     runtimes: list[Any] = []
     http: HttpServer | None = None
     scheduler = None
     try:
         assistant = Assistant(pipeline, settings)
-        await pipeline.store.prune()  # the daily job prunes too; this covers DIGEST_TIME=off
+        await assistant.chat.prune()  # the daily job prunes too; this covers DIGEST_TIME=off
         if settings.slack.enabled:
             runtimes.append(SlackRuntime(settings, assistant, work))
         if settings.telegram.enabled:

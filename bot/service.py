@@ -12,12 +12,12 @@ import asyncio
 import logging
 import sys
 from dataclasses import dataclass
-from typing import Any
 
-from bot.channels.base import Channel, DeliveryError, Outgoing
+from bot.channels.base import Channel, DeliveryError, ErrorKind, Outgoing
+from bot.chatstore import ChatStore, PostRecord, PostStatus, ThreadRecord
 from digest_core.config import Settings
 from digest_core.models import Digest
-from digest_core.store import Store
+from digest_core.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -105,24 +105,25 @@ def _telegram_destinations(settings: Settings) -> list[Destination]:
     return [Destination(channel, c) for c in settings.telegram.chats]
 
 
-async def started_digest(store: Store, day: str) -> Digest | None:
+async def started_digest(chat: ChatStore, day: str) -> Digest | None:
     """The digest a run already began posting, so a re-run or a catch-up finishes that one:
     rebuilt from HF's list (which grows during the day) it could pick other papers, and post
     their deep dives under a table of contents that does not list them."""
-    if await store.has_posts(f"digest:{day}"):
-        return await store.load_digest(day)
+    if await chat.has_posts(f"digest:{day}"):
+        return await chat.store.load_digest(day)
     return None
 
 
-async def deliver_digest(pipeline: Any, digest: Digest, destinations: list[Destination]) -> int:
+async def deliver_digest(
+    pipeline: Pipeline, digest: Digest, destinations: list[Destination]
+) -> int:
     """Deliver to every destination; exit code 0 when all of them got the whole digest."""
+    chat = ChatStore(pipeline.store)
     results = []
     for dest in destinations:
         # An explicit run is the operator's retry: destinations that failed permanently before
         # (the bot was not in the channel yet) are tried again.
-        results.append(
-            await deliver(pipeline.store, dest, digest, pipeline.settings, retry_permanent=True)
-        )
+        results.append(await deliver(chat, dest, digest, pipeline.settings, retry_permanent=True))
     await _close_channels(destinations)
     failed = [r for r in results if not r.ok]
     for r in failed:
@@ -133,14 +134,13 @@ async def deliver_digest(pipeline: Any, digest: Digest, destinations: list[Desti
 async def _close_channels(destinations: list[Destination]) -> None:
     seen: set[int] = set()
     for dest in destinations:
-        close = getattr(dest.channel, "aclose", None)
-        if close is not None and id(dest.channel) not in seen:
+        if id(dest.channel) not in seen:
             seen.add(id(dest.channel))
-            await close()
+            await dest.channel.aclose()
 
 
 async def deliver(
-    store: Store,
+    store: ChatStore,
     dest: Destination,
     digest: Digest,
     settings: Settings,
@@ -172,7 +172,7 @@ async def deliver(
 
 
 async def post_thread(
-    store: Store,
+    store: ChatStore,
     dest: Destination,
     scope: str,
     messages: list[Outgoing],
@@ -180,35 +180,67 @@ async def post_thread(
     kind: str,
     papers: list[str],
     thread: str | None = None,
+    belongs_to: str | None = None,
+    replacing: str | None = None,
     retry_pause: float = 1.0,
     retry_permanent: bool = False,
 ) -> Delivered:
     """Post a root and its replies exactly once through the ledger (or only replies, into an
     existing `thread`). Returns what happened; never raises DeliveryError.
 
+    `belongs_to` names the bot thread the replies are part of when `thread` is only where they
+    go (a Telegram reply to a person's message): a reply to any of them then finds that
+    thread. `replacing` is a placeholder the channel posted (`Channel.working`): the first
+    message takes its place instead of being sent.
+
     A destination that failed permanently (not_in_channel, bot kicked) is not tried again,
     nor is a post on an unsearchable platform already sent blindly BLIND_SENDS times, unless
     `retry_permanent`: a person asking again (an operator's re-run, a new /analyze)."""
     channel, chat = dest.channel, dest.chat
-    searchable = hasattr(channel, "find_posted")
     state = await store.post_state(scope, channel.platform, chat)
     posted = skipped = 0
     refused: list[str] = []  # messages the platform would not take; the others still went out
+
+    def row(
+        out: Outgoing,
+        seq: int,
+        status: PostStatus,
+        reply_to: str | None,
+        *,
+        message_ref: str | None = None,
+        error_kind: ErrorKind | None = None,
+        error: str | None = None,
+        attempts: int = 0,
+    ) -> PostRecord:
+        return PostRecord(
+            scope,
+            channel.platform,
+            chat,
+            out.key,
+            seq,
+            status,
+            thread_ref=belongs_to or reply_to,
+            message_ref=message_ref,
+            error_kind=error_kind,
+            error=error,
+            attempts=attempts,
+        )
+
     for seq, out in enumerate(messages):
-        row = state.get(out.key)
-        if row and row["status"] == "sent":
+        prior = state.get(out.key)
+        if prior and prior.status is PostStatus.SENT:
             skipped += 1
             if seq == 0 and thread is None:
-                thread = row["message_ref"]
+                thread = prior.message_ref
             continue
-        error = (row or {}).get("error") or ""
-        sends = 0 if retry_permanent else int((row or {}).get("attempts") or 0)
-        if error.startswith("content:") and not retry_permanent:
-            refused.append(f"{out.summary}: {error.removeprefix('content: ')}")
+        failed_as = prior.error_kind if prior else None
+        sends = 0 if retry_permanent or prior is None else prior.attempts
+        if failed_as is ErrorKind.CONTENT and not retry_permanent:
+            refused.append(f"{out.summary}: {prior.error if prior else ''}")
             continue
-        if error.startswith("permanent:") and not retry_permanent:
-            return Delivered(dest.label, False, posted, skipped, error.removeprefix("permanent: "))
-        if not searchable and sends >= BLIND_SENDS:
+        if failed_as is ErrorKind.PERMANENT and not retry_permanent:
+            return Delivered(dest.label, False, posted, skipped, prior.error if prior else None)
+        if not channel.searchable and sends >= BLIND_SENDS:
             reason = (
                 f"{out.summary}: timed out {sends} times and may have landed; re-run to send again"
             )
@@ -219,46 +251,41 @@ async def post_thread(
         mark = f"{scope}/{out.key}"
         ref = None
         used = sends
-        if row and row["status"] in ("intent", "failed"):
+        if prior and prior.status in (PostStatus.INTENT, PostStatus.FAILED):
             ref = await _find_previous(channel, chat, reply_to, mark)
         if ref is None:
-            budget = SEND_ATTEMPTS if searchable else BLIND_SENDS
-            await store.record_post(
-                scope,
-                channel.platform,
-                chat,
-                out.key,
-                seq=seq,
-                status="intent",
-                thread_ref=reply_to,
-                attempts=sends,
-            )
+            budget = SEND_ATTEMPTS if channel.searchable else BLIND_SENDS
+            await store.record_post(row(out, seq, PostStatus.INTENT, reply_to, attempts=sends))
             counter = [sends]
             try:
-                ref = await _send_once(
-                    channel, chat, out, mark, reply_to, retry_pause, budget, counter
-                )
+                if seq == 0 and replacing is not None:
+                    await channel.replace(chat, replacing, out.payload)
+                    ref = replacing
+                else:
+                    ref = await _send_once(
+                        channel, chat, out, mark, reply_to, retry_pause, budget, counter
+                    )
             except DeliveryError as exc:
-                tag = (
-                    "content"
-                    if exc.content and seq > 0
-                    else "permanent"
-                    if exc.permanent
-                    else "transient"
-                )
+                # A refused root leaves nothing to thread the rest under: that is the
+                # destination failing, not one message.
+                error_kind = exc.kind
+                if error_kind is ErrorKind.CONTENT and seq == 0:
+                    error_kind = ErrorKind.PERMANENT if exc.permanent else ErrorKind.TRANSIENT
                 await store.record_post(
-                    scope,
-                    channel.platform,
-                    chat,
-                    out.key,
-                    seq=seq,
-                    status="failed",
-                    thread_ref=reply_to,
-                    error=f"{tag}: {exc.reason}",
-                    attempts=counter[0],
+                    row(
+                        out,
+                        seq,
+                        PostStatus.FAILED,
+                        reply_to,
+                        error_kind=error_kind,
+                        error=exc.reason,
+                        attempts=counter[0],
+                    )
                 )
-                log.error("%s: %s post failed (%s): %s", dest.label, out.summary, tag, exc.reason)
-                if tag == "content":
+                log.error(
+                    "%s: %s post failed (%s): %s", dest.label, out.summary, error_kind, exc.reason
+                )
+                if error_kind is ErrorKind.CONTENT:
                     refused.append(f"{out.summary}: {exc.reason}")
                     continue  # this message only: the rest of the thread still goes out
                 return Delivered(
@@ -269,19 +296,13 @@ async def post_thread(
         else:
             skipped += 1
         await store.record_post(
-            scope,
-            channel.platform,
-            chat,
-            out.key,
-            seq=seq,
-            status="sent",
-            thread_ref=reply_to,
-            message_ref=ref,
-            attempts=used,
+            row(out, seq, PostStatus.SENT, reply_to, message_ref=ref, attempts=used)
         )
         if seq == 0 and thread is None:
             thread = ref
-            await store.save_thread(channel.platform, chat, ref, kind, scope, papers)
+            await store.save_thread(
+                ThreadRecord(channel.platform, chat, ref, kind, scope, tuple(papers))
+            )
     if refused:
         return Delivered(dest.label, False, posted, skipped, "; ".join(refused))
     return Delivered(dest.label, True, posted, skipped)
@@ -321,11 +342,10 @@ async def _send_once(
 
 async def _find_previous(channel: Channel, chat: str, thread: str | None, key: str) -> str | None:
     """A post recorded as intended but not confirmed may have landed: look before resending."""
-    finder = getattr(channel, "find_posted", None)
-    if finder is None:
+    if not channel.searchable:
         return None
     try:
-        return await finder(chat, thread, key)
+        return await channel.find_posted(chat, thread, key)
     except DeliveryError as exc:
         log.warning("could not check for an earlier post of %s: %s", key, exc.reason)
         return None

@@ -1,11 +1,12 @@
-"""Bolt listeners: turn Slack events into assistant calls, nothing more.
+"""Bolt listeners: turn Slack payloads into `assistant.Request`s, nothing more.
 
-`/analyze` is acknowledged at once (the work runs after `ack()`, never inside it) with an
-ephemeral line naming the paper; the analysis then goes into a thread of its own. Any message
-in a thread the bot started, and an @mention there, is a question: answered once per message
-(Slack redelivers; both `message` and `app_mention` fire for one mention), in the thread,
-behind a placeholder that the answer replaces. The bot never answers itself or other bots,
-and ignores edits and deletions.
+`/analyze` is acknowledged at once (the work runs after `ack()`, never inside it) with the
+flow's opening line; the analysis then goes into a thread of its own, and the result line is
+shown only to the requester (ephemeral, or the slash command's response_url). Any message in
+a thread the bot started, and an @mention there, is a question: answered once per message
+(Slack redelivers; both `message` and `app_mention` fire for one mention) by the one flow in
+`bot.assistant`, which posts in the thread through the ledger. The bot never answers itself
+or other bots, and ignores edits and deletions.
 """
 
 from __future__ import annotations
@@ -19,17 +20,15 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from bot.assistant import FAILED_ANALYSIS, FAILED_ANSWER, NOT_ENABLED, RESTARTING, Assistant
+from bot.assistant import ANALYZE, RESTARTING, Assistant, Request
 from bot.channels.base import DeliveryError
 from bot.channels.slack import SlackChannel
-from bot.service import Destination
-from digest_core.render.slack import SlackMessage, escape
+from digest_core.render.slack import escape
 
 log = logging.getLogger(__name__)
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], Any]
 
-THINKING = "🤔 Reading the paper…"
 _MENTION = re.compile(r"<@[A-Z0-9]+>")
 _SAFE_LINK = re.compile(r"^https://[A-Za-z0-9.-]+/[A-Za-z0-9/._-]*$")
 _QUESTION_SUBTYPES = (None, "thread_broadcast", "file_share")
@@ -65,22 +64,13 @@ def build_slack_app(
 
     @app.command("/analyze")
     async def on_analyze(ack: Any, body: dict[str, Any]) -> None:
-        # The allow-list needs no I/O: a workspace that may not use the bot is told so in the
-        # acknowledgement itself, not "Analysing…" first.
-        if not assistant.allowed("slack", team=body.get("team_id"), chat=body.get("channel_id")):
-            await ack(escape(f"⚠️ {NOT_ENABLED}"))
-            return
-        text = (body.get("text") or "").strip()
-        if not text:
-            await ack("Usage: /analyze ARXIV_ID_OR_URL  (e.g. /analyze 2602.14941)")
-            return
-        parsed = assistant.parse(text)
-        if isinstance(parsed, str):
-            await ack(escape(f"⚠️ {parsed}"))
-            return
-        title = await assistant.known_title(parsed)
-        await ack(escape(f"🔎 Analysing arXiv:{parsed}" + (f" — {title}" if title else "") + " …"))
-        spawn(_analyze(channel, assistant, body, parsed))
+        # The opening line needs no LLM and no post: a refusal, bad input or "Analysing…" is
+        # the acknowledgement itself; the work runs after it, never inside it.
+        req = _slash_request(body)
+        opening = await assistant.opening(req)
+        await ack(escape(opening.line))
+        if opening.proceed:
+            spawn(_analyze(channel, assistant, req, body.get("response_url")))
 
     @app.event("message")
     async def on_message(event: dict[str, Any], body: dict[str, Any]) -> None:
@@ -93,66 +83,60 @@ def build_slack_app(
             return
         # A mention outside a thread with an arXiv ID in it is a request for an analysis.
         text = _MENTION.sub("", event.get("text") or "").strip()
-        parsed = assistant.parse(text) if text else "empty"
-        if isinstance(parsed, str):
+        if not text or isinstance(assistant.parse(text), str):
             return
-        if not await assistant.store.first_sight(
+        if not await assistant.chat.first_sight(
             f"slack-msg:{event.get('channel')}:{event.get('ts')}"
         ):
             return
-        spawn(
-            _analyze(
-                channel,
-                assistant,
-                {
-                    "channel_id": event["channel"],
-                    "user_id": event.get("user"),
-                    "team_id": body.get("team_id"),
-                },
-                parsed,
-            )
+        req = Request(
+            "slack",
+            event["channel"],
+            event.get("user") or "?",
+            text,
+            message=str(event.get("ts")),
+            command=ANALYZE,
+            team=body.get("team_id"),
+            private=True,
         )
+        spawn(_analyze(channel, assistant, req, None))
 
     return app
 
 
+def _slash_request(body: dict[str, Any]) -> Request:
+    return Request(
+        "slack",
+        body.get("channel_id") or "",
+        body.get("user_id") or "?",
+        (body.get("text") or "").strip(),
+        message=str(body.get("trigger_id") or ""),
+        command=ANALYZE,
+        team=body.get("team_id"),
+        private=True,  # Slack gives a slash command a line only the requester sees
+    )
+
+
 async def _analyze(
-    channel: SlackChannel, assistant: Assistant, body: dict[str, Any], aid: Any
+    channel: SlackChannel,
+    assistant: Assistant,
+    req: Request,
+    response_url: str | None,
 ) -> None:
+    """Run the analysis; its lines go to the requester alone, with a link to the thread."""
     try:
-        await _analyze_steps(channel, assistant, body, aid)
+        done = await assistant.handle(channel, req, opened=True)
     except asyncio.CancelledError:  # shutdown ran out of time: say so, then stop
-        user = body.get("user_id") or "?"
         await asyncio.wait_for(
-            _ephemeral(
-                channel, body["channel_id"], user, escape(RESTARTING), body.get("response_url")
-            ),
-            5,
+            _ephemeral(channel, req.chat, req.user, escape(RESTARTING), response_url), 5
         )
         raise
-    except Exception:
-        log.exception("slack %s: analysis of %s failed", body.get("channel_id"), aid)
-        user = body.get("user_id") or "?"
-        await _ephemeral(
-            channel, body["channel_id"], user, escape(FAILED_ANALYSIS), body.get("response_url")
-        )
-
-
-async def _analyze_steps(
-    channel: SlackChannel, assistant: Assistant, body: dict[str, Any], aid: Any
-) -> None:
-    chat, user, team = body["channel_id"], body.get("user_id") or "?", body.get("team_id")
-    reply_to = body.get("response_url")
-    refusal = await assistant.admit("slack", user, team=team, chat=chat, paper=aid)
-    if refusal is not None:
-        await _ephemeral(channel, chat, user, escape(f"⚠️ {refusal}"), reply_to)
-        return
-    outcome = await assistant.analyze(Destination(channel, chat), aid)
-    line = escape(("✅ " if outcome.ok else "⚠️ ") + outcome.line)
-    if outcome.thread:
-        link = await _permalink(channel, chat, outcome.thread)
-        line += f" — <{link}|open the thread>" if link and _SAFE_LINK.match(link) else ""
-    await _ephemeral(channel, chat, user, line, reply_to)
+    lines = [escape(line) for line in done.private if line]
+    if lines and done.thread:
+        link = await _permalink(channel, req.chat, done.thread)
+        lines[-1] += f" — <{link}|open the thread>" if link and _SAFE_LINK.match(link) else ""
+    for line in lines:
+        await _ephemeral(channel, req.chat, req.user, line, response_url)
 
 
 async def _question(
@@ -177,77 +161,19 @@ async def _question(
     if thread is None:
         return  # a thread the bot did not start
     # One answer per user message, whatever Slack redelivers and whichever event names it.
-    if not await assistant.store.first_sight(f"slack-msg:{chat}:{ts}"):
+    if not await assistant.chat.first_sight(f"slack-msg:{chat}:{ts}"):
         return
-    spawn(_answer(channel, assistant, event, body, thread))
-
-
-async def _answer(
-    channel: SlackChannel,
-    assistant: Assistant,
-    event: dict[str, Any],
-    body: dict[str, Any],
-    thread: dict[str, Any],
-) -> None:
-    chat, thread_ts, user = event["channel"], event["thread_ts"], event.get("user") or "?"
-    question = _MENTION.sub("", event.get("text") or "").strip()
-    if not question:
-        return
-    try:
-        refusal = await assistant.admit("slack", user, team=body.get("team_id"), chat=chat)
-        if refusal is not None:
-            await channel.send(chat, SlackMessage(escape(refusal), _text_block(refusal)), thread_ts)
-            return
-        target = await assistant.which_paper(thread, question)
-        if isinstance(target, list):
-            ask = await assistant.ask_which("slack", chat, thread_ts, question, target)
-            await channel.send(chat, SlackMessage(escape(ask)[:300], _text_block(ask)), thread_ts)
-            return
-        placeholder = await channel.send(
-            chat, SlackMessage(THINKING, _text_block(THINKING)), thread_ts
-        )
-        try:
-            answer = await assistant.answer("slack", chat, thread_ts, target, question)
-        except Exception:
-            # Never leave "Reading the paper…" standing: say the answer failed, in its place.
-            log.exception("slack %s: answering failed", chat)
-            await channel.update(
-                chat, placeholder, SlackMessage(FAILED_ANSWER, _text_block(FAILED_ANSWER))
-            )
-            return
-        parts = channel.render_answer(answer)
-        await channel.update(chat, placeholder, parts[0].payload)
-        for part in parts[1:]:
-            await channel.send(chat, part.payload, thread_ts)
-    except DeliveryError as exc:
-        log.error("slack %s: answer not delivered: %s", chat, exc.reason)
-    except asyncio.CancelledError:  # shutdown ran out of time: say so, then stop
-        await asyncio.wait_for(_quiet_send(channel, chat, RESTARTING, thread_ts), 5)
-        raise
-    except Exception:
-        log.exception("slack %s: answering failed", chat)
-        try:
-            await channel.send(
-                chat, SlackMessage(FAILED_ANSWER, _text_block(FAILED_ANSWER)), thread_ts
-            )
-        except DeliveryError:
-            pass  # nothing more can reach the thread
-
-
-async def _quiet_send(channel: SlackChannel, chat: str, text: str, thread_ts: str) -> None:
-    try:
-        await channel.send(chat, SlackMessage(escape(text), _text_block(text)), thread_ts)
-    except DeliveryError:
-        pass  # the last word could not be posted either; it is in the log
-
-
-def _text_block(text: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "type": "section",
-            "text": {"type": "mrkdwn", "text": escape(text)[:2900], "verbatim": True},
-        }
-    ]
+    req = Request(
+        "slack",
+        chat,
+        event.get("user") or "?",
+        _MENTION.sub("", event.get("text") or "").strip(),
+        message=str(ts),
+        reply_to=thread_ts,
+        thread=thread,
+        team=body.get("team_id"),
+    )
+    spawn(assistant.handle(channel, req))
 
 
 async def _ephemeral(

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import httpx
+from sqlite_utils import Migrations
 
 from digest_core.analysis import Analyst, analysis_cache_key
 from digest_core.arxiv_id import ArxivId, parse_arxiv_id
@@ -83,8 +84,16 @@ class Pipeline:
         self._inflight: dict[str, asyncio.Future[DeepDive]] = {}
 
     @classmethod
-    async def open(cls, settings: Settings, *, offline: bool = False) -> Pipeline:
-        store = await Store.open(settings.db_path)
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        offline: bool = False,
+        extensions: Sequence[Migrations] = (),
+    ) -> Pipeline:
+        """Open the store at `settings.db_path` (with an application's own `extensions`
+        migrations, see store.Store.open) and the clients."""
+        store = await Store.open(settings.db_path, extensions=extensions)
         return cls(settings, store, make_http_client(settings.sources), offline=offline)
 
     async def aclose(self) -> None:

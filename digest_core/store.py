@@ -1,9 +1,16 @@
-"""The only module that touches SQLite: papers, scores, analyses, digests, LLM calls, ledgers.
+"""The core's SQLite store: papers, scores, analyses, full texts, digests and the LLM call log.
 
 sqlite-utils connections belong to the thread that opened them, so every operation runs on
 one dedicated worker thread and the async methods await it. That also makes this the single
-writer path the WAL journal wants. Schema changes are numbered migrations; a database written
-by a newer digestbot, or a file that is not a database, stops with a clear StoreError.
+writer path the WAL journal wants. Schema changes are numbered migrations in one sequence
+(the `digestbot` migration set); a database written by a newer digestbot, or a file that is
+not a database, stops with a clear StoreError.
+
+The core knows nothing of chats. An application that keeps state of its own in the same file
+(the bot's posting ledger, threads, turns: `bot/chatstore.py`) hands its migrations to
+`Store.open(path, extensions=...)`: they join the same sequence, are applied after the core's,
+and their names count as known, so neither side mistakes the other for a newer digestbot. It
+then reads and writes through `Store.run`, on the same thread and connection.
 """
 
 from __future__ import annotations
@@ -12,11 +19,11 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -131,80 +138,6 @@ def m002_core(db: Database) -> None:
 
 
 @migrations()
-def m003_delivery(db: Database) -> None:
-    # One row per digest day: claimed once, so two processes or a restart never post twice.
-    db["runs"].create(
-        {
-            "digest_date": str,
-            "status": str,
-            "owner": str,
-            "started_at": str,
-            "heartbeat_at": str,
-            "finished_at": str,
-            "detail": str,
-        },
-        pk="digest_date",
-    )
-    # The posting ledger: intent recorded before the post, the result after it.
-    db["posts"].create(
-        {
-            "scope": str,
-            "platform": str,
-            "chat": str,
-            "key": str,
-            "seq": int,
-            "status": str,
-            "thread_ref": str,
-            "message_ref": str,
-            "error": str,
-            "updated_at": str,
-        },
-        pk=("scope", "platform", "chat", "key"),
-    )
-    db["posts"].create_index(["platform", "chat", "message_ref"])
-    # Threads the bot started, and which papers each one is about (for follow-up questions).
-    db["threads"].create(
-        {
-            "platform": str,
-            "chat": str,
-            "thread_ref": str,
-            "kind": str,
-            "scope": str,
-            "papers": str,
-            "created_at": str,
-        },
-        pk=("platform", "chat", "thread_ref"),
-    )
-
-
-@migrations()
-def m004_interactive(db: Database) -> None:
-    db["events"].create({"event_key": str, "seen_at": str}, pk="event_key")
-    db["turns"].create(
-        {
-            "id": int,
-            "platform": str,
-            "chat": str,
-            "thread_ref": str,
-            "arxiv_id": str,
-            "role": str,
-            "text": str,
-            "at": str,
-        },
-        pk="id",
-    )
-    db["turns"].create_index(["platform", "chat", "thread_ref"])
-    db["requests"].create({"id": int, "user_key": str, "at": str}, pk="id")
-    db["requests"].create_index(["user_key", "at"])
-
-
-@migrations()
-def m005_post_attempts(db: Database) -> None:
-    # How often a post was sent: blind re-sends on unsearchable platforms are bounded.
-    db["posts"].add_column("attempts", int, not_null_default=0)
-
-
-@migrations()
 def m006_grounding_counts(db: Database) -> None:
     # The number guard's counts per LLM call (found by call_id, which LLMClient assigns),
     # and the verdict and counts of a cached analysis.
@@ -228,16 +161,21 @@ def m007_cached_tokens(db: Database) -> None:
 class Store:
     """Async facade over one SQLite file."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, extensions: Sequence[Migrations] = ()) -> None:
         self.path = Path(path)
+        for ext in extensions:
+            if ext.name != MIGRATION_SET:
+                raise ValueError(f"extension migrations must be in the {MIGRATION_SET!r} set")
+        self.extensions = tuple(extensions)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db: Database | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, path: str | Path) -> Store:
-        store = cls(path)
+    async def open(cls, path: str | Path, *, extensions: Sequence[Migrations] = ()) -> Store:
+        """Open (creating if needed) and migrate: the core's migrations, then each extension's."""
+        store = cls(path, extensions)
         try:
             await store._run(store._open)
         except BaseException:
@@ -253,8 +191,9 @@ class Store:
             try:
                 conn = sqlite3.connect(str(self.path), timeout=10)
                 db = Database(conn)
+                sets = (migrations, *self.extensions)
                 applied = {m.name for m in migrations.applied(db)}
-                known = {m.name for m in migrations._migrations}
+                known = {m.name for s in sets for m in s._migrations}
                 newer = applied - known
                 if newer:
                     conn.close()
@@ -262,7 +201,8 @@ class Store:
                         f"DIGEST_DB: {self.path} was written by a newer digestbot "
                         f"(unknown migration {sorted(newer)[0]}); upgrade digestbot or use another file"
                     )
-                migrations.apply(db)
+                for s in sets:
+                    s.apply(db)
                 break
             except sqlite3.DatabaseError as exc:
                 if conn is not None:
@@ -288,9 +228,12 @@ class Store:
         """A trivial query through the store's thread: raises if the database cannot answer."""
         await self._run(lambda: self.db.execute("select 1").fetchone())
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on the store's thread (the only one that may use `db`) and await it."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
+
+    _run = run
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queue a write without awaiting it (used from synchronous callbacks). `close` waits."""
@@ -504,266 +447,6 @@ class Store:
             return int(rows[0]["t"])
 
         return await self._run(read)
-
-    # -- run ledger (one digest per day) ---------------------------------------------------------
-
-    async def claim_run(self, digest_date: str, owner: str, lease_seconds: float = 600) -> bool:
-        """Claim the day. True for exactly one caller. A run that failed, or whose owner stopped
-        renewing its lease for `lease_seconds` (a dead process), can be reclaimed so a restart finishes it; a run
-        that is done, or alive in another process, cannot."""
-
-        def claim() -> bool:
-            now = datetime.now(UTC)
-            stale = (now - timedelta(seconds=lease_seconds)).isoformat(timespec="seconds")
-            with self.db.conn:
-                cur = self.db.conn.execute(
-                    "insert into runs(digest_date, status, owner, started_at, heartbeat_at) "
-                    "values (?, 'running', ?, ?, ?) "
-                    "on conflict(digest_date) do update set status = 'running', "
-                    "owner = excluded.owner, started_at = excluded.started_at, "
-                    "heartbeat_at = excluded.heartbeat_at, detail = null "
-                    "where runs.status = 'failed' "
-                    "or (runs.status = 'running' and runs.heartbeat_at < ?)",
-                    [
-                        digest_date,
-                        owner,
-                        now.isoformat(timespec="seconds"),
-                        now.isoformat(timespec="seconds"),
-                        stale,
-                    ],
-                )
-                return cur.rowcount == 1
-
-        return await self._run(claim)
-
-    async def heartbeat(self, digest_date: str, owner: str) -> None:
-        """Renew the lease of a running day (the job calls it as it goes)."""
-
-        def write() -> None:
-            with self.db.conn:
-                self.db.conn.execute(
-                    "update runs set heartbeat_at = ? where digest_date = ? and owner = ? "
-                    "and status = 'running'",
-                    [_now(), digest_date, owner],
-                )
-
-        await self._run(write)
-
-    async def finish_run(
-        self, digest_date: str, status: str, detail: str = "", *, owner: str | None = None
-    ) -> None:
-        """Record how a run ended; with `owner`, only if that owner still holds the day (a run
-        taken over after its lease lapsed must not overwrite the new owner's record)."""
-
-        def write() -> None:
-            with self.db.conn:
-                self.db.conn.execute(
-                    "update runs set status = ?, finished_at = ?, detail = ? "
-                    "where digest_date = ? and (? is null or owner = ?)",
-                    [status, _now(), detail, digest_date, owner, owner],
-                )
-
-        await self._run(write)
-
-    async def run_status(self, digest_date: str) -> str | None:
-        def read() -> str | None:
-            rows = list(self.db["runs"].rows_where("digest_date = ?", [digest_date]))
-            return rows[0]["status"] if rows else None
-
-        return await self._run(read)
-
-    # -- posting ledger ------------------------------------------------------------------------
-
-    async def post_state(self, scope: str, platform: str, chat: str) -> dict[str, dict[str, Any]]:
-        """Every ledger row of one destination for one scope, by key."""
-
-        def read() -> dict[str, dict[str, Any]]:
-            rows = self.db["posts"].rows_where(
-                "scope = ? and platform = ? and chat = ?", [scope, platform, chat]
-            )
-            return {r["key"]: r for r in rows}
-
-        return await self._run(read)
-
-    async def has_posts(self, scope: str) -> bool:
-        """Whether anything of this scope (e.g. a day's digest) was sent or attempted."""
-
-        def read() -> bool:
-            rows = list(self.db.query("select 1 from posts where scope = ? limit 1", [scope]))
-            return bool(rows)
-
-        return await self._run(read)
-
-    async def record_post(
-        self,
-        scope: str,
-        platform: str,
-        chat: str,
-        key: str,
-        *,
-        seq: int,
-        status: str,
-        thread_ref: str | None = None,
-        message_ref: str | None = None,
-        error: str | None = None,
-        attempts: int = 0,
-    ) -> None:
-        record = {
-            "scope": scope,
-            "platform": platform,
-            "chat": chat,
-            "key": key,
-            "seq": seq,
-            "status": status,
-            "thread_ref": thread_ref,
-            "message_ref": message_ref,
-            "error": error,
-            "attempts": attempts,
-            "updated_at": _now(),
-        }
-        await self._run(
-            lambda: self.db["posts"].upsert(record, pk=("scope", "platform", "chat", "key"))
-        )
-
-    async def save_thread(
-        self, platform: str, chat: str, thread_ref: str, kind: str, scope: str, papers: list[str]
-    ) -> None:
-        record = {
-            "platform": platform,
-            "chat": chat,
-            "thread_ref": thread_ref,
-            "kind": kind,
-            "scope": scope,
-            "papers": json.dumps(papers),
-            "created_at": _now(),
-        }
-        await self._run(
-            lambda: self.db["threads"].upsert(record, pk=("platform", "chat", "thread_ref"))
-        )
-
-    async def find_thread(self, platform: str, chat: str, ref: str) -> dict[str, Any] | None:
-        """The bot's thread that `ref` is the root of, or a message inside of."""
-
-        def read() -> dict[str, Any] | None:
-            rows = list(
-                self.db.query(
-                    "select * from threads where platform = ? and chat = ? and thread_ref = ? "
-                    "union all "
-                    "select t.* from posts p join threads t on t.platform = p.platform "
-                    "and t.chat = p.chat and t.thread_ref = p.thread_ref "
-                    "where p.platform = ? and p.chat = ? and p.message_ref = ? limit 1",
-                    [platform, chat, ref, platform, chat, ref],
-                )
-            )
-            if not rows:
-                return None
-            row = dict(rows[0])
-            row["papers"] = json.loads(row["papers"])
-            return row
-
-        return await self._run(read)
-
-    async def latest_thread(
-        self, platform: str, chat: str, kind: str | None = None
-    ) -> dict[str, Any] | None:
-        """The newest thread the bot started in a chat, of one kind if given (a Telegram forum
-        topic's latest digest)."""
-
-        def read() -> dict[str, Any] | None:
-            rows = list(
-                self.db.query(
-                    "select * from threads where platform = ? and chat = ? "
-                    "and (? is null or kind = ?) order by created_at desc, rowid desc limit 1",
-                    [platform, chat, kind, kind],
-                )
-            )
-            if not rows:
-                return None
-            row = dict(rows[0])
-            row["papers"] = json.loads(row["papers"])
-            return row
-
-        return await self._run(read)
-
-    # -- interactive: dedupe, memory, rate limits ------------------------------------------------
-
-    async def first_sight(self, event_key: str) -> bool:
-        """True the first time an event key is seen, False for every redelivery."""
-
-        def write() -> bool:
-            with self.db.conn:
-                cur = self.db.conn.execute(
-                    "insert into events(event_key, seen_at) values (?, ?) on conflict do nothing",
-                    [event_key, _now()],
-                )
-                return cur.rowcount == 1
-
-        return await self._run(write)
-
-    async def prune(self, older_than: timedelta = timedelta(days=3)) -> int:
-        """Forget redelivery marks and rate-limit records past any use: Slack retries within
-        minutes, Telegram keeps updates 24 h, the rate window is an hour. Returns rows removed."""
-
-        def write() -> int:
-            cutoff = (datetime.now(UTC) - older_than).isoformat(timespec="seconds")
-            with self.db.conn:
-                a = self.db.conn.execute("delete from events where seen_at < ?", [cutoff]).rowcount
-                b = self.db.conn.execute("delete from requests where at < ?", [cutoff]).rowcount
-            return a + b
-
-        return await self._run(write)
-
-    async def add_turn(
-        self, platform: str, chat: str, thread_ref: str, arxiv_id: str, role: str, text: str
-    ) -> None:
-        record = {
-            "platform": platform,
-            "chat": chat,
-            "thread_ref": thread_ref,
-            "arxiv_id": arxiv_id,
-            "role": role,
-            "text": text,
-            "at": _now(),
-        }
-        await self._run(lambda: self.db["turns"].insert(record))
-
-    async def turns(
-        self, platform: str, chat: str, thread_ref: str, limit: int
-    ) -> list[dict[str, Any]]:
-        def read() -> list[dict[str, Any]]:
-            rows = list(
-                self.db.query(
-                    "select role, text, arxiv_id from turns where platform = ? and chat = ? "
-                    "and thread_ref = ? order by id desc limit ?",
-                    [platform, chat, thread_ref, limit],
-                )
-            )
-            return list(reversed(rows))
-
-        return await self._run(read)
-
-    async def count_request(self, user_key: str, window: timedelta, limit: int) -> int | None:
-        """Record a request if the user is under `limit` in `window`; otherwise return the
-        seconds until the oldest request in the window expires (and record nothing)."""
-
-        def write() -> int | None:
-            now = datetime.now(UTC)
-            since = (now - window).isoformat(timespec="seconds")
-            with self.db.conn:
-                rows = self.db.conn.execute(
-                    "select at from requests where user_key = ? and at >= ? order by at",
-                    [user_key, since],
-                ).fetchall()
-                if len(rows) >= limit:
-                    oldest = datetime.fromisoformat(rows[0][0])
-                    return max(1, int((oldest + window - now).total_seconds()) + 1)
-                self.db.conn.execute(
-                    "insert into requests(user_key, at) values (?, ?)",
-                    [user_key, now.isoformat(timespec="seconds")],
-                )
-            return None
-
-        return await self._run(write)
 
 
 # -- serialization ------------------------------------------------------------------------------

@@ -27,9 +27,10 @@ from fakes.telegram import FakeTelegram, parse_html, utf16_len
 from fakes.world import CONFIG, World, fast_config, research_responder, run_cli
 from slack_sdk.http_retry.builtin_interval_calculators import FixedValueRetryIntervalCalculator
 
-from bot.channels.base import Outgoing
+from bot.channels.base import ErrorKind, Outgoing
 from bot.channels.slack import SlackChannel, make_slack_client
 from bot.channels.telegram import TelegramChannel, make_bot, make_rate_limiter
+from bot.chatstore import ChatStore, PostRecord
 from bot.service import Delivered, Destination, deliver, post_thread
 from digest_core.config import Settings, load_settings
 from digest_core.models import (
@@ -42,7 +43,6 @@ from digest_core.models import (
     Score,
 )
 from digest_core.render.labels import label
-from digest_core.store import Store
 
 # PTB's RetryAfter reads its own deprecated int `retry_after` when the fake answers 429.
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*:DeprecationWarning")
@@ -132,21 +132,21 @@ def assert_one_thread(posts: list[Post]) -> None:
     assert [p.reply_to for p in posts[1:]] == [root.ref] * (len(posts) - 1), posts
 
 
-async def ledger(db: Path, platform: str, chat: str, day: str = DAY) -> list[dict[str, Any]]:
+async def ledger(db: Path, platform: str, chat: str, day: str = DAY) -> list[PostRecord]:
     """The posting ledger of one destination for one digest, in thread order."""
-    store = await Store.open(db)
+    store = await ChatStore.open(db)
     try:
         rows = await store.post_state(f"digest:{day}", platform, chat)
     finally:
         await store.close()
-    return sorted(rows.values(), key=lambda r: r["seq"])
+    return sorted(rows.values(), key=lambda r: r.seq)
 
 
-def assert_ledger_matches(rows: list[dict[str, Any]], posts: list[Post]) -> None:
+def assert_ledger_matches(rows: list[PostRecord], posts: list[Post]) -> None:
     """The DB's record is the visible state: every post sent, no missing or extra message."""
-    assert [r["status"] for r in rows] == ["sent"] * len(posts), rows
-    assert [r["message_ref"] for r in rows] == [p.ref for p in posts]
-    assert [r["thread_ref"] for r in rows] == [p.reply_to for p in posts]
+    assert [r.status for r in rows] == ["sent"] * len(posts), rows
+    assert [r.message_ref for r in rows] == [p.ref for p in posts]
+    assert [r.thread_ref for r in rows] == [p.reply_to for p in posts]
 
 
 # ------------------------------------------------------------------------------- fixtures
@@ -240,8 +240,8 @@ async def live(servers: tuple[FakeSlack, FakeTelegram]) -> AsyncIterator[Live]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(tmp_path / "ledger.db")
+async def store(tmp_path: Path) -> AsyncIterator[ChatStore]:
+    opened = await ChatStore.open(tmp_path / "ledger.db")
     yield opened
     await opened.close()
 
@@ -280,7 +280,7 @@ def make_digest(picks: int = 3, others: int = 3, day: str = DAY) -> Digest:
     return Digest(day, tuple(entries), "Tester", "zh", 60, None, len(entries))
 
 
-async def post_digest(store: Store, dest: Destination, digest: Digest) -> Delivered:
+async def post_digest(store: ChatStore, dest: Destination, digest: Digest) -> Delivered:
     """`deliver`, with the pause before a re-check after a transient failure kept tiny."""
     return await post_thread(
         store,
@@ -320,7 +320,7 @@ class Scripted:
         return self.inner.platform
 
     def __getattr__(self, name: str) -> Any:
-        # render_digest, and find_posted only where the real channel has it.
+        # render_digest, searchable, find_posted: as the real channel has them.
         return getattr(self.inner, name)
 
     async def send(self, chat: str, payload: Any, thread: str | None, *, key: str | None = None):
@@ -352,7 +352,7 @@ async def test_digest_is_one_thread_per_destination_and_a_rerun_posts_nothing(
         assert posts[1].text.startswith("1. ") and posts[2].text.startswith("2. ")
         rows = await ledger(fakes.world.db, "slack", channel)
         assert_ledger_matches(rows, posts)
-        keys = [r["key"] for r in rows]
+        keys = [r.key for r in rows]
         assert keys[0] == "toc" and all(re.fullmatch(r"\d{4}\.\d{5}#0", k) for k in keys[1:])
         # each post carries its ledger key qualified by the day (see bot.service.post_thread)
         assert slack_metadata_keys(fakes.slack, channel) == [f"digest:{DAY}/{k}" for k in keys]
@@ -417,10 +417,12 @@ async def test_permanent_failures_are_recorded_reported_once_and_retried_only_on
     )
     # the reason is in the ledger
     (row,) = await ledger(fakes.world.db, "slack", "C1")
-    assert (row["key"], row["status"]) == ("toc", "failed")
-    assert row["error"] == "permanent: slack chat.postMessage: not_in_channel"
+    assert (row.key, row.status) == ("toc", "failed")
+    assert row.error_kind is ErrorKind.PERMANENT
+    assert row.error == "slack chat.postMessage: not_in_channel"
     (row,) = await ledger(fakes.world.db, "telegram", str(GROUP))
-    assert row["status"] == "failed" and "kicked" in row["error"]
+    assert row.status == "failed" and row.error_kind is ErrorKind.PERMANENT
+    assert "kicked" in (row.error or "")
     # the others got everything, in their threads
     c2 = slack_posts(fakes.slack, "C2")
     assert_one_thread(c2)
@@ -499,10 +501,10 @@ async def test_a_12000_character_deep_dive_is_split_into_replies_on_both_platfor
         assert_one_thread(posts)
         assert_ledger_matches(rows, posts)
         by_ts = {m["ts"]: m for m in fakes.slack.messages(channel)}
-        picked = list(dict.fromkeys(r["key"].split("#")[0] for r in rows[1:]))
+        picked = list(dict.fromkeys(r.key.split("#")[0] for r in rows[1:]))
         assert len(picked) == 2
         for aid in picked:
-            parts = [by_ts[r["message_ref"]] for r in rows if r["key"].startswith(f"{aid}#")]
+            parts = [by_ts[r.message_ref] for r in rows if r.key.startswith(f"{aid}#")]
             assert len(parts) >= 2  # over Slack's 12,000 characters of blocks per message
             text = "\n".join(t for m in parts for t in block_texts(m["blocks"]))
             assert len(text) > 12_000
@@ -515,10 +517,10 @@ async def test_a_12000_character_deep_dive_is_split_into_replies_on_both_platfor
         assert_ledger_matches(rows, posts)
         assert all(utf16_len(p.text) <= 4096 for p in posts)
         by_id = {p.ref: p for p in posts}
-        picked = list(dict.fromkeys(r["key"].split("#")[0] for r in rows[1:]))
+        picked = list(dict.fromkeys(r.key.split("#")[0] for r in rows[1:]))
         assert len(picked) == 2
         for aid in picked:
-            parts = [by_id[r["message_ref"]] for r in rows if r["key"].startswith(f"{aid}#")]
+            parts = [by_id[r.message_ref] for r in rows if r.key.startswith(f"{aid}#")]
             assert len(parts) >= 3  # 4,096 characters a message
             assert_whole_and_in_order("\n".join(p.text for p in parts), aid)
     # every message was accepted the first time: no size or markup rejections
@@ -614,7 +616,7 @@ async def test_a_day_without_papers_posts_one_line_when_configured(
 
 @pytest.mark.parametrize("platform", PLATFORMS)
 async def test_a_run_killed_after_the_toc_and_one_reply_resumes_in_the_same_thread(
-    live: Live, store: Store, settings: Settings, platform: str
+    live: Live, store: ChatStore, settings: Settings, platform: str
 ) -> None:
     digest = make_digest(picks=3)
     expected = live.expected(platform, digest)
@@ -625,7 +627,7 @@ async def test_a_run_killed_after_the_toc_and_one_reply_resumes_in_the_same_thre
         await deliver(store, killer, digest, settings)
     assert [p.text for p in live.posts(platform)] == expected[:2]
     state = await store.post_state(f"digest:{DAY}", platform, live.chats[platform])
-    assert sorted(r["status"] for r in state.values()) == ["intent", "sent", "sent"]
+    assert sorted(r.status for r in state.values()) == ["intent", "sent", "sent"]
 
     result = await deliver(store, live.destination(platform), digest, settings)
     assert (result.ok, result.posted, result.skipped) == (True, 2, 2)
@@ -634,7 +636,7 @@ async def test_a_run_killed_after_the_toc_and_one_reply_resumes_in_the_same_thre
     assert_one_thread(posts)  # into the thread the dead run started
     rows = sorted(
         (await store.post_state(f"digest:{DAY}", platform, live.chats[platform])).values(),
-        key=lambda r: r["seq"],
+        key=lambda r: r.seq,
     )
     assert_ledger_matches(rows, posts)
 
@@ -644,7 +646,7 @@ async def test_a_run_killed_after_the_toc_and_one_reply_resumes_in_the_same_thre
 
 
 async def test_a_slack_post_that_landed_just_before_the_kill_is_found_not_repeated(
-    live: Live, store: Store, settings: Settings
+    live: Live, store: ChatStore, settings: Settings
 ) -> None:
     digest = make_digest(picks=3)
     expected = live.expected("slack", digest)
@@ -653,8 +655,8 @@ async def test_a_slack_post_that_landed_just_before_the_kill_is_found_not_repeat
         await deliver(store, killer, digest, settings)
     assert [p.text for p in live.posts("slack")] == expected[:3]  # reply 2 is on Slack...
     state = await store.post_state(f"digest:{DAY}", "slack", "C1")
-    landed = next(r for r in state.values() if r["seq"] == 2)
-    assert landed["status"] == "intent"  # ...but the ledger never heard back
+    landed = next(r for r in state.values() if r.seq == 2)
+    assert landed.status == "intent"  # ...but the ledger never heard back
 
     result = await deliver(store, live.destination("slack"), digest, settings)
     assert result.ok
@@ -664,13 +666,13 @@ async def test_a_slack_post_that_landed_just_before_the_kill_is_found_not_repeat
     assert live.slack.api_calls("chat.postMessage") == 4  # reply 2 was not sent again
     assert live.slack.api_calls("conversations.replies") >= 1  # it was looked for
     rows = sorted(
-        (await store.post_state(f"digest:{DAY}", "slack", "C1")).values(), key=lambda r: r["seq"]
+        (await store.post_state(f"digest:{DAY}", "slack", "C1")).values(), key=lambda r: r.seq
     )
     assert_ledger_matches(rows, posts)
 
 
 async def test_a_telegram_post_that_landed_just_before_the_kill_is_repeated_at_most_once(
-    live: Live, store: Store, settings: Settings
+    live: Live, store: ChatStore, settings: Settings
 ) -> None:
     # Telegram cannot be searched: a post whose outcome was never recorded is sent again.
     # The documented cost is one duplicate of that message, never more, and nothing lost.
@@ -688,7 +690,7 @@ async def test_a_telegram_post_that_landed_just_before_the_kill_is_repeated_at_m
 
 
 async def test_telegram_timeouts_after_delivery_never_make_a_third_copy(
-    live: Live, store: Store, settings: Settings
+    live: Live, store: ChatStore, settings: Settings
 ) -> None:
     # Telegram stores every TOC but answers after the client gave up, each time. The outcome
     # is unknown and Telegram cannot be searched: at most one duplicate, then the ledger stops
@@ -714,7 +716,7 @@ async def test_telegram_timeouts_after_delivery_never_make_a_third_copy(
 
 
 async def test_slack_429_on_a_reply_is_waited_out_and_everything_lands_once_in_order(
-    live: Live, store: Store, settings: Settings
+    live: Live, store: ChatStore, settings: Settings
 ) -> None:
     digest = make_digest(picks=3)
     expected = live.expected("slack", digest)
@@ -731,7 +733,7 @@ async def test_slack_429_on_a_reply_is_waited_out_and_everything_lands_once_in_o
 
 @pytest.mark.parametrize("mode", ["500", "reset"])
 async def test_a_slack_post_stored_before_a_failure_is_reconciled_not_duplicated(
-    live: Live, store: Store, mode: str
+    live: Live, store: ChatStore, mode: str
 ) -> None:
     digest = make_digest(picks=3)
     expected = live.expected("slack", digest)
@@ -745,12 +747,12 @@ async def test_a_slack_post_stored_before_a_failure_is_reconciled_not_duplicated
     assert_one_thread(posts)
     assert live.slack.api_calls("chat.postMessage") == 4
     rows = sorted(
-        (await store.post_state(f"digest:{DAY}", "slack", "C1")).values(), key=lambda r: r["seq"]
+        (await store.post_state(f"digest:{DAY}", "slack", "C1")).values(), key=lambda r: r.seq
     )
     assert_ledger_matches(rows, posts)
 
 
-async def test_a_slack_500_before_storing_is_sent_again_once(live: Live, store: Store) -> None:
+async def test_a_slack_500_before_storing_is_sent_again_once(live: Live, store: ChatStore) -> None:
     digest = make_digest(picks=3)
     expected = live.expected("slack", digest)
     dest = live.destination(
@@ -763,7 +765,7 @@ async def test_a_slack_500_before_storing_is_sent_again_once(live: Live, store: 
 
 
 async def test_telegram_flood_control_is_waited_out_and_delivered_once(
-    live: Live, store: Store, settings: Settings
+    live: Live, store: ChatStore, settings: Settings
 ) -> None:
     digest = make_digest(picks=3)
     expected = live.expected("telegram", digest)
@@ -780,7 +782,7 @@ async def test_telegram_flood_control_is_waited_out_and_delivered_once(
 
 
 async def test_one_destination_failing_for_good_does_not_stop_the_next(
-    live: Live, store: Store, settings: Settings
+    live: Live, store: ChatStore, settings: Settings
 ) -> None:
     live.slack.permanent_error("C1", "channel_not_found")
     digest = make_digest(picks=2)
@@ -835,7 +837,7 @@ class Oversized(Scripted):
 
 
 async def test_one_refused_message_does_not_stop_the_rest_of_the_thread(
-    live: Live, store: Store, settings: Settings
+    live: Live, store: ChatStore, settings: Settings
 ) -> None:
     digest = make_digest(picks=3)
     expected = live.expected("slack", digest)

@@ -30,11 +30,11 @@ from fakes.world import World, fast_config, research_responder
 from slack_sdk.signature import SignatureVerifier
 
 from bot.assistant import Assistant
+from bot.chatstore import open_pipeline
 from bot.http import HttpServer
 from bot.scheduler import DailyJob
 from bot.serve import SlackRuntime, Work
 from digest_core.arxiv_id import InvalidArxivId, parse_arxiv_id
-from digest_core.pipeline import Pipeline
 from digest_core.render.slack import escape
 
 BOT_USER = "U0BOT0001"
@@ -272,7 +272,7 @@ class Bot:
                 "TELEGRAM_CHATS": f"{TG_GROUP},{TG_FORUM}:{TG_TOPIC}",
             }
         self.settings = self.world.settings(**env)
-        self.pipeline = await Pipeline.open(self.settings)
+        self.pipeline = await open_pipeline(self.settings)
         self.assistant = Assistant(self.pipeline, self.settings)
         if self.slack_mode:
             await self._start_slack()
@@ -447,16 +447,16 @@ async def bot(tmp_path: Path) -> Any:
 async def test_analyze_is_acknowledged_at_once_while_the_llm_takes_10_s(tmp_path: Path) -> None:
     slow = {"timeout_seconds = 120": "timeout_seconds = 30"}  # the LLM deadline, not 5 s
     async with Bot(tmp_path, telegram=True, config=slow, llm_latency=10.0) as bot:
-        started = time.monotonic()
         ack = await bot.analyze_slack(PAPER)
-        slack_ack = time.monotonic() - started
+        slack_acked_before_llm = bot.world.llm.answered == 0
         update = bot.tg.push_message(TG_GROUP, f"/analyze@DigestBot {OTHER}")
         first = await eventually(bot.tg_sent, "the Telegram acknowledgement", within=3)
-        tg_ack = time.monotonic() - started
+        tg_acked_before_llm = bot.world.llm.answered == 0
 
-        # Both acknowledged before any LLM answer came back (each call takes 10 s).
+        # Both acknowledged before any LLM answer came back (each call takes 10 s);
+        # bench/interactive.py times the acknowledgements.
         assert ack == f"🔎 Analysing arXiv:{PAPER} …"
-        assert slack_ack < 3 and tg_ack < 3
+        assert slack_acked_before_llm and tg_acked_before_llm
         assert bot.roots("C1") == [] and bot.ephemerals() == []
         assert first[0]["visible"].startswith(f"🔎 Analysing arXiv:{OTHER}")
         assert first[0]["reply_to_message_id"] == update["message"]["message_id"]
@@ -570,7 +570,7 @@ async def test_bad_input_gets_one_line_and_no_llm_call(bot: Bot) -> None:
         assert ack == escape(f"⚠️ {why.value}"), text
         assert "\n" not in ack and "<!" not in ack
     assert await bot.analyze_slack("   ") == (
-        "Usage: /analyze ARXIV_ID_OR_URL  (e.g. /analyze 2602.14941)"
+        "Usage: /analyze ARXIV_ID_OR_URL (e.g. /analyze 2602.14941)"
     )
     # Well formed, but no such paper: one line after arXiv said so.
     await bot.analyze_slack("2401.99999", user="U9")
@@ -915,11 +915,10 @@ async def test_http_mode_verifies_signatures_and_acks_before_the_llm(tmp_path: P
         ]
         assert [r.status_code for r in refused] == [401, 401, 401]
 
-        started = time.monotonic()
         ok = await http.post(bot.events_url, content=body, headers=form | sign(body))
-        assert ok.status_code == 200 and time.monotonic() - started < 3
-        assert ok.text == f"🔎 Analysing arXiv:{PAPER} …"
-        assert bot.roots("C1") == []  # the 2 s LLM has not answered yet
+        assert ok.status_code == 200 and ok.text == f"🔎 Analysing arXiv:{PAPER} …"
+        # Acknowledged before the 2 s LLM answered (bench/interactive.py times the ack).
+        assert bot.world.llm.answered == 0 and bot.roots("C1") == []
 
         await eventually(lambda: bot.ephemerals("U1"), "the result line")
         await bot.settle()
@@ -1234,3 +1233,26 @@ async def test_work_cut_short_by_shutdown_tells_the_requester(tmp_path: Path) ->
         assert bot.ephemerals("U9") == [
             "⚠️ digestbot is restarting and could not finish this; please ask again in a minute."
         ]
+
+
+async def test_the_same_question_on_both_platforms_is_answered_in_the_thread_through_the_ledger(
+    tmp_path: Path,
+) -> None:
+    async with Bot(tmp_path, telegram=True) as bot:
+        root = await bot.analysed_in_slack(PAPER)
+        (answer,) = await bot.ask_slack("What is a fiber?", root)
+        assert "What is a fiber?" in answer["text"] and answer["thread_ts"] == root
+        # the placeholder became the answer; the ledger knows it as part of the thread
+        ledger = await bot.assistant.chat.find_thread("slack", "C1", answer["ts"])
+        assert ledger is not None and ledger.thread_ref == root
+
+        sent = await bot.tg_say(TG_GROUP, f"/analyze@DigestBot {PAPER}")
+        dive = sent[-1]
+        replies = await bot.tg_say(
+            TG_GROUP, "What is a fiber?", reply_to_message_id=dive["message_id"]
+        )
+        (tg_answer,) = [m for m in replies if "What is a fiber?" in m["visible"]]
+        found = await bot.assistant.chat.find_thread(
+            "telegram", str(TG_GROUP), str(tg_answer["message_id"])
+        )
+        assert found is not None and PAPER in found.papers

@@ -1,7 +1,7 @@
 """Renderers: the Markdown export's shape, Slack Block Kit and Telegram HTML, limits and escaping.
 
-Every value is built here; nothing touches the network or the disk (except reading a seed
-report for comparison, skipped when absent).
+Every value is built here; nothing touches the network. The only file read is an issue of the
+original hand-run report, vendored in `tests/fixtures/seeds/`, for comparison.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import pytest
 from digest_core.models import Answer, DeepDive, Digest, DigestEntry, Paper, Score
 from digest_core.render import markdown, slack, telegram
 from digest_core.render.parse import MD
+
+SEED_REPORT = Path(__file__).parent / "fixtures" / "seeds" / "report-2026-02-18.md"
 
 # --- builders -----------------------------------------------------------------------------
 
@@ -241,10 +243,7 @@ def test_report_has_the_original_shape():
 
 
 def test_report_matches_the_seed_header():
-    seed = Path("/work/shared/seeds/report-2026-02-18.md")
-    if not seed.exists():
-        pytest.skip("seed report not available")
-    expected = seed.read_text(encoding="utf-8").splitlines()[:5]
+    expected = SEED_REPORT.read_text(encoding="utf-8").splitlines()[:5]
     titles = {
         0: "AnchorWeave: World-Consistent Video Generation with Retrieved Local Spatial Memories",
         1: "VisPhyWorld: Probing Physical Reasoning via Code-Driven Video Reconstruction",

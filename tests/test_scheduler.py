@@ -33,12 +33,12 @@ from slack_sdk.http_retry.builtin_interval_calculators import FixedValueRetryInt
 
 from bot.channels.slack import SlackChannel, make_slack_client
 from bot.channels.telegram import TelegramChannel, make_bot, make_rate_limiter
+from bot.chatstore import ChatStore, open_pipeline
 from bot.scheduler import DailyJob, digest_day, last_due, make_trigger, start_scheduler
 from bot.service import Destination
 from digest_core.config import Settings, load_settings
 from digest_core.pipeline import Pipeline
 from digest_core.render.labels import label
-from digest_core.store import Store
 
 DAY = "2026-01-23"  # a recorded HF day with 18 papers
 EMPTY_DAY = "2026-01-24"  # HF lists nothing
@@ -151,7 +151,7 @@ class Env:
         self, settings: Settings, clock: Clock, owner: str = "host-a:100", channel: Any = None
     ) -> DailyJob:
         """A DailyJob as one process would run it: its own pipeline and store on the file."""
-        pipeline = await Pipeline.open(settings)
+        pipeline = await open_pipeline(settings)
         self.pipelines.append(pipeline)
         destinations = [Destination(channel or self.channel, "C1")]
         return DailyJob(pipeline, destinations, settings, owner, now=clock.now, sleep=clock.sleep)
@@ -302,7 +302,7 @@ async def test_two_jobs_racing_for_the_day_on_one_database_post_once(env: Env) -
 
 async def test_two_stores_opening_a_new_database_at_once_both_work(tmp_path: Path) -> None:
     path = tmp_path / "fresh" / "digestbot.db"
-    stores = await asyncio.gather(Store.open(path), Store.open(path))
+    stores = await asyncio.gather(ChatStore.open(path), ChatStore.open(path))
     try:
         claims = await asyncio.gather(stores[0].claim_run(DAY, "a"), stores[1].claim_run(DAY, "b"))
         assert sorted(claims) == [False, True]
@@ -316,11 +316,11 @@ import asyncio, sys
 from bot.scheduler import DailyJob
 from bot.service import parse_destinations
 from digest_core.config import load_settings
-from digest_core.pipeline import Pipeline
+from bot.chatstore import open_pipeline
 
 async def main(owner, day):
     settings = load_settings()
-    pipeline = await Pipeline.open(settings)
+    pipeline = await open_pipeline(settings)
     destinations = parse_destinations(None, settings)
     try:
         print(await DailyJob(pipeline, destinations, settings, owner).run(day), flush=True)
@@ -559,7 +559,7 @@ async def test_a_transient_failure_is_retried_by_the_job_after_a_pause_and_lands
     ):
         clock = Clock(local(DAY, "09:00"))
         settings = env.settings()
-        pipeline = await Pipeline.open(settings)
+        pipeline = await open_pipeline(settings)
         env.pipelines.append(pipeline)
         destinations = [
             Destination(env.channel, "C1"),
@@ -592,7 +592,7 @@ async def test_a_permanent_failure_is_still_reported_after_another_destination_r
     ):
         clock = Clock(local(DAY, "09:00"))
         settings = env.settings()
-        pipeline = await Pipeline.open(settings)
+        pipeline = await open_pipeline(settings)
         env.pipelines.append(pipeline)
         destinations = [
             Destination(env.channel, "C2"),

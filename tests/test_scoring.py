@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -201,12 +200,11 @@ async def test_a_refusal_falls_back_to_keywords_and_says_so(world: World) -> Non
 
 async def test_a_hanging_llm_falls_back_within_the_deadline(world: World) -> None:
     world.llm.fail_next("hang", times=10, seconds=30)
-    started = time.monotonic()
     async with pipeline_of(world, timeout_seconds=0.5) as pipeline:
         result = await pipeline.scorer.score(day_papers(5))
-    elapsed = time.monotonic() - started
-    # two attempts of 0.5 s and one short backoff; the fake would hang for 30 s
-    assert elapsed < 6
+        # Both attempts were given up by the client: the fake, hanging 30 s each, answered
+        # neither. bench/digest.py times the fallback.
+        assert world.llm.answered == 0
     assert result.note is not None and "timed out after 0.5 s" in result.note
     assert not any(s.by_llm for s in result.scores.values())
     assert len(scoring_calls(world)) == 2  # max_retries = 1 in the test config

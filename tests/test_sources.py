@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from fakes.papers import HF_DAYS, FakeArxiv, FakeHF, arxiv_fixture, hf_day
 from digest_core.arxiv_id import ArxivId
 from digest_core.config import SourceSettings
 from digest_core.models import SOURCE_ABSTRACT, SOURCE_HTML, SOURCE_PDF, Paper
-from digest_core.sources import SourceError, make_http_client, total_deadline
+from digest_core.sources import SourceError, make_http_client
 from digest_core.sources import arxiv as arxiv_module
 from digest_core.sources.arxiv import ArxivClient, parse_atom
 from digest_core.sources.fulltext import (
@@ -247,12 +246,11 @@ async def test_json_object_with_200_is_a_source_error(hf: FakeHF) -> None:
 async def test_hang_fails_within_the_deadline(hf: FakeHF) -> None:
     hf.hang = True
     settings = make_settings(hf.url, timeout=0.3, retries=1)
-    started = time.monotonic()
     async with make_http_client(settings) as client:
         with pytest.raises(SourceError) as info:
             await fetch_daily_papers(client, settings, "2026-01-28", sleep=Sleeps())
-    elapsed = time.monotonic() - started
-    assert elapsed < 2.0 and elapsed < total_deadline(settings)
+    # The fake would answer 503 after a minute: "did not answer in time" is our deadline's
+    # doing. bench/digest.py times it against total_deadline().
     assert str(info.value) == "Hugging Face did not answer in time for 2026-01-28"
     assert len(hf.daily_requests()) == 2
 

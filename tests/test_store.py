@@ -1,8 +1,7 @@
-"""The store: migrations, WAL, caches, ledgers, and clear refusals of unusable files."""
+"""The core store: migrations, WAL, caches, and clear refusals of unusable files."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -77,40 +76,6 @@ async def test_digest_round_trip(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_run_claimed_once_even_concurrently(tmp_path: Path) -> None:
-    path = tmp_path / "bot.db"
-    a, b = await Store.open(path), await Store.open(path)
-    results = await asyncio.gather(
-        *(s.claim_run("2026-02-18", f"p{i}") for i, s in enumerate((a, b, a, b)))
-    )
-    assert sorted(results) == [False, False, False, True]
-    # a live owner keeps its lease; a dead one (lease expired) can be taken over
-    assert await a.claim_run("2026-02-18", "late", lease_seconds=600) is False
-    assert await a.claim_run("2026-02-18", "rescuer", lease_seconds=-1) is True
-    await b.finish_run("2026-02-18", "done")
-    assert await a.claim_run("2026-02-18", "other", lease_seconds=-1) is False
-    # a failed day can be tried again
-    assert await a.claim_run("2026-02-19", "x") is True
-    await a.finish_run("2026-02-19", "failed", "HF down")
-    assert await b.claim_run("2026-02-19", "y") is True
-    await a.close()
-    await b.close()
-
-
-async def test_event_first_sight_and_rate_window(tmp_path: Path) -> None:
-    from datetime import timedelta
-
-    store = await Store.open(tmp_path / "bot.db")
-    assert await store.first_sight("slack:Ev1") is True
-    assert await store.first_sight("slack:Ev1") is False
-    for _ in range(3):
-        assert await store.count_request("u1", timedelta(hours=1), 3) is None
-    wait = await store.count_request("u1", timedelta(hours=1), 3)
-    assert wait is not None and 0 < wait <= 3601
-    assert await store.count_request("u2", timedelta(hours=1), 3) is None
-    await store.close()
-
-
 async def test_latest_analysis_matches_model_and_prompt_version(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "bot.db")
     dive = DeepDive(
@@ -136,17 +101,4 @@ async def test_latest_analysis_matches_model_and_prompt_version(tmp_path: Path) 
     )
     assert await store.latest_analysis("2602.14941", "en") is None
     assert await store.latest_analysis("2602.14941", "zh") is not None
-    await store.close()
-
-
-async def test_prune_forgets_old_marks_only(tmp_path: Path) -> None:
-    from datetime import timedelta
-
-    store = await Store.open(tmp_path / "bot.db")
-    assert await store.first_sight("slack-msg:C1:1")
-    assert await store.count_request("u", timedelta(hours=1), 5) is None
-    assert await store.prune() == 0  # fresh: kept
-    assert not await store.first_sight("slack-msg:C1:1")
-    assert await store.prune(older_than=timedelta(seconds=-5)) == 2
-    assert await store.first_sight("slack-msg:C1:1")
     await store.close()

@@ -1,12 +1,13 @@
-"""The small protocol every destination speaks: render a digest into messages, send one.
+"""The small protocol every destination speaks: render messages, send one, find one again.
 
-A channel never calls the LLM and never decides what to post: the service walks the list
-`render_digest` returns, records each message in the ledger, and calls `send` for it.
+A channel never calls the LLM and never decides what to post: the service walks the list a
+`render_*` method returns, records each message in the ledger, and calls `send` for it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
 from digest_core.models import Answer, Digest, DigestEntry
@@ -23,6 +24,14 @@ class Outgoing:
     key: str
     payload: Any  # platform-specific: a SlackMessage, a Telegram HTML string, plain text...
     summary: str  # a short plain line for logs and the ledger (never a secret)
+
+
+class ErrorKind(StrEnum):
+    """Why a post failed, as the ledger records it and delivery acts on it."""
+
+    TRANSIENT = "transient"  # the platform or the network faltered: a later run may succeed
+    PERMANENT = "permanent"  # the destination refuses (not_in_channel, bot kicked): not retried
+    CONTENT = "content"  # the platform refused this message only: the thread goes on without it
 
 
 class DeliveryError(Exception):
@@ -44,9 +53,18 @@ class DeliveryError(Exception):
         # the messages after it can still be posted.
         self.content = content
 
+    @property
+    def kind(self) -> ErrorKind:
+        if self.content:
+            return ErrorKind.CONTENT
+        return ErrorKind.PERMANENT if self.permanent else ErrorKind.TRANSIENT
+
 
 class Channel(Protocol):
     platform: str
+    # Whether `find_posted` can find a message again (Slack: by its metadata). Where it cannot
+    # (Telegram), a send whose outcome is unknown is repeated at most a bounded number of times.
+    searchable: bool
 
     def render_digest(self, digest: Digest) -> list[Outgoing]:
         """Root message first, then every reply in thread order."""
@@ -60,7 +78,32 @@ class Channel(Protocol):
         """A thread answer, split as the platform needs."""
         ...
 
-    async def send(self, chat: str, payload: Any, thread: str | None) -> str:
-        """Post one message, as a reply in `thread` when given. Returns the message's reference
-        (Slack `ts`, Telegram `message_id` as a string). Raises DeliveryError."""
+    def render_line(self, text: str) -> Outgoing:
+        """One short plain-text line from the bot (a refusal, "which paper?", a status line),
+        escaped for the platform."""
+        ...
+
+    async def send(self, chat: str, payload: Any, thread: str | None, *, key: str) -> str:
+        """Post one message, as a reply in `thread` when given. `key` is the ledger's mark of
+        this post, unique per scope, that `find_posted` looks for. Returns the message's
+        reference (Slack `ts`, Telegram `message_id` as a string). Raises DeliveryError."""
+        ...
+
+    async def find_posted(self, chat: str, thread: str | None, key: str) -> str | None:
+        """The reference of a message sent earlier with `key`, or None (always None where the
+        platform cannot be searched). Raises DeliveryError."""
+        ...
+
+    async def working(self, chat: str, thread: str | None) -> str | None:
+        """Show the requester that slow work began: Slack posts a placeholder in the thread and
+        returns its reference, which `replace` later turns into the first message of the
+        result; Telegram shows "typing…" and returns None."""
+        ...
+
+    async def replace(self, chat: str, ref: str, payload: Any) -> None:
+        """Replace the content of message `ref` (a placeholder). Raises DeliveryError."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the channel's HTTP client."""
         ...

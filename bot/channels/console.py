@@ -22,6 +22,7 @@ from digest_core.render.markdown import (
 
 class ConsoleChannel:
     platform = "console"
+    searchable = False
 
     def __init__(self, stream: TextIO | None = None, language: str = "zh") -> None:
         self.stream = stream
@@ -36,6 +37,21 @@ class ConsoleChannel:
 
     def render_answer(self, answer: Answer) -> list[Outgoing]:
         return [Outgoing("answer", answer_markdown(answer), f"answer {answer.arxiv_id}")]
+
+    def render_line(self, text: str) -> Outgoing:
+        return Outgoing("line", text, text.splitlines()[0][:80] if text else "line")
+
+    async def find_posted(self, chat: str, thread: str | None, key: str) -> str | None:
+        return None
+
+    async def working(self, chat: str, thread: str | None) -> str | None:
+        return None
+
+    async def replace(self, chat: str, ref: str, payload: Any) -> None:
+        await self.send(chat, payload, None)
+
+    async def aclose(self) -> None:
+        return None
 
     async def send(
         self, chat: str, payload: Any, thread: str | None, *, key: str | None = None

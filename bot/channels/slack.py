@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 from slack_sdk.errors import SlackApiError, SlackClientError
@@ -37,14 +37,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.channels.base import DeliveryError, Outgoing
 from digest_core.models import Answer, Digest, DigestEntry
-
-if TYPE_CHECKING:
-    from digest_core.render.slack import SlackMessage
+from digest_core.render.slack import SlackMessage, escape
 
 log = logging.getLogger(__name__)
 
 SLACK_API = "https://slack.com/api/"
 METADATA_EVENT_TYPE = "digestbot_post"
+THINKING = "🤔 Reading the paper…"
 
 # Errors that the same request will hit again however often it is retried.
 # Refusals of one message, not of the channel: the next message may still go through.
@@ -252,6 +251,7 @@ class SlackChannel:
     """Slack implementation of the Channel protocol (bot.channels.base.Channel)."""
 
     platform = "slack"
+    searchable = True  # every post carries its key in message metadata
 
     def __init__(self, client: AsyncWebClient, language: str = "zh") -> None:
         self.client = client
@@ -300,6 +300,10 @@ class SlackChannel:
             Outgoing(key=f"answer#{j}", payload=msg, summary=f"answer {answer.arxiv_id} part {j}")
             for j, msg in enumerate(render.render_answer(answer))
         ]
+
+    def render_line(self, text: str) -> Outgoing:
+        """A short line from the bot, as one mrkdwn section (never parsed for links or pings)."""
+        return Outgoing(key="line", payload=line_message(text), summary=text.splitlines()[0][:80])
 
     @staticmethod
     def _parts(entry: DigestEntry, messages: list[SlackMessage]) -> list[Outgoing]:
@@ -379,7 +383,11 @@ class SlackChannel:
             raise self._fail("conversations.history", exc) from None
         return _match(response.get("messages") or [], key)
 
-    async def update(self, chat: str, ts: str, payload: SlackMessage) -> None:
+    async def working(self, chat: str, thread: str | None) -> str | None:
+        """A "Reading the paper…" placeholder in the thread; its ts, for `replace`."""
+        return await self.send(chat, line_message(THINKING), thread)
+
+    async def replace(self, chat: str, ts: str, payload: SlackMessage) -> None:
         """Replace message `ts` (e.g. a "working on it…" placeholder) with `payload`."""
         kwargs: dict[str, Any] = {"channel": chat, "ts": ts, "text": payload.text}
         # An empty list clears the old blocks, so the text becomes the visible body.
@@ -401,9 +409,23 @@ class SlackChannel:
         # Defence in depth: the reason is built from codes, but never let the token through.
         token = self.client.token
         if token and token in error.reason:
-            error = DeliveryError(error.reason.replace(token, "***"), permanent=error.permanent)
+            error = DeliveryError(
+                error.reason.replace(token, "***"),
+                permanent=error.permanent,
+                content=error.content,
+            )
         log.debug("%s (permanent=%s)", error.reason, error.permanent)  # the caller reports it once
         return error
+
+
+def line_message(text: str) -> SlackMessage:
+    """One plain line as a Slack message: escaped, in a verbatim section."""
+    escaped = escape(text)
+    block = {
+        "type": "section",
+        "text": {"type": "mrkdwn", "text": escaped[:2900], "verbatim": True},
+    }
+    return SlackMessage(escaped, [block])
 
 
 def _match(messages: list[dict[str, Any]], key: str) -> str | None:

@@ -304,6 +304,7 @@ class TelegramChannel:
     """The Channel protocol over a PTB bot. Payloads are Telegram-HTML strings."""
 
     platform = "telegram"
+    searchable = False  # the Bot API cannot list a chat's messages
 
     def __init__(
         self,
@@ -352,6 +353,10 @@ class TelegramChannel:
             for j, part in enumerate(parts)
         ]
 
+    def render_line(self, text: str) -> Outgoing:
+        """A short line from the bot, escaped so nothing in it is read as markup."""
+        return Outgoing("line", _render().escape(text), text.splitlines()[0][:80])
+
     def _deep_dive(self, entry: DigestEntry, index: int, language: str) -> list[Outgoing]:
         parts = _render().render_deep_dive(entry, index, language)
         arxiv_id = entry.paper.arxiv_id
@@ -369,6 +374,18 @@ class TelegramChannel:
         chat_id, topic = parse_chat(chat)
         reply_to = int(thread) if thread else None
         return await self._deliver(chat_id, topic, reply_to, str(payload), ParseMode.HTML, 0)
+
+    async def find_posted(self, chat: str, thread: str | None, key: str) -> str | None:
+        """Never found: a sent message cannot be looked up (see `searchable`)."""
+        return None
+
+    async def working(self, chat: str, thread: str | None) -> str | None:
+        """The typing action; no placeholder message to replace."""
+        await self.send_typing(chat)
+        return None
+
+    async def replace(self, chat: str, ref: str, payload: Any) -> None:
+        await self.edit(chat, ref, str(payload))
 
     async def send_typing(self, chat: str) -> None:
         """Show "typing…" while an answer is prepared. Cosmetic: failures are only logged."""

@@ -92,6 +92,7 @@ class FakeLLM(FakeServer):
     _seen: deque[str] = field(default_factory=deque)
     in_flight: int = 0
     max_in_flight: int = 0
+    answered: int = 0  # chat completion requests answered so far (any status)
     _faults: deque[_Fault] = field(default_factory=deque)
     _release: asyncio.Event = field(default_factory=asyncio.Event)
     _ids: itertools.count = field(default_factory=itertools.count)
@@ -128,7 +129,9 @@ class FakeLLM(FakeServer):
         try:
             if self.latency:
                 await asyncio.sleep(self.latency)
-            return await self._answer(body, request.headers.get("Authorization", ""))
+            response = await self._answer(body, request.headers.get("Authorization", ""))
+            self.answered += 1
+            return response
         finally:
             self.in_flight -= 1
 

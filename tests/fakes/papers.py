@@ -67,7 +67,8 @@ class FakeHF(FakeServer):
     Knobs for `/api/daily_papers`:
         status: answer every request with this status and a JSON error body.
         html_body: answer 200 with an HTML maintenance page instead of JSON.
-        hang: never answer (until the server stops).
+        hang: answer nothing for `hang_seconds` (or until the server stops), then 503: a
+            client without a working deadline sees the 503, not a timeout.
         fail_times: the first N requests answer 503 (with `retry_after` as Retry-After if set).
     """
 
@@ -76,6 +77,7 @@ class FakeHF(FakeServer):
     status: int | None = None
     html_body: bool = False
     hang: bool = False
+    hang_seconds: float = 60.0
     fail_times: int = 0
     retry_after: str | None = None
     _served: int = 0
@@ -100,7 +102,10 @@ class FakeHF(FakeServer):
     async def _daily_papers(self, request: web.Request) -> web.StreamResponse:
         self._served += 1
         if self.hang:
-            await self._release.wait()
+            try:
+                await asyncio.wait_for(self._release.wait(), self.hang_seconds)
+            except TimeoutError:
+                pass
             return web.Response(status=503)
         if self._served <= self.fail_times:
             headers = {"Retry-After": self.retry_after} if self.retry_after else {}

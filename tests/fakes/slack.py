@@ -114,6 +114,10 @@ def _truthy(value: Any) -> bool:
     return str(value).lower() in ("1", "true", "yes")
 
 
+# How early a retry may arrive and still count as waiting out Retry-After: timer granularity.
+_CLOCK_SLACK = 0.01
+
+
 @dataclass
 class FakeSlack(FakeServer):
     """Fake Slack Web API + Socket Mode endpoint. See the module docstring."""
@@ -132,10 +136,14 @@ class FakeSlack(FakeServer):
 
     acks: list[dict[str, Any]] = field(default_factory=list)
     ephemerals: list[dict[str, Any]] = field(default_factory=list)
+    # Calls that came back to a rate-limited method before its Retry-After had passed, as
+    # (method, seconds too early): a client that honours Retry-After leaves this empty.
+    too_early: list[tuple[str, float]] = field(default_factory=list)
 
     _store: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     _next_ts: int = 1_700_000_000_000_100  # microseconds; formatted as "1700000000.000100"
     _rate_limits: list[tuple[str | None, int]] = field(default_factory=list)
+    _limited_until: dict[str, float] = field(default_factory=dict)  # method -> loop time
     _server_errors: list[tuple[str | None, int]] = field(default_factory=list)
     _permanent: dict[str, str] = field(default_factory=dict)
     _drops: list[str] = field(default_factory=list)
@@ -316,10 +324,15 @@ class FakeSlack(FakeServer):
 
     async def _api(self, request: web.Request) -> web.StreamResponse:
         method = request.match_info["method"]
+        now = asyncio.get_running_loop().time()
+        early = self._limited_until.pop(method, now) - now
+        if early > _CLOCK_SLACK:
+            self.too_early.append((method, early))
         if self.latency:
             await asyncio.sleep(self.latency)
         retry_after = self._pop_fault(self._rate_limits, method)
         if retry_after is not None:
+            self._limited_until[method] = asyncio.get_running_loop().time() + retry_after
             return web.json_response(
                 {"ok": False, "error": "ratelimited"},
                 status=429,

@@ -37,6 +37,8 @@ MAX_TEXT_UTF16 = 4096
 # The fake never holds a long poll longer than this, whatever `timeout` the client asks for,
 # so polling tests stay fast while still exercising the "wait for new updates" path.
 LONG_POLL_CAP = 1.0
+# How early a retry may arrive and still count as waiting out retry_after: timer granularity.
+_CLOCK_SLACK = 0.01
 
 # HTML parse mode: tag name -> entity type (None: accepted but yields no entity here).
 _TAG_ENTITY: dict[str, str | None] = {
@@ -266,6 +268,10 @@ class FakeTelegram(FakeServer):
         self._new_update: asyncio.Event | None = None
         self._closing = asyncio.Event()
         self._floods: list[_Fault] = []
+        self._flooded_until: dict[str, float] = {}  # method -> loop time
+        # Calls that came back to a flooded method before its retry_after had passed, as
+        # (method, seconds too early): a client that honours retry_after leaves this empty.
+        self.too_early: list[tuple[str, float]] = []
         self._server_errors: list[_Fault] = []
         self._delays: list[_Fault] = []
         for chat_id in chats:
@@ -428,12 +434,17 @@ class FakeTelegram(FakeServer):
         method = request.match_info["method"]
         params = await _read_params(request)
         self.calls.append((method, params))
+        now = asyncio.get_running_loop().time()
+        early = self._flooded_until.pop(method, now) - now
+        if early > _CLOCK_SLACK:
+            self.too_early.append((method, early))
         if self.latency:
             await asyncio.sleep(self.latency)
         for fault in self._floods:
             if fault.method == method and fault.remaining > 0:
                 fault.remaining -= 1
                 seconds = fault.extra["retry_after"]
+                self._flooded_until[method] = asyncio.get_running_loop().time() + seconds
                 return _error(
                     429,
                     f"Too Many Requests: retry after {seconds}",

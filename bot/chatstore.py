@@ -1,0 +1,474 @@
+"""The bot's own state in the shared SQLite file: runs, the posting ledger, threads, turns,
+redelivery marks and rate-limit records, as typed records.
+
+Design: `digest_core/store.py` owns the file, its single SQLite thread and the `digestbot`
+migration sequence, and knows nothing of chats. This module registers its migrations in that
+same sequence (the `migrations` object below, same set name) and passes them to
+`Store.open(path, extensions=[migrations])` (`open_store`, `open_pipeline`); `ChatStore` then
+reads and writes through `Store.run`, on the store's thread and connection. Migrations
+m003–m005 keep the names under which digestbot recorded them before this move, so a database
+made then is already up to date on them; new bot migrations are numbered m008 onwards (m006
+and m007 are the core's).
+
+    digest_core.store.Store ── papers, scores, analyses, full texts, digests, LLM calls
+          ▲ run(fn)                          (core migrations m001, m002, m007; m006 reserved)
+    bot.chatstore.ChatStore ── runs, posts, threads, turns, events, requests
+                                             (bot migrations m003, m004, m005, m008)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlite_utils import Database, Migrations
+
+from bot.channels.base import ErrorKind
+from digest_core.store import MIGRATION_SET, Store, StoreError
+
+if TYPE_CHECKING:
+    from digest_core.config import Settings
+    from digest_core.pipeline import Pipeline
+
+migrations = Migrations(MIGRATION_SET)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@migrations()
+def m003_delivery(db: Database) -> None:
+    # One row per digest day: claimed once, so two processes or a restart never post twice.
+    db["runs"].create(
+        {
+            "digest_date": str,
+            "status": str,
+            "owner": str,
+            "started_at": str,
+            "heartbeat_at": str,
+            "finished_at": str,
+            "detail": str,
+        },
+        pk="digest_date",
+    )
+    # The posting ledger: intent recorded before the post, the result after it.
+    db["posts"].create(
+        {
+            "scope": str,
+            "platform": str,
+            "chat": str,
+            "key": str,
+            "seq": int,
+            "status": str,
+            "thread_ref": str,
+            "message_ref": str,
+            "error": str,
+            "updated_at": str,
+        },
+        pk=("scope", "platform", "chat", "key"),
+    )
+    db["posts"].create_index(["platform", "chat", "message_ref"])
+    # Threads the bot started, and which papers each one is about (for follow-up questions).
+    db["threads"].create(
+        {
+            "platform": str,
+            "chat": str,
+            "thread_ref": str,
+            "kind": str,
+            "scope": str,
+            "papers": str,
+            "created_at": str,
+        },
+        pk=("platform", "chat", "thread_ref"),
+    )
+
+
+@migrations()
+def m004_interactive(db: Database) -> None:
+    db["events"].create({"event_key": str, "seen_at": str}, pk="event_key")
+    db["turns"].create(
+        {
+            "id": int,
+            "platform": str,
+            "chat": str,
+            "thread_ref": str,
+            "arxiv_id": str,
+            "role": str,
+            "text": str,
+            "at": str,
+        },
+        pk="id",
+    )
+    db["turns"].create_index(["platform", "chat", "thread_ref"])
+    db["requests"].create({"id": int, "user_key": str, "at": str}, pk="id")
+    db["requests"].create_index(["user_key", "at"])
+
+
+@migrations()
+def m005_post_attempts(db: Database) -> None:
+    # How often a post was sent: blind re-sends on unsearchable platforms are bounded.
+    db["posts"].add_column("attempts", int, not_null_default=0)
+
+
+@migrations()
+def m008_post_error_kind(db: Database) -> None:
+    # The kind of a failure gets its own column; until now it was a prefix of the error text
+    # ("permanent: not_in_channel"). Split the old rows once, here, and never parse again.
+    db["posts"].add_column("error_kind", str)
+    for kind in ErrorKind:
+        prefix = f"{kind.value}: "
+        db.execute(
+            "update posts set error_kind = ?, error = substr(error, ?) "
+            "where error_kind is null and substr(error, 1, ?) = ?",
+            [kind.value, len(prefix) + 1, len(prefix), prefix],
+        )
+
+
+# -- records ------------------------------------------------------------------------------------
+
+
+class PostStatus(StrEnum):
+    INTENT = "intent"  # recorded before the send: the outcome is unknown until the next row
+    SENT = "sent"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class PostRecord:
+    """One message of a scope (a digest day, an analysis, an answer) in one chat."""
+
+    scope: str
+    platform: str
+    chat: str
+    key: str
+    seq: int
+    status: PostStatus
+    thread_ref: str | None = None  # the bot thread the message belongs to
+    message_ref: str | None = None
+    error_kind: ErrorKind | None = None
+    error: str | None = None
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class ThreadRecord:
+    """A thread the bot started (a digest or an analysis) and the papers it is about."""
+
+    platform: str
+    chat: str
+    thread_ref: str
+    kind: str
+    scope: str
+    papers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One remembered line of a thread conversation."""
+
+    role: str  # "user", "assistant", or PENDING: a question kept while asking which paper
+    text: str
+    arxiv_id: str
+
+
+def _post(row: dict[str, Any]) -> PostRecord:
+    kind = row.get("error_kind")
+    return PostRecord(
+        scope=row["scope"],
+        platform=row["platform"],
+        chat=row["chat"],
+        key=row["key"],
+        seq=row["seq"],
+        status=PostStatus(row["status"]),
+        thread_ref=row["thread_ref"],
+        message_ref=row["message_ref"],
+        error_kind=ErrorKind(kind) if kind else None,
+        error=row["error"],
+        attempts=int(row.get("attempts") or 0),
+    )
+
+
+def _thread(row: dict[str, Any]) -> ThreadRecord:
+    return ThreadRecord(
+        platform=row["platform"],
+        chat=row["chat"],
+        thread_ref=row["thread_ref"],
+        kind=row["kind"],
+        scope=row["scope"],
+        papers=tuple(json.loads(row["papers"])),
+    )
+
+
+# -- opening ------------------------------------------------------------------------------------
+
+
+async def open_store(path: str | Path) -> Store:
+    """The shared store with the bot's migrations applied."""
+    return await Store.open(path, extensions=[migrations])
+
+
+async def open_pipeline(settings: Settings, *, offline: bool = False) -> Pipeline:
+    """The core pipeline over a store that also holds the bot's state."""
+    from digest_core.pipeline import Pipeline  # the LLM and HTTP stacks, only when needed
+
+    return await Pipeline.open(settings, offline=offline, extensions=[migrations])
+
+
+class ChatStore:
+    """Async access to the bot's tables, through the core store's thread."""
+
+    def __init__(self, store: Store) -> None:
+        if migrations not in store.extensions:
+            raise StoreError("chat state needs the store opened with bot.chatstore.migrations")
+        self.store = store
+
+    @classmethod
+    async def open(cls, path: str | Path) -> ChatStore:
+        return cls(await open_store(path))
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    @property
+    def _db(self) -> Database:
+        return self.store.db
+
+    # -- run ledger (one digest per day) ---------------------------------------------------------
+
+    async def claim_run(self, digest_date: str, owner: str, lease_seconds: float = 600) -> bool:
+        """Claim the day. True for exactly one caller. A run that failed, or whose owner stopped
+        renewing its lease for `lease_seconds` (a dead process), can be reclaimed so a restart
+        finishes it; a run that is done, or alive in another process, cannot."""
+
+        def claim() -> bool:
+            now = datetime.now(UTC)
+            stale = (now - timedelta(seconds=lease_seconds)).isoformat(timespec="seconds")
+            stamp = now.isoformat(timespec="seconds")
+            with self._db.conn:
+                cur = self._db.conn.execute(
+                    "insert into runs(digest_date, status, owner, started_at, heartbeat_at) "
+                    "values (?, 'running', ?, ?, ?) "
+                    "on conflict(digest_date) do update set status = 'running', "
+                    "owner = excluded.owner, started_at = excluded.started_at, "
+                    "heartbeat_at = excluded.heartbeat_at, detail = null "
+                    "where runs.status = 'failed' "
+                    "or (runs.status = 'running' and runs.heartbeat_at < ?)",
+                    [digest_date, owner, stamp, stamp, stale],
+                )
+                return cur.rowcount == 1
+
+        return await self.store.run(claim)
+
+    async def heartbeat(self, digest_date: str, owner: str) -> None:
+        """Renew the lease of a running day (the job calls it as it goes)."""
+
+        def write() -> None:
+            with self._db.conn:
+                self._db.conn.execute(
+                    "update runs set heartbeat_at = ? where digest_date = ? and owner = ? "
+                    "and status = 'running'",
+                    [_now(), digest_date, owner],
+                )
+
+        await self.store.run(write)
+
+    async def finish_run(
+        self, digest_date: str, status: str, detail: str = "", *, owner: str | None = None
+    ) -> None:
+        """Record how a run ended; with `owner`, only if that owner still holds the day (a run
+        taken over after its lease lapsed must not overwrite the new owner's record)."""
+
+        def write() -> None:
+            with self._db.conn:
+                self._db.conn.execute(
+                    "update runs set status = ?, finished_at = ?, detail = ? "
+                    "where digest_date = ? and (? is null or owner = ?)",
+                    [status, _now(), detail, digest_date, owner, owner],
+                )
+
+        await self.store.run(write)
+
+    async def run_status(self, digest_date: str) -> str | None:
+        def read() -> str | None:
+            rows = list(self._db["runs"].rows_where("digest_date = ?", [digest_date]))
+            return rows[0]["status"] if rows else None
+
+        return await self.store.run(read)
+
+    # -- posting ledger ------------------------------------------------------------------------
+
+    async def post_state(self, scope: str, platform: str, chat: str) -> dict[str, PostRecord]:
+        """Every ledger row of one destination for one scope, by key."""
+
+        def read() -> dict[str, PostRecord]:
+            rows = self._db["posts"].rows_where(
+                "scope = ? and platform = ? and chat = ?", [scope, platform, chat]
+            )
+            return {r["key"]: _post(r) for r in rows}
+
+        return await self.store.run(read)
+
+    async def has_posts(self, scope: str) -> bool:
+        """Whether anything of this scope (e.g. a day's digest) was sent or attempted."""
+
+        def read() -> bool:
+            rows = list(self._db.query("select 1 from posts where scope = ? limit 1", [scope]))
+            return bool(rows)
+
+        return await self.store.run(read)
+
+    async def record_post(self, post: PostRecord) -> None:
+        record = {
+            "scope": post.scope,
+            "platform": post.platform,
+            "chat": post.chat,
+            "key": post.key,
+            "seq": post.seq,
+            "status": post.status.value,
+            "thread_ref": post.thread_ref,
+            "message_ref": post.message_ref,
+            "error_kind": post.error_kind.value if post.error_kind else None,
+            "error": post.error,
+            "attempts": post.attempts,
+            "updated_at": _now(),
+        }
+        await self.store.run(
+            lambda: self._db["posts"].upsert(record, pk=("scope", "platform", "chat", "key"))
+        )
+
+    # -- threads -------------------------------------------------------------------------------
+
+    async def save_thread(self, thread: ThreadRecord) -> None:
+        record = {
+            "platform": thread.platform,
+            "chat": thread.chat,
+            "thread_ref": thread.thread_ref,
+            "kind": thread.kind,
+            "scope": thread.scope,
+            "papers": json.dumps(list(thread.papers)),
+            "created_at": _now(),
+        }
+        await self.store.run(
+            lambda: self._db["threads"].upsert(record, pk=("platform", "chat", "thread_ref"))
+        )
+
+    async def find_thread(self, platform: str, chat: str, ref: str) -> ThreadRecord | None:
+        """The bot's thread that `ref` is the root of, or a message inside of."""
+
+        def read() -> ThreadRecord | None:
+            rows = list(
+                self._db.query(
+                    "select * from threads where platform = ? and chat = ? and thread_ref = ? "
+                    "union all "
+                    "select t.* from posts p join threads t on t.platform = p.platform "
+                    "and t.chat = p.chat and t.thread_ref = p.thread_ref "
+                    "where p.platform = ? and p.chat = ? and p.message_ref = ? limit 1",
+                    [platform, chat, ref, platform, chat, ref],
+                )
+            )
+            return _thread(rows[0]) if rows else None
+
+        return await self.store.run(read)
+
+    async def latest_thread(
+        self, platform: str, chat: str, kind: str | None = None
+    ) -> ThreadRecord | None:
+        """The newest thread the bot started in a chat, of one kind if given (a Telegram forum
+        topic's latest digest)."""
+
+        def read() -> ThreadRecord | None:
+            rows = list(
+                self._db.query(
+                    "select * from threads where platform = ? and chat = ? "
+                    "and (? is null or kind = ?) order by created_at desc, rowid desc limit 1",
+                    [platform, chat, kind, kind],
+                )
+            )
+            return _thread(rows[0]) if rows else None
+
+        return await self.store.run(read)
+
+    # -- interactive: dedupe, memory, rate limits ------------------------------------------------
+
+    async def first_sight(self, event_key: str) -> bool:
+        """True the first time an event key is seen, False for every redelivery."""
+
+        def write() -> bool:
+            with self._db.conn:
+                cur = self._db.conn.execute(
+                    "insert into events(event_key, seen_at) values (?, ?) on conflict do nothing",
+                    [event_key, _now()],
+                )
+                return cur.rowcount == 1
+
+        return await self.store.run(write)
+
+    async def prune(self, older_than: timedelta = timedelta(days=3)) -> int:
+        """Forget redelivery marks and rate-limit records past any use: Slack retries within
+        minutes, Telegram keeps updates 24 h, the rate window is an hour. Returns rows removed."""
+
+        def write() -> int:
+            cutoff = (datetime.now(UTC) - older_than).isoformat(timespec="seconds")
+            with self._db.conn:
+                a = self._db.conn.execute("delete from events where seen_at < ?", [cutoff])
+                b = self._db.conn.execute("delete from requests where at < ?", [cutoff])
+            return a.rowcount + b.rowcount
+
+        return await self.store.run(write)
+
+    async def add_turn(
+        self, platform: str, chat: str, thread_ref: str, arxiv_id: str, role: str, text: str
+    ) -> None:
+        record = {
+            "platform": platform,
+            "chat": chat,
+            "thread_ref": thread_ref,
+            "arxiv_id": arxiv_id,
+            "role": role,
+            "text": text,
+            "at": _now(),
+        }
+        await self.store.run(lambda: self._db["turns"].insert(record))
+
+    async def turns(self, platform: str, chat: str, thread_ref: str, limit: int) -> list[Turn]:
+        """The thread's last `limit` turns, oldest first."""
+
+        def read() -> list[Turn]:
+            rows = list(
+                self._db.query(
+                    "select role, text, arxiv_id from turns where platform = ? and chat = ? "
+                    "and thread_ref = ? order by id desc limit ?",
+                    [platform, chat, thread_ref, limit],
+                )
+            )
+            return [Turn(r["role"], r["text"], r["arxiv_id"]) for r in reversed(rows)]
+
+        return await self.store.run(read)
+
+    async def count_request(self, user_key: str, window: timedelta, limit: int) -> int | None:
+        """Record a request if the user is under `limit` in `window`; otherwise return the
+        seconds until the oldest request in the window expires (and record nothing)."""
+
+        def write() -> int | None:
+            now = datetime.now(UTC)
+            since = (now - window).isoformat(timespec="seconds")
+            with self._db.conn:
+                rows = self._db.conn.execute(
+                    "select at from requests where user_key = ? and at >= ? order by at",
+                    [user_key, since],
+                ).fetchall()
+                if len(rows) >= limit:
+                    oldest = datetime.fromisoformat(rows[0][0])
+                    return max(1, int((oldest + window - now).total_seconds()) + 1)
+                self._db.conn.execute(
+                    "insert into requests(user_key, at) values (?, ?)",
+                    [user_key, now.isoformat(timespec="seconds")],
+                )
+            return None
+
+        return await self.store.run(write)
