@@ -43,7 +43,7 @@ from fakes.llm import FakeLLM  # noqa: E402
 from fakes.papers import FakeArxiv, FakeHF, arxiv_fixture, hf_day  # noqa: E402
 from fakes.world import fast_config, research_responder  # noqa: E402
 
-from digest_core.config import load_settings  # noqa: E402
+from bot.settings import load_settings  # noqa: E402
 from digest_core.pipeline import Pipeline  # noqa: E402
 
 DAY = "2026-01-23"

@@ -28,8 +28,8 @@ from datetime import UTC, datetime, timedelta
 from bot.channels.base import Channel, Outgoing
 from bot.chatstore import ChatStore, PostStatus, ThreadRecord
 from bot.service import Delivered, Destination, post_thread
+from bot.settings import AppSettings as Settings
 from digest_core.arxiv_id import ArxivId, InvalidArxivId, parse_arxiv_id
-from digest_core.config import Settings
 from digest_core.models import Answer
 from digest_core.pipeline import PaperNotFound, Pipeline
 from digest_core.sources import SourceError

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported on use below, so `--help` stays fast
-    from digest_core.config import Settings
+    from bot.settings import AppSettings as Settings
     from digest_core.pipeline import Pipeline, Progress
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _dispatch(args: argparse.Namespace) -> int:
     from bot.logs import configure_logging
-    from digest_core.config import ConfigError, load_settings
+    from bot.settings import ConfigError, load_settings
     from digest_core.store import StoreError
 
     try:
@@ -226,7 +226,6 @@ DEMO_DAY = "2026-01-23"
 async def _demo(settings: Settings) -> int:
     """The bundled real HF day, scored and analysed with the built-in analyser, no network."""
     import json
-    from dataclasses import replace
     from importlib import resources
 
     from digest_core.pipeline import Pipeline
@@ -238,7 +237,7 @@ async def _demo(settings: Settings) -> int:
     )
     papers = parse_daily_papers(json.loads(raw), settings.sources.arxiv_url)
     with tempfile.TemporaryDirectory(prefix="digestbot-demo-") as tmp:
-        demo_settings = replace(settings, db_path=Path(tmp) / "demo.db")
+        demo_settings = settings.model_copy(update={"db_path": Path(tmp) / "demo.db"})
         pipeline = await Pipeline.open(demo_settings, offline=True)
         try:
             digest = await pipeline.build_digest(

@@ -20,9 +20,10 @@ from apscheduler.triggers.cron import CronTrigger
 
 from bot.chatstore import ChatStore
 from bot.service import Delivered, Destination, deliver, started_digest
-from digest_core.config import Settings
+from bot.settings import AppSettings as Settings
 from digest_core.models import Digest, Paper
 from digest_core.pipeline import Pipeline
+from digest_core.retry import RetryPolicy, TryAgain
 from digest_core.sources import SourceError
 from digest_core.sources.hf import fetch_daily_papers
 
@@ -227,17 +228,34 @@ class DailyJob:
         are reported once and left."""
         pending = list(self.destinations)
         last: dict[int, Delivered] = {}  # each destination's latest result, across rounds
-        for attempt in range(DELIVERY_ATTEMPTS):
+        # Rounds a minute apart, then two: long enough for a platform's hiccup to pass.
+        policy = RetryPolicy.from_settings(
+            self.settings.retry,
+            attempts=DELIVERY_ATTEMPTS,
+            backoff_base=60.0,
+            backoff_max=600.0,
+            retry_after_cap=float("inf"),
+        )
+
+        async def round_(_: int) -> None:
+            nonlocal pending
             retry = []
             for dest in pending:
                 result = await deliver(self.store, dest, digest, self.settings)
                 last[id(dest)] = result
                 if not result.ok and result.retryable:
                     retry.append(dest)
-            if not retry or attempt == DELIVERY_ATTEMPTS - 1:
-                break
-            pending = retry
-            await self._wait(digest.date, 60.0 * (attempt + 1))
+            if retry:
+                pending = retry
+                raise TryAgain(f"{len(retry)} destination(s) failed for now")
+
+        async def wait(seconds: float) -> None:
+            await self._wait(digest.date, seconds)
+
+        try:
+            await policy.run(round_, what=f"delivery of {digest.date}", sleep=wait)
+        except TryAgain:
+            pass  # the last round's failures are reported below
         return [r for r in last.values() if not r.ok]
 
 

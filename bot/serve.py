@@ -23,7 +23,7 @@ from bot.chatstore import open_pipeline
 from bot.http import HttpServer
 from bot.scheduler import DailyJob, start_scheduler
 from bot.service import Destination
-from digest_core.config import Settings
+from bot.settings import AppSettings as Settings
 from digest_core.pipeline import Pipeline
 
 log = logging.getLogger(__name__)

@@ -8,16 +8,17 @@ platforms that can be searched). One destination's failure never stops the other
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from dataclasses import dataclass
 
 from bot.channels.base import Channel, DeliveryError, ErrorKind, Outgoing
 from bot.chatstore import ChatStore, PostRecord, PostStatus, ThreadRecord
-from digest_core.config import Settings
+from bot.settings import AppSettings as Settings
+from digest_core.config import RetrySettings
 from digest_core.models import Digest
 from digest_core.pipeline import Pipeline
+from digest_core.retry import RetryPolicy, TryAgain
 
 log = logging.getLogger(__name__)
 
@@ -322,22 +323,32 @@ async def _send_once(
     5xx or a dropped connection can come after the platform stored the post. On a platform
     that cannot be searched (Telegram), `counter` counts the sends whose outcome is unknown
     (they may have landed), and `budget` bounds them, over all runs, through the ledger."""
-    for attempt in range(SEND_ATTEMPTS):
+    policy = RetryPolicy.from_settings(
+        RetrySettings(), attempts=SEND_ATTEMPTS, backoff_base=pause, retry_after_cap=float("inf")
+    )
+
+    async def attempt(number: int) -> str:
+        if number > 1:
+            # The last send may have landed after all: look before sending it again.
+            found = await _find_previous(channel, chat, thread, mark)
+            if found is not None:
+                return found
         try:
             return await channel.send(chat, out.payload, thread, key=mark)
         except DeliveryError as exc:
             if exc.maybe_delivered:
                 counter[0] += 1
-            if exc.permanent or attempt == SEND_ATTEMPTS - 1 or counter[0] >= budget:
+            if exc.permanent or counter[0] >= budget:
                 raise
             log.warning(
                 "%s: transient failure (%s); checking, then trying again", out.summary, exc.reason
             )
-            await asyncio.sleep(pause * (2**attempt))
-            found = await _find_previous(channel, chat, thread, mark)
-            if found is not None:
-                return found
-    raise AssertionError("unreachable")
+            raise TryAgain(exc.reason, value=exc) from None
+
+    try:
+        return await policy.run(attempt, what=out.summary)
+    except TryAgain as exc:
+        raise exc.value from None
 
 
 async def _find_previous(channel: Channel, chat: str, thread: str | None, key: str) -> str | None:

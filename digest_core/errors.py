@@ -9,8 +9,11 @@ that the tree names every exception class in `digest_core` and `bot`, and only t
      │                                                  `.kind` (timeout, rate_limit, quota,
      │                                                  auth, server, refusal, ...) says how
      ├── _Failure ............... digest_core.llm       one attempt failed (internal: the retry
-     │                                                  loop in llm.py catches it)
+     │                                                  policy run by llm.py catches it)
      ├── SourceError ............ digest_core.sources   Hugging Face or arXiv gave no answer
+     ├── TryAgain ............... digest_core.retry     one attempt failed for now (internal:
+     │                                                  the retry policy catches it; `.wait`
+     │                                                  is what Retry-After asked for)
      ├── DeliveryError .......... bot.channels.base     a post failed after the channel's own
      │                                                  retries; `.permanent` says whether a
      │                                                  later run may retry it

@@ -1,8 +1,9 @@
 """The one door to the LLM: an OpenAI-compatible Chat Completions client with bounded failure.
 
 Every call ends in a value or an `LLMError` within `timeout_seconds × attempts` (plus short
-backoffs); the openai package's own retries are off so that ours are counted, bounded and
-recorded. Structured output walks a ladder (json_schema → json_object → schema in the prompt)
+backoffs). Retries follow the one policy (digest_core.retry) and are the only layer: the
+openai package's own retries are off, because its rules would wait out any 429 (even
+insufficient_quota, or a Retry-After of an hour) and hide the attempts we count and record. Structured output walks a ladder (json_schema → json_object → schema in the prompt)
 and remembers the rung an endpoint accepts. Whatever the server promises, the JSON is parsed
 and validated here. Errors carry a short reason safe to show in a chat message: never the key,
 never a response body (OpenAI's 401 message echoes a masked key).
@@ -15,19 +16,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import openai
 
 from digest_core.config import LLMSettings
+from digest_core.retry import RetryPolicy, retry_after
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,6 @@ T = TypeVar("T")
 # Structured-output rungs, strictest first. "text" is the plain completion of `text()`.
 MODES: tuple[str, ...] = ("json_schema", "json_object", "prompt")
 
-RETRY_AFTER_CAP_S = 30.0  # a longer server-requested wait fails fast instead of stalling a job
-_BACKOFF_MAX_S = 8.0
 _NOTE_CHARS = 200  # how much of a validator's complaint goes back to the model
 
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
@@ -160,8 +158,8 @@ class LLMClient:
         on_call: Callable[[LLMCall], None] | None = None,
         *,
         on_grounding: Callable[[str, int, int], None] | None = None,
-        backoff_base: float = 0.5,
-        retry_after_cap: float = RETRY_AFTER_CAP_S,
+        backoff_base: float | None = None,
+        retry_after_cap: float | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         if settings.api_key is None or not settings.api_key.get():
@@ -169,8 +167,21 @@ class LLMClient:
         self.settings = settings
         self.on_call = on_call
         self.on_grounding = on_grounding
-        self.backoff_base = backoff_base
-        self.retry_after_cap = retry_after_cap
+        attempts = settings.max_retries + 1
+        policy = RetryPolicy.from_settings(
+            settings.retry,
+            attempts=attempts,
+            # Every attempt's own deadline, plus the waits between them at their longest.
+            deadline=settings.timeout_seconds * attempts
+            + settings.retry.max_retry_after_seconds * settings.max_retries,
+        )
+        if backoff_base is not None:
+            policy = policy.with_(backoff_base=backoff_base)
+        if retry_after_cap is not None:
+            policy = policy.with_(retry_after_cap=retry_after_cap)
+        self.policy = policy
+        # A longer server-requested wait fails fast instead of stalling a job.
+        self.retry_after_cap = policy.retry_after_cap
         self._sleep = sleep or asyncio.sleep
         self._client: openai.AsyncOpenAI | None = None
         self._semaphore = asyncio.Semaphore(settings.max_concurrency)
@@ -284,34 +295,35 @@ class LLMClient:
         on_downgrade: Callable[[], bool],
     ) -> tuple[Any, LLMResult]:
         tally = _Tally(time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds"))
-        retries = 0
         validation_retried = False
         note: str | None = None
-        while True:
-            tally.attempts += 1
-            try:
-                completion = await self._attempt(request(note))
-                tally.add_usage(completion)
-                data, content = parse(completion)
-            except _Failure as failure:
-                if self._adapted(failure, on_downgrade):
-                    continue  # a different request, not a repeat: no retry budget spent
-                exhausted = retries >= self.settings.max_retries
-                if not failure.retry or exhausted or (failure.validation and validation_retried):
-                    raise self._give_up(failure, tally, purpose, prompt_version, mode()) from None
-                validation_retried = validation_retried or failure.validation
-                retries += 1
-                note = failure.note or note
-                delay = failure.wait if failure.wait is not None else self._backoff(retries)
-                log.info(
-                    "LLM %s attempt %d failed (%s); retrying in %.1f s",
-                    purpose,
-                    tally.attempts,
-                    failure.kind,
-                    delay,
-                )
-                await self._sleep(delay)
-                continue
+
+        async def attempt(_: int) -> tuple[Any, object, str]:
+            nonlocal validation_retried, note
+            while True:
+                tally.attempts += 1
+                try:
+                    completion = await self._attempt(request(note))
+                    tally.add_usage(completion)
+                    data, content = parse(completion)
+                    return completion, data, content
+                except _Failure as failure:
+                    if self._adapted(failure, on_downgrade):
+                        continue  # a different request, not a repeat: no retry budget spent
+                    if failure.validation:
+                        # The complaint goes back to the model once; a second is final.
+                        failure.retry = failure.retry and not validation_retried
+                        validation_retried = True
+                    note = failure.note or note
+                    raise
+
+        try:
+            completion, data, content = await self.policy.run(
+                attempt, what=f"LLM {purpose}", retryable=_retryable, sleep=self._sleep
+            )
+        except _Failure as failure:
+            raise self._give_up(failure, tally, purpose, prompt_version, mode()) from None
+        else:
             model = str(getattr(completion, "model", "") or self.settings.model)
             result = LLMResult(
                 content=content,
@@ -384,8 +396,8 @@ class LLMClient:
         if status == 429:
             return self._rate_limit_failure(exc)
         if status >= 500 or status in (408, 409):
-            wait = _retry_after(exc.response.headers)
-            if wait is not None and wait > self.retry_after_cap:
+            wait = retry_after(exc.response.headers)
+            if self.policy.refuses(wait):
                 return _Failure("server", f"LLM unavailable ({status}); asked to wait {wait:.0f} s")
             kind = "timeout" if status == 408 else "server"
             return _Failure(kind, f"LLM server error ({status})", retry=True, wait=wait)
@@ -398,8 +410,8 @@ class LLMClient:
         # openai-python retries insufficient_quota like any 429; waiting never fixes billing.
         if "insufficient_quota" in (exc.code, getattr(exc, "type", None)):
             return _Failure("quota", "LLM quota exhausted (429 insufficient_quota)")
-        wait = _retry_after(exc.response.headers)
-        if wait is not None and wait > self.retry_after_cap:
+        wait = retry_after(exc.response.headers)
+        if self.policy.refuses(wait):
             return _Failure("rate_limit", f"LLM rate-limited (429); asked to wait {wait:.0f} s")
         return _Failure("rate_limit", "LLM rate-limited (429)", retry=True, wait=wait)
 
@@ -447,10 +459,6 @@ class LLMClient:
             self.on_grounding(result.call_id, checked, unverified)
         except Exception as exc:  # bookkeeping again: never lose the answer over it
             log.warning("recording the number guard's counts failed: %s", type(exc).__name__)
-
-    def _backoff(self, retry: int) -> float:
-        delay = min(_BACKOFF_MAX_S, self.backoff_base * 2 ** (retry - 1))
-        return delay * random.uniform(0.8, 1.2)
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -626,25 +634,5 @@ def _safe_code(value: object) -> str | None:
     return None
 
 
-def _retry_after(headers: Any) -> float | None:
-    """Seconds the server asked us to wait: retry-after-ms, then retry-after (seconds or date)."""
-    raw_ms = headers.get("retry-after-ms")
-    if raw_ms:
-        try:
-            return max(0.0, float(raw_ms) / 1000)
-        except ValueError:
-            pass
-    raw = headers.get("retry-after")
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, _Failure) and exc.retry

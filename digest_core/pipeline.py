@@ -80,7 +80,14 @@ class Pipeline:
         self.analyst = Analyst(
             settings.profile, self.llm, self.model, settings.llm.fulltext_token_budget, why
         )
-        self.answerer = Answerer(settings.profile, self.llm, settings.llm.answer_token_budget, why)
+        self.answerer = Answerer(
+            settings.profile,
+            self.llm,
+            settings.llm.answer_token_budget,
+            why,
+            memory_turns=settings.interactive.thread_memory_turns,
+            terms_cache=store,
+        )
         self._inflight: dict[str, asyncio.Future[DeepDive]] = {}
 
     @classmethod

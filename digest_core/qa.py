@@ -3,13 +3,24 @@
 Every answer's context holds the title, the abstract and the deep dive. Then the paper's
 whole text when it fits the answer budget, else the passages (paragraphs, tables, captions,
 each with its section) that BM25 ranks best for the question. A question in another language
-than the paper's English is first turned into English search terms by one small, cached LLM
-call, so a Chinese question finds English passages.
+than the paper's English is first turned into English search terms by one small LLM call,
+cached per question text in memory and, through `TermsCache` (the store), across restarts.
 
-The prompt is laid out for the provider's prompt cache: system prompt, then the paper
-material (byte-identical for every question of a thread), then the thread's memory, then the
-retrieved passages (they change with each question), then the question. Without an LLM the
-answer is the three passages BM25 ranks best, named by section.
+The prompt is laid out for the provider's prompt cache, which serves the longest prefix a
+request shares with an earlier one:
+
+    system, paper block, ack, [passages1], question1, answer1, …, [passagesN], questionN
+
+The paper block is byte-identical for every question of a thread. When passages are
+retrieved, each earlier question keeps the passages it was answered from, in the same place
+and bytes as when it was asked: they are rebuilt from the same FullText with the same search
+terms (the persisted cache) and the same per-turn allowance, which depends only on the turn's
+place in the thread. So the second request starts with the first one byte for byte. A
+passage already shown in an earlier turn is not repeated: the later turn names it instead.
+The first question gets the larger share of the passage room (it seeds the shared prefix);
+later ones a share each sized so a thread's memory fits the budget. When it does not fit, the
+oldest turns lose their passages first. Without an LLM the answer is the three passages BM25
+ranks best, named by section.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import bm25s
 import Stemmer
@@ -34,8 +46,13 @@ log = logging.getLogger(__name__)
 
 MAX_QUESTION_CHARS = 2000
 EXTRACTIVE_PASSAGES = 3
-# Room kept for the thread memory, the question and the answer's own framing.
+# Room kept for the thread memory's questions and answers and the current question.
 QUESTION_RESERVE_TOKENS = 1500
+# The first question's share of the passage room; later questions share the rest, one
+# `memory_turns`-th each, so a full thread memory still fits without dropping anything.
+FIRST_TURN_SHARE = 0.6
+# Earlier passages a turn names instead of repeating them.
+MAX_REFERENCES = 6
 SEARCH_TERMS_MAX_TOKENS = 60
 _TERMS_CACHE_SIZE = 512
 _ACK = "I have the paper material. What is your question?"
@@ -65,32 +82,47 @@ def _tokens(texts: list[str]) -> list[list[str]]:
     )
 
 
-def rank_passages(passages: Sequence[Passage], query: str) -> list[Scored]:
-    """Passages that share a term with `query`, best BM25 score first.
+class PassageIndex:
+    """A BM25 index over a paper's passages, built once and asked several queries (a thread
+    question and the earlier questions whose passages are rebuilt)."""
 
-    The section label is indexed with the text, so "limitations" finds the paragraphs of a
-    Limitations section. A question that names a table, figure or section ("Table 2") puts
-    the passages carrying that label first.
-    """
-    if not passages:
-        return []
-    corpus = [f"{passage_label(p)}\n{p.text}" for p in passages]
-    query_tokens = _tokens([query])[0]
-    if not query_tokens:
-        return []
-    retriever = bm25s.BM25()
-    retriever.index(_tokens(corpus), show_progress=False)
-    scores = retriever.get_scores(query_tokens)
-    named = {f"{kind[:3].lower()} {num.lower()}" for kind, num in _REF.findall(query)}
-    ranked: list[Scored] = []
-    for i, passage in enumerate(passages):
-        score = float(scores[i])
-        if named and _names(passage, named):
-            score += 1000.0  # an explicit reference beats any word overlap
-        if score > 0:
-            ranked.append(Scored(passage, score, i))
-    ranked.sort(key=lambda s: (-s.score, s.position))
-    return ranked
+    def __init__(self, passages: Sequence[Passage]) -> None:
+        self.passages = list(passages)
+        self._retriever: bm25s.BM25 | None = None
+        if self.passages:
+            corpus = [f"{passage_label(p)}\n{p.text}" for p in self.passages]
+            self._retriever = bm25s.BM25()
+            self._retriever.index(_tokens(corpus), show_progress=False)
+
+    def rank(self, query: str) -> list[Scored]:
+        """Passages that share a term with `query`, best BM25 score first (ties in document
+        order, so the same query always gives the same list).
+
+        The section label is indexed with the text, so "limitations" finds the paragraphs of
+        a Limitations section. A question that names a table, figure or section ("Table 2")
+        puts the passages carrying that label first.
+        """
+        if self._retriever is None:
+            return []
+        query_tokens = _tokens([query])[0]
+        if not query_tokens:
+            return []
+        scores = self._retriever.get_scores(query_tokens)
+        named = {f"{kind[:3].lower()} {num.lower()}" for kind, num in _REF.findall(query)}
+        ranked: list[Scored] = []
+        for i, passage in enumerate(self.passages):
+            score = float(scores[i])
+            if named and _names(passage, named):
+                score += 1000.0  # an explicit reference beats any word overlap
+            if score > 0:
+                ranked.append(Scored(passage, score, i))
+        ranked.sort(key=lambda s: (-s.score, s.position))
+        return ranked
+
+
+def rank_passages(passages: Sequence[Passage], query: str) -> list[Scored]:
+    """Passages that share a term with `query`, best BM25 score first (see PassageIndex)."""
+    return PassageIndex(passages).rank(query)
 
 
 def _names(passage: Passage, named: set[str]) -> bool:
@@ -102,22 +134,26 @@ def _names(passage: Passage, named: set[str]) -> bool:
     return bool(found & named)
 
 
-def within_budget(ranked: Sequence[Scored], budget_tokens: int) -> list[Scored]:
-    """The best passages that fit `budget_tokens`, back in document order."""
-    picked: list[Scored] = []
-    used = 0
-    for item in ranked:
-        cost = estimate_tokens(item.passage.text) + 8
-        if used + cost > budget_tokens:
-            continue
-        picked.append(item)
-        used += cost
-    return sorted(picked, key=lambda s: s.position)
-
-
 def needs_search_terms(question: str) -> bool:
     """English questions are searched as they are; anything else is translated first."""
     return not question.isascii()
+
+
+class TermsCache(Protocol):
+    """Where search terms outlive the process (the store): a thread's earlier questions must
+    find the same passages after a restart, or their bytes and the cached prefix change."""
+
+    async def get_search_terms(self, key: str) -> str | None: ...
+
+    async def save_search_terms(self, key: str, terms: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class _TurnPassages:
+    """What one question of a thread is shown: new passages, and earlier ones it names."""
+
+    picked: tuple[Scored, ...]
+    named: tuple[str, ...]
 
 
 class Answerer:
@@ -127,11 +163,16 @@ class Answerer:
         llm: LLMClient | None,
         token_budget: int,
         no_llm_reason: str,
+        *,
+        memory_turns: int = 6,
+        terms_cache: TermsCache | None = None,
     ) -> None:
         self.profile = profile
         self.llm = llm
         self.token_budget = token_budget  # llm.answer_token_budget
         self.no_llm_reason = no_llm_reason
+        self.memory_turns = max(1, memory_turns)  # interactive.thread_memory_turns
+        self.terms_cache = terms_cache
         self.prompt = prompts.load("answer")
         self.terms_prompt = prompts.load("search_terms")
         self._terms: OrderedDict[str, str] = OrderedDict()
@@ -167,6 +208,16 @@ class Answerer:
         if cached is not None:
             self._terms.move_to_end(question)
             return cached
+        key = f"{self.terms_prompt.version}\n{self.llm.settings.model}\n{question}"
+        if self.terms_cache is not None:
+            try:
+                stored = await self.terms_cache.get_search_terms(key)
+            except Exception as exc:  # a cache, not a source of truth: ask the model instead
+                log.warning("search-terms cache unreadable, asking the model: %s", exc)
+                stored = None
+            if stored is not None:
+                self._remember(question, stored)
+                return stored
         try:
             result = await self.llm.text(
                 system=self.terms_prompt.render(),
@@ -180,10 +231,18 @@ class Answerer:
             return question
         # The original words stay: names and numbers ("GPT-4o", "Table 2") match as typed.
         terms = f"{' '.join(result.content.split())[:400]} {question}"
+        self._remember(question, terms)
+        if self.terms_cache is not None:
+            try:
+                await self.terms_cache.save_search_terms(key, terms)
+            except Exception as exc:
+                log.warning("search terms not kept across restarts: %s", exc)
+        return terms
+
+    def _remember(self, question: str, terms: str) -> None:
         self._terms[question] = terms
         if len(self._terms) > _TERMS_CACHE_SIZE:
             self._terms.popitem(last=False)
-        return terms
 
     # -- answering -----------------------------------------------------------------------------
 
@@ -198,30 +257,23 @@ class Answerer:
         """`history` holds earlier (role, text) turns, oldest first, role "user"/"assistant"."""
         question = question.strip()[:MAX_QUESTION_CHARS]
         passages = text.passages()
-        retrieved = ""
         if self.llm is None:
-            ranked = rank_passages(passages, question)
-            return self._extractive(paper, ranked, text.source, self.no_llm_reason)
+            best = rank_passages(passages, question)
+            return self._extractive(paper, best, text.source, self.no_llm_reason)
         block, whole = self.paper_block(paper, dive, text)
-        ranked = []
-        if not whole:
-            ranked = rank_passages(passages, await self.search_terms(question))
-        messages: list[dict[str, str]] = [
-            {"role": "user", "content": block},
-            {"role": "assistant", "content": _ACK},
-        ]
-        for role, turn in history:
-            content = prompts.data_block("question", turn) if role == "user" else turn
-            messages.append({"role": role, "content": content})
-        if not whole:
-            room = self.token_budget - estimate_tokens(block) - QUESTION_RESERVE_TOKENS
-            chosen = within_budget(ranked, max(room, 0))
-            retrieved = passages_block(chosen, text.source)
-            messages.append({"role": "user", "content": retrieved})
-        messages.append({"role": "user", "content": prompts.data_block("question", question)})
         system = self.prompt.render(
             profile_name=self.profile.name, topics=", ".join(self.profile.topics)
         )
+        ranked: list[Scored] = []
+        if whole:
+            messages = _thread_messages(block, history, {}, question, None, text.source)
+        else:
+            # The block already holds the abstract: its passages would only repeat it.
+            index = PassageIndex([p for p in passages if p.section != "Abstract"])
+            ranked = index.rank(await self.search_terms(question))
+            messages = await self._retrieved_layout(
+                block, index, text.source, history, question, ranked
+            )
         try:
             result = await self.llm.text(
                 system=system,
@@ -235,7 +287,11 @@ class Answerer:
             if whole:
                 ranked = rank_passages(passages, question)
             return self._extractive(paper, ranked, text.source, str(exc))
-        # The number guard: what the answer states must be in the context the model saw.
+        # The number guard: what the answer states must be in the context the model saw,
+        # the passages of the thread's earlier questions included.
+        retrieved = "\n\n".join(
+            m["content"] for m in messages if m["content"].startswith("<passages>\n")
+        )
         grounded = Guard(block + "\n\n" + retrieved, text.labels()).check(result.content.strip())
         self.llm.record_grounding(result, grounded.checked, grounded.unverified)
         return Answer(
@@ -245,6 +301,41 @@ class Answerer:
             tokens=result.tokens,
             llm_used=True,
         )
+
+    async def _retrieved_layout(
+        self,
+        block: str,
+        index: PassageIndex,
+        source: str,
+        history: Sequence[tuple[str, str]],
+        question: str,
+        ranked: list[Scored],
+    ) -> list[dict[str, str]]:
+        """The messages when passages are retrieved: every question of the thread with the
+        passages it was (or is) answered from, the oldest turns' passages dropped first when
+        the whole does not fit the budget."""
+        asked = [turn for role, turn in history if role == "user"]
+        rankings = [index.rank(await self.search_terms(q)) for q in asked] + [ranked]
+        # Like the whole-paper test in paper_block, the budget counts the paper material and
+        # the thread, not the fixed instructions.
+        room = max(self.token_budget - estimate_tokens(block) - QUESTION_RESERVE_TOKENS, 0)
+        messages: list[dict[str, str]] = []
+        for first_kept in range(len(rankings)):
+            shown: set[int] = set()
+            per_turn: dict[int, str] = {}
+            for k in range(first_kept, len(rankings)):
+                allowance = room * (
+                    FIRST_TURN_SHARE if k == 0 else (1 - FIRST_TURN_SHARE) / self.memory_turns
+                )
+                turn = _turn_passages(rankings[k], int(allowance), shown)
+                shown |= {s.position for s in turn.picked}
+                per_turn[k] = passages_block(turn.picked, source, turn.named)
+            current = per_turn.pop(len(rankings) - 1)
+            messages = _thread_messages(block, history, per_turn, question, current, source)
+            used = sum(estimate_tokens(m["content"]) for m in messages)
+            if used <= self.token_budget:
+                break
+        return messages
 
     def _extractive(self, paper: Paper, ranked: Sequence[Scored], source: str, why: str) -> Answer:
         note = (
@@ -264,14 +355,78 @@ class Answerer:
         )
 
 
-def passages_block(chosen: Sequence[Scored], source: str) -> str:
-    """The retrieved passages as their own data block, each under its section label."""
-    if not chosen:
+def _turn_passages(ranked: Sequence[Scored], allowance: int, shown: set[int]) -> _TurnPassages:
+    """The best passages for one question that fit `allowance` and were not shown to an
+    earlier question of the thread; those shown earlier that rank above the last one picked
+    are named instead of repeated."""
+    picked: list[Scored] = []
+    earlier: list[tuple[int, str]] = []  # (rank, label)
+    last_pick = -1
+    used = 0
+    for rank, item in enumerate(ranked):
+        if item.position in shown:
+            earlier.append((rank, passage_label(item.passage)))
+            continue
+        cost = estimate_tokens(item.passage.text) + 8
+        if used + cost > allowance:
+            continue
+        picked.append(item)
+        used += cost
+        last_pick = rank
+    named: list[str] = []
+    for rank, label in earlier:
+        if (rank < last_pick or not picked) and label not in named:
+            named.append(label)
+    return _TurnPassages(
+        tuple(sorted(picked, key=lambda s: s.position)), tuple(named[:MAX_REFERENCES])
+    )
+
+
+def _thread_messages(
+    block: str,
+    history: Sequence[tuple[str, str]],
+    passages_of: dict[int, str],
+    question: str,
+    current_passages: str | None,
+    source: str,
+) -> list[dict[str, str]]:
+    """[paper, ack, (passages_k, question_k, answer_k)…, passages, question]. `passages_of`
+    maps the index of an earlier question (0 = oldest in `history`) to its passages block;
+    a question without one (whole paper, or dropped for the budget) stands alone."""
+    messages = [
+        {"role": "user", "content": block},
+        {"role": "assistant", "content": _ACK},
+    ]
+    asked = 0
+    for role, turn in history:
+        if role == "user":
+            if asked in passages_of:
+                messages.append({"role": "user", "content": passages_of[asked]})
+            messages.append({"role": "user", "content": prompts.data_block("question", turn)})
+            asked += 1
+        else:
+            messages.append({"role": role, "content": turn})
+    if current_passages is not None:
+        messages.append({"role": "user", "content": current_passages})
+    messages.append({"role": "user", "content": prompts.data_block("question", question)})
+    return messages
+
+
+def passages_block(chosen: Sequence[Scored], source: str, named: Sequence[str] = ()) -> str:
+    """The passages retrieved for one question as their own data block, each under its
+    section label, then the labels of passages shown earlier in the thread that also bear
+    on it."""
+    also = "; ".join(f"[{label}]" for label in named)
+    if not chosen and not named:
         body = f"(No passage of the paper's text ({source}) matches this question.)"
+    elif not chosen:
+        body = f"(No new passage: those that bear on this question are shown above: {also})"
     else:
         body = f"## Passages of the paper that bear on the question ({source})\n\n" + "\n\n".join(
             f"[{passage_label(s.passage)}]\n{s.passage.text}" for s in chosen
         )
+        if named:
+            body += f"\n\nAlso bearing on it, shown above: {also}"
     return prompts.data_block("passages", body)
 
 

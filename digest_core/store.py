@@ -158,6 +158,16 @@ def m007_cached_tokens(db: Database) -> None:
     db["llm_calls"].add_column("cached_tokens", int, not_null_default=0)
 
 
+@migrations()
+def m007_search_terms(db: Database) -> None:
+    # English search terms the model gave for a non-English question. Kept across restarts so
+    # a thread's earlier questions find the same passages again: their bytes, and so the
+    # provider's cached prompt prefix, stay the same (digest_core/qa.py).
+    db["search_terms"].create(
+        {"key": str, "terms": str, "created_at": str}, pk="key", if_not_exists=True
+    )
+
+
 class Store:
     """Async facade over one SQLite file."""
 
@@ -447,6 +457,19 @@ class Store:
             return int(rows[0]["t"])
 
         return await self._run(read)
+
+    # -- search terms for questions in other languages (digest_core/qa.py) ----------------------
+
+    async def get_search_terms(self, key: str) -> str | None:
+        def read() -> str | None:
+            rows = list(self.db.query("select terms from search_terms where key = ?", [key]))
+            return str(rows[0]["terms"]) if rows else None
+
+        return await self._run(read)
+
+    async def save_search_terms(self, key: str, terms: str) -> None:
+        record = {"key": key, "terms": terms, "created_at": _now()}
+        await self._run(lambda: self.db["search_terms"].upsert(record, pk="key"))
 
 
 # -- serialization ------------------------------------------------------------------------------

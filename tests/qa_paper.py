@@ -1,9 +1,11 @@
-"""A real paper's text as a FullText, questions about it, and a glossary "translator".
+"""Real papers as FullTexts, questions about them, and a glossary "translator".
 
-Shared by tests/test_qa.py and bench/qa.py. The paper text is tests/fixtures/papers/
-clair_fin_sections.json (its source is in tests/fixtures/SOURCES.md). The glossary stands in
-for the model that turns a Chinese question into English search terms: it is a fixed table,
-so what it measures is retrieval given reasonable terms, not a model's translation.
+Shared by tests/test_qa.py and bench/qa.py. Two papers: "clair" is tests/fixtures/papers/
+clair_fin_sections.json (section texts of a draft, see tests/fixtures/SOURCES.md); "selfaware"
+is the real arXiv page tests/fixtures/arxiv_html/2501.11120v1.html (~41k tokens, so the
+default answer budget retrieves passages), parsed by the real extractor. The glossary stands
+in for the model that turns a Chinese question into English search terms: it is a fixed
+table, so what it measures is retrieval given reasonable terms, not a model's translation.
 """
 
 from __future__ import annotations
@@ -14,13 +16,21 @@ from pathlib import Path
 from typing import Any
 
 from digest_core.models import SOURCE_HTML, DeepDive, Paper
-from digest_core.sources.fulltext import FullText
+from digest_core.sources.fulltext import FullText, parse_arxiv_html
 
-FIXTURE = Path(__file__).parent / "fixtures" / "papers" / "clair_fin_sections.json"
+FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURE = FIXTURES / "papers" / "clair_fin_sections.json"
+SELFAWARE_HTML = FIXTURES / "arxiv_html" / "2501.11120v1.html"
 ARXIV_ID = "2601.00001"  # a stand-in ID: the draft is not on arXiv under a known ID
+PAPERS = ("clair", "selfaware")
 
 
-def paper_and_text() -> tuple[Paper, FullText]:
+def paper_and_text(name: str = "clair") -> tuple[Paper, FullText]:
+    if name == "selfaware":
+        text = FullText(SOURCE_HTML, parse_arxiv_html(SELFAWARE_HTML.read_text(encoding="utf-8")))
+        abstract = text.sections[0].text
+        title = "Tell me about yourself: LLMs are aware of their learned behaviors"
+        return Paper("2501.11120", title, abstract, version=1, source="arxiv"), text
     data = json.loads(FIXTURE.read_text(encoding="utf-8"))
     sections = tuple((h, b) for h, b in data["sections"])
     abstract = dict(sections)["Abstract"]
@@ -28,16 +38,28 @@ def paper_and_text() -> tuple[Paper, FullText]:
     return paper, FullText(SOURCE_HTML, sections)
 
 
+# Stand-in deep dives (the bot would have posted one): short, written for these tests.
+_DIVES = {
+    "clair": {
+        "contribution": "A nine-agent framework with a typed claim ledger.",
+        "methodology": "Claims are checked at the drafting hand-off and at a final audit.",
+        "takeaway": "Claim-level verification before synthesis.",
+        "limitations": "Evaluated on one central bank's reports.",
+    },
+    "selfaware": {
+        "contribution": "Finetuned LLMs describe behaviours they were only shown implicitly.",
+        "methodology": "GPT-4o and Llama-3 finetuned on economic decisions, Make Me Say and code.",
+        "takeaway": "Behavioural self-awareness may help surface backdoors.",
+        "limitations": "Three settings; backdoor awareness results are weaker.",
+    },
+}
+
+
 def deep_dive(paper: Paper) -> DeepDive:
     return DeepDive(
         arxiv_id=paper.arxiv_id,
         title=paper.title,
-        sections={
-            "contribution": "A nine-agent framework with a typed claim ledger.",
-            "methodology": "Claims are checked at the drafting hand-off and at a final audit.",
-            "takeaway": "Claim-level verification before synthesis.",
-            "limitations": "Evaluated on one central bank's reports.",
-        },
+        sections=_DIVES["selfaware" if paper.arxiv_id == "2501.11120" else "clair"],
         language="en",
         source_read=SOURCE_HTML,
         model="gpt-4o",
@@ -45,35 +67,46 @@ def deep_dive(paper: Paper) -> DeepDive:
     )
 
 
-# (question, the section that answers it). English and Chinese ask the same things.
-QUESTIONS_EN: list[tuple[str, str]] = [
-    ("Which language model do the agents use as backbone?", "Appendix B.5"),
-    ("What faithfulness does Graph-RAG reach?", "6 Results and Discussion"),
-    ("What are the main limitations?", "Limitations"),
-    ("Which embedding model and vector database are used?", "Appendix B.3"),
-    ("How is narrative text chunked during ingestion?", "Appendix B.2"),
-    ("How many Fact Extraction questions are Text Only?", "Appendix B.2"),
-    ("What happens to faithfulness when ARC is removed?", "6.3 RQ3"),
-    ("What is the AEA impact rate?", "6.1 RQ1"),
-    ("Which presentation format has the highest faithfulness?", "6.5 RQ5"),
-    ("How are lexical and vector similarity weighted in retrieval?", "Appendix B.4"),
-    ("When does the synthesizer abstain?", "3.8 Phase VIII"),
-    ("What is the coverage escalation cutoff?", "Appendix B.7"),
-]
-QUESTIONS_ZH: list[tuple[str, str]] = [
-    ("这篇论文用了哪些基座模型？", "Appendix B.5"),
-    ("Graph-RAG 的忠实度是多少？", "6 Results and Discussion"),
-    ("主要的局限性是什么？", "Limitations"),
-    ("用了什么嵌入模型和向量数据库？", "Appendix B.3"),
-    ("数据导入时文本是怎么切块的？", "Appendix B.2"),
-    ("纯文本格式下有多少事实抽取题？", "Appendix B.2"),
-    ("去掉 ARC 之后忠实度怎么变化？", "6.3 RQ3"),
-    ("AEA 的影响率是多少？", "6.1 RQ1"),
-    ("哪种呈现格式的忠实度最高？", "6.5 RQ5"),
-    ("检索时词汇相似度和向量相似度的权重是多少？", "Appendix B.4"),
-    ("合成器什么时候会拒绝回答？", "3.8 Phase VIII"),
-    ("覆盖率升级阈值是多少？", "Appendix B.7"),
-]
+# (question, the section that answers it), per paper; English and Chinese ask the same
+# things. A hit is a passage whose section starts with the given one. The selfaware answers
+# were read off the page: Table 2 (3.3), the "Limitations and future work" paragraph (7),
+# Tables 12 and 13 (C.1.2), the trigger list (B.3), Table 9 (B.5.4), Table 5 (4.2).
+QUESTIONS_EN: dict[str, list[tuple[str, str]]] = {
+    "clair": [
+        ("Which language model do the agents use as backbone?", "Appendix B.5"),
+        ("What faithfulness does Graph-RAG reach?", "6 Results and Discussion"),
+        ("What are the main limitations?", "Limitations"),
+        ("Which embedding model and vector database are used?", "Appendix B.3"),
+        ("What happens to faithfulness when ARC is removed?", "6.3 RQ3"),
+        ("How are lexical and vector similarity weighted in retrieval?", "Appendix B.4"),
+    ],
+    "selfaware": [
+        ("How often do models finetuned on vulnerable code output secure code?", "3.3"),
+        ("What are the limitations and future work?", "7 Discussion"),
+        ("What batch size and LR multiplier were used to finetune GPT-4o?", "C.1.2"),
+        ("Which LoRA rank was used for Llama-3.1-70B?", "C.1.2"),
+        ("Which individual triggers were used for trigger recognition?", "B.3"),
+        ("What percentage of the data has the real trigger versus fake triggers?", "4.2"),
+    ],
+}
+QUESTIONS_ZH: dict[str, list[tuple[str, str]]] = {
+    "clair": [
+        ("这篇论文用了哪些基座模型？", "Appendix B.5"),
+        ("Graph-RAG 的忠实度是多少？", "6 Results and Discussion"),
+        ("主要的局限性是什么？", "Limitations"),
+        ("用了什么嵌入模型和向量数据库？", "Appendix B.3"),
+        ("去掉 ARC 之后忠实度怎么变化？", "6.3 RQ3"),
+        ("检索时词汇相似度和向量相似度的权重是多少？", "Appendix B.4"),
+    ],
+    "selfaware": [
+        ("在漏洞代码上微调的模型生成安全代码的比例是多少？", "3.3"),
+        ("这篇论文的局限性和未来工作是什么？", "7 Discussion"),
+        ("微调 GPT-4o 时用的批大小和学习率倍数是多少？", "C.1.2"),
+        ("Llama-3.1-70B 用的 LoRA 秩是多少？", "C.1.2"),
+        ("触发词识别实验用了哪些单独的触发词？", "B.3"),
+        ("真实触发词和假触发词各占数据的百分之多少？", "4.2"),
+    ],
+}
 
 # Chinese words -> English terms, as a cheap translation model would give them.
 GLOSSARY: dict[str, str] = {
@@ -98,6 +131,20 @@ GLOSSARY: dict[str, str] = {
     "拒绝回答": "abstain abstention",
     "覆盖率": "coverage",
     "升级阈值": "escalation cutoff threshold",
+    "漏洞代码": "vulnerable code",
+    "安全代码": "secure code",
+    "微调": "finetuned finetune",
+    "比例": "rate",
+    "未来工作": "future work",
+    "批大小": "batch size",
+    "学习率倍数": "learning rate LR multiplier",
+    "秩": "rank",
+    "触发词": "trigger triggers",
+    "识别": "recognition",
+    "单独": "individual",
+    "真实": "real",
+    "假": "fake",
+    "百分之多少": "percentage",
 }
 
 SEARCH_TERMS_SYSTEM = "You turn a question about an English research paper"

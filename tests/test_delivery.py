@@ -32,7 +32,8 @@ from bot.channels.slack import SlackChannel, make_slack_client
 from bot.channels.telegram import TelegramChannel, make_bot, make_rate_limiter
 from bot.chatstore import ChatStore, PostRecord
 from bot.service import Delivered, Destination, deliver, post_thread
-from digest_core.config import Settings, load_settings
+from bot.settings import AppSettings as Settings
+from bot.settings import load_settings
 from digest_core.models import (
     SECTION_KEYS,
     SOURCE_ABSTRACT,

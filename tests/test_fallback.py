@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from digest_core.config import load_settings
+from bot.settings import load_settings
 from digest_core.fallback import extractive_deep_dive, lexical_score, split_sentences
 from digest_core.models import SECTION_KEYS, Paper
 

@@ -11,7 +11,6 @@ import math
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ async def pipeline_of(world: World, **llm: Any) -> AsyncIterator[Pipeline]:
     """A Pipeline on the world's settings, with LLM settings overridden by `llm`."""
     settings = world.settings()
     if llm:
-        settings = replace(settings, llm=replace(settings.llm, **llm))
+        settings = settings.model_copy(update={"llm": settings.llm.model_copy(update=llm)})
     pipeline = await Pipeline.open(settings)
     try:
         yield pipeline

@@ -194,7 +194,10 @@ async def test_503_then_success_retries_with_backoff(hf: FakeHF) -> None:
         papers = await fetch_daily_papers(client, settings, "2026-01-28", sleep=sleeps)
     assert len(papers) == 9
     assert len(hf.daily_requests()) == 2
-    assert sleeps.calls == [0.5]
+    # The policy's first backoff, stretched by at most its jitter.
+    (waited,) = sleeps.calls
+    jitter = settings.retry.jitter
+    assert 0.5 <= waited <= 0.5 * (1 + jitter)
 
 
 async def test_retry_after_is_honoured(hf: FakeHF) -> None:
@@ -422,29 +425,59 @@ async def test_nothing_asked_nothing_sent(ax: FakeArxiv) -> None:
 
 
 async def test_requests_are_spaced_and_serialised(ax: FakeArxiv) -> None:
+    """Concurrent callers send one request at a time, each the interval after the last one
+    started. Spacing is read on the client's own clock when httpx sends each request (a
+    virtual clock that only the client's sleeps advance), so a loaded machine cannot blur it."""
     ax.delay = 0.05
+    offset = [0.0]
+
+    def clock() -> float:
+        return offset[0]
+
+    async def sleep(seconds: float) -> None:
+        offset[0] += seconds
+        await asyncio.sleep(0)
+
+    sent: list[float] = []
+
+    async def on_request(request: httpx.Request) -> None:
+        sent.append(clock())
+
     settings = make_settings(arxiv=ax.url, interval=0.2)
     ids = ["2104.12255", "1605.08386", "1707.08567", "astro-ph/0601001"]
     async with make_http_client(settings) as client:
-        arxiv = ArxivClient(client, settings)
+        client.event_hooks["request"].append(on_request)
+        arxiv = ArxivClient(client, settings, sleep=sleep, clock=clock)
         results = await asyncio.gather(*(arxiv.fetch([ArxivId(i)]) for i in ids))
     assert [set(r) for r in results] == [{i} for i in ids]
-    times = [r.at for r in ax.queries()]
-    assert len(times) == 4
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    assert all(gap >= 0.19 for gap in gaps), gaps
+    assert len(ax.queries()) == len(sent) == 4
+    gaps = [b - a for a, b in zip(sent, sent[1:], strict=False)]
+    assert all(gap >= 0.2 for gap in gaps), gaps
     assert ax.max_in_flight == 1
 
 
 async def test_503_and_empty_body_are_retried_spaced(ax: FakeArxiv) -> None:
     ax.fail_times, ax.empty_times = 1, 1
+    now = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+        await asyncio.sleep(0)
+
+    sent: list[float] = []
+
+    async def on_request(request: httpx.Request) -> None:
+        sent.append(now[0])
+
     settings = make_settings(arxiv=ax.url, interval=0.1, retries=2)
     async with make_http_client(settings) as client:
-        found = await ArxivClient(client, settings).fetch([ArxivId("1605.08386")])
+        client.event_hooks["request"].append(on_request)
+        arxiv = ArxivClient(client, settings, sleep=sleep, clock=lambda: now[0])
+        found = await arxiv.fetch([ArxivId("1605.08386")])
     assert set(found) == {"1605.08386"}
-    times = [r.at for r in ax.queries()]
-    assert len(times) == 3
-    assert times[1] - times[0] >= 0.09 and times[2] - times[1] >= 0.19  # interval, then 2x
+    assert len(ax.queries()) == len(sent) == 3
+    # On the client's clock: the interval (at least), then the doubled backoff (at least).
+    assert sent[1] - sent[0] >= 0.1 and sent[2] - sent[1] >= 0.2, sent
 
 
 async def test_arxiv_down_raises_one_line(ax: FakeArxiv) -> None:

@@ -38,6 +38,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.channels.base import DeliveryError, Outgoing
 from digest_core.models import Answer, Digest, DigestEntry
 from digest_core.render.slack import SlackMessage, escape
+from digest_core.retry import retry_after
 
 log = logging.getLogger(__name__)
 
@@ -133,16 +134,9 @@ class _ReadsOnlyServerErrorRetryHandler(_ReadsOnly, AsyncServerErrorRetryHandler
 
 
 def _retry_after(response: HttpResponse | None) -> float:
-    if response is None:
-        return 1.0
-    for name, values in response.headers.items():
-        if name.lower() == "retry-after":
-            raw = values[0] if isinstance(values, list) and values else values
-            try:
-                return max(0.0, float(str(raw)))
-            except ValueError:
-                return 1.0
-    return 1.0
+    # The project's one Retry-After parser; 1 s when Slack sent none (as the SDK assumes).
+    wait = retry_after(response.headers) if response is not None else None
+    return 1.0 if wait is None else wait
 
 
 class _CappedRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):

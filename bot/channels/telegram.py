@@ -19,7 +19,6 @@ every Bot API URL, so httpx (which logs URLs at INFO) is held at WARNING by the 
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dtm
 import html
 import logging
@@ -46,8 +45,10 @@ from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, BaseRa
 from telegram.request import HTTPXRequest
 
 from bot.channels.base import DeliveryError, Outgoing
+from digest_core.config import RetrySettings
 from digest_core.models import Answer, Digest, DigestEntry
 from digest_core.render.telegram import utf16_len
+from digest_core.retry import RetryPolicy, TryAgain
 from digest_core.sources import quiet_http_logs
 
 _log = logging.getLogger(__name__)
@@ -313,12 +314,18 @@ class TelegramChannel:
         *,
         flood_retries: int = 3,
         max_flood_wait: float = 900.0,
+        retry: RetrySettings | None = None,
     ) -> None:
         self.bot = bot
         self.language = language
         # Our own RetryAfter handling, behind the limiter's: how often, and how long at most.
         self.flood_retries = flood_retries
         self.max_flood_wait = max_flood_wait
+        self.flood_policy = RetryPolicy.from_settings(
+            retry or RetrySettings(),
+            attempts=flood_retries + 1,
+            retry_after_cap=max_flood_wait + 1.0,  # the longer waits are refused in `_call`
+        )
         self._migrated: dict[int | str, int] = {}
 
     async def aclose(self) -> None:
@@ -529,19 +536,25 @@ class TelegramChannel:
 
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run one Bot API call, waiting out flood control that got past the rate limiter."""
-        attempt = 0
-        while True:
+
+        async def attempt(_: int) -> T:
             try:
                 return await call()
             except RetryAfter as exc:
                 wait = _retry_seconds(exc)
-                if attempt >= self.flood_retries or wait > self.max_flood_wait:
+                if wait > self.max_flood_wait:
                     raise DeliveryError(
                         f"telegram flood control: retry after {wait:.0f}s", permanent=False
                     ) from None
-                attempt += 1
-                _log.warning("telegram flood control: waiting %.0fs (retry %d)", wait, attempt)
-                await asyncio.sleep(wait + 0.1)
+                _log.warning("telegram flood control: asked to wait %.0fs", wait)
+                # A little over what Telegram asked: coming back a moment early costs a 429.
+                reason = f"telegram flood control: retry after {wait:.0f}s"
+                raise TryAgain(reason, wait=wait + 0.1) from None
+
+        try:
+            return await self.flood_policy.run(attempt, what="telegram")
+        except TryAgain as exc:
+            raise DeliveryError(exc.reason, permanent=False) from None
 
     def _failure(self, exc: TelegramError, chat_id: int | str) -> DeliveryError:
         """Map a PTB error to a DeliveryError with a short, token-free reason."""

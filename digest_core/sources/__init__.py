@@ -1,32 +1,25 @@
 """Where papers come from: Hugging Face Daily Papers, the arXiv API and arXiv full text.
 
 This package holds what the three source modules share: the `SourceError` they raise, the
-one way to build their HTTP client, and the bounded retry loop for plain GETs. Source
+one way to build their HTTP client, and plain GETs under the retry policy (digest_core.retry). Source
 modules never follow redirects on their own and never log full request URLs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 
 import httpx
 
 from ..config import SourceSettings
+from ..retry import RetryPolicy, Sleep, TryAgain, retry_after
 
 log = logging.getLogger(__name__)
 
 # Transient answers worth another try; anything else is final.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-# Never wait longer than this for a Retry-After; past it the source is "down, try later".
-MAX_RETRY_AFTER_SECONDS = 60.0
-BACKOFF_BASE_SECONDS = 0.5
-BACKOFF_MAX_SECONDS = 8.0
-
-Sleep = Callable[[float], Awaitable[object]]
 
 
 class SourceError(Exception):
@@ -63,26 +56,14 @@ def total_deadline(settings: SourceSettings) -> float:
     httpx's timeouts are per read, so a server that drips bytes could hold a request open
     forever; the deadline bounds it.
     """
-    return settings.timeout_seconds * (settings.retries + 1) + BACKOFF_MAX_SECONDS
+    return settings.timeout_seconds * (settings.retries + 1) + settings.retry.backoff_max_seconds
 
 
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """The Retry-After header as seconds (delta or HTTP date), or None when absent/garbled."""
-    value = headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    if value.isascii() and value.replace(".", "", 1).isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def backoff_seconds(attempt: int) -> float:
-    """Exponential backoff for attempt 0, 1, 2, ...: 0.5 s, 1 s, 2 s ... capped."""
-    return min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt)
+def source_policy(settings: SourceSettings) -> RetryPolicy:
+    """The retry policy of a source request: `retries` retries, within the total deadline."""
+    return RetryPolicy.from_settings(
+        settings.retry, attempts=settings.retries + 1, deadline=total_deadline(settings)
+    )
 
 
 async def get_with_retries(
@@ -90,38 +71,33 @@ async def get_with_retries(
     url: str,
     *,
     params: Mapping[str, str] | None,
-    retries: int,
+    settings: SourceSettings,
     what: str,
     sleep: Sleep = asyncio.sleep,
 ) -> httpx.Response:
-    """GET, retrying connect errors, timeouts, 5xx and 429 at most `retries` times.
+    """GET, retrying connect errors, timeouts, 5xx and 429 by the source policy.
 
-    Returns the first non-retryable response, or the last one once retries are spent.
-    Raises SourceError naming `what` (e.g. "Hugging Face") when no answer ever came.
-    The caller puts the total deadline around this.
+    Returns the first non-retryable response, or the last one once retries are spent (or when
+    it asked for a wait longer than the policy's cap). Raises SourceError naming `what`
+    (e.g. "Hugging Face") when no answer ever came. The caller puts the total deadline around
+    this.
     """
-    attempt = 0
-    while True:
+
+    async def attempt(_: int) -> httpx.Response:
         try:
             response = await client.get(url, params=params)
         except httpx.TimeoutException:
-            failure = f"{what} did not answer in time"
+            raise TryAgain(f"{what} did not answer in time") from None
         except httpx.TransportError as exc:
-            failure = f"{what} is unreachable ({type(exc).__name__})"
-        else:
-            if response.status_code not in RETRY_STATUSES or attempt >= retries:
-                return response
-            delay = retry_after_seconds(response.headers)
-            if delay is not None and delay > MAX_RETRY_AFTER_SECONDS:
-                # It asked for a long pause: report it rather than sit on the caller.
-                return response
-            delay = max(delay or 0.0, backoff_seconds(attempt))
-            log.info("%s answered %s; retrying in %.1f s", what, response.status_code, delay)
-            attempt += 1
-            await sleep(delay)
-            continue
-        if attempt >= retries:
-            raise SourceError(failure)
-        log.info("%s; retrying", failure)
-        await sleep(backoff_seconds(attempt))
-        attempt += 1
+            raise TryAgain(f"{what} is unreachable ({type(exc).__name__})") from None
+        if response.status_code in RETRY_STATUSES:
+            wait = retry_after(response.headers)
+            raise TryAgain(f"{what} answered {response.status_code}", wait=wait, value=response)
+        return response
+
+    try:
+        return await source_policy(settings).run(attempt, what=what, sleep=sleep)
+    except TryAgain as exc:
+        if exc.value is not None:
+            return exc.value  # the last answer: the caller reports its status
+        raise SourceError(exc.reason) from None

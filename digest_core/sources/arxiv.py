@@ -21,13 +21,8 @@ import httpx
 from ..arxiv_id import ArxivId, InvalidArxivId, parse_arxiv_id
 from ..config import SourceSettings
 from ..models import Paper
-from . import (
-    MAX_RETRY_AFTER_SECONDS,
-    RETRY_STATUSES,
-    Sleep,
-    SourceError,
-    retry_after_seconds,
-)
+from ..retry import TryAgain, retry_after
+from . import RETRY_STATUSES, Sleep, SourceError, source_policy
 
 log = logging.getLogger(__name__)
 
@@ -104,43 +99,46 @@ class ArxivClient:
             "max_results": str(len(batch)),
         }
         interval = self._settings.arxiv_min_interval_seconds
-        async with self._lock:
-            failure = ""
-            gap = interval
-            for attempt in range(self._settings.retries + 1):
-                await self._pace(gap)
-                # Retries back off (interval, 2x, 4x ...) and never come sooner than the interval.
-                gap = interval * 2**attempt
-                try:
-                    response = await self._client.get(self._settings.arxiv_api_url, params=params)
-                except httpx.TimeoutException:
-                    failure = "arXiv did not answer in time"
-                    continue
-                except httpx.TransportError as exc:
-                    failure = f"arXiv is unreachable ({type(exc).__name__})"
-                    continue
-                status = response.status_code
-                if status == 400:
-                    # A malformed ID in the list: arXiv answers 400 with an "Error" entry.
-                    # The caller reports the IDs as not found; on the CLI that is the one line.
-                    log.info("arXiv rejected id_list %s as malformed", params["id_list"][:200])
-                    return []
-                if status in RETRY_STATUSES:
-                    failure = f"arXiv answered {status}"
-                    wait = retry_after_seconds(response.headers)
-                    if wait is not None and wait > MAX_RETRY_AFTER_SECONDS:
-                        raise SourceError(f"arXiv answered {status} and asked to wait {wait:.0f} s")
-                    gap = max(gap, wait or 0.0)
-                    continue
-                if status != 200:
-                    raise SourceError(f"arXiv answered {status}")
-                feed = _feed(response.content)
-                if feed is None or feed.find("opensearch:totalResults", NS) is None:
-                    # Seen when called too fast: an empty or cut-off body. Retry, spaced.
-                    failure = "arXiv returned an empty or incomplete answer"
-                    continue
-                return self._select(feed, batch)
-            raise SourceError(f"{failure} (after {self._settings.retries + 1} attempts)")
+        # Retries back off (interval, 2x, 4x ...) from the last request's start (`_pace`), and
+        # never come sooner than the interval or a Retry-After.
+        policy = source_policy(self._settings).with_(
+            backoff_base=interval,
+            backoff_max=max(self._settings.retry.backoff_max_seconds, interval),
+            deadline=None,  # the lock serialises callers; the callers' deadlines bound a fetch
+        )
+
+        async def attempt(_: int) -> list[Paper]:
+            await self._pace(interval)
+            try:
+                response = await self._client.get(self._settings.arxiv_api_url, params=params)
+            except httpx.TimeoutException:
+                raise TryAgain("arXiv did not answer in time") from None
+            except httpx.TransportError as exc:
+                raise TryAgain(f"arXiv is unreachable ({type(exc).__name__})") from None
+            status = response.status_code
+            if status == 400:
+                # A malformed ID in the list: arXiv answers 400 with an "Error" entry.
+                # The caller reports the IDs as not found; on the CLI that is the one line.
+                log.info("arXiv rejected id_list %s as malformed", params["id_list"][:200])
+                return []
+            if status in RETRY_STATUSES:
+                wait = retry_after(response.headers)
+                if policy.refuses(wait):
+                    raise SourceError(f"arXiv answered {status} and asked to wait {wait:.0f} s")
+                raise TryAgain(f"arXiv answered {status}", wait=wait)
+            if status != 200:
+                raise SourceError(f"arXiv answered {status}")
+            feed = _feed(response.content)
+            if feed is None or feed.find("opensearch:totalResults", NS) is None:
+                # Seen when called too fast: an empty or cut-off body. Retry, spaced.
+                raise TryAgain("arXiv returned an empty or incomplete answer")
+            return self._select(feed, batch)
+
+        async with self._lock:  # held for the whole request, retries included
+            try:
+                return await policy.run(attempt, what="arXiv", sleep=self._wait_gap)
+            except TryAgain as exc:
+                raise SourceError(f"{exc.reason} (after {policy.attempts} attempts)") from None
 
     async def lookup(self, ids: Sequence[ArxivId]) -> dict[str, Paper]:
         """As `fetch`, but concurrent callers share requests: every ID asked for while arXiv's
@@ -204,13 +202,18 @@ class ArxivClient:
                 future.set_result(by_base.get(arxiv_id.base))
 
     async def _pace(self, gap: float) -> None:
-        """Wait until `gap` (at least the interval) has passed since the last request start."""
+        """Wait until `gap` (at least the interval) has passed since the last request start,
+        and mark this moment as the next request's start."""
+        await self._wait_gap(gap)
+        self._last_start = self._clock()
+
+    async def _wait_gap(self, gap: float) -> None:
+        """The retry policy's sleep: a retry's wait counts from the last request's start."""
         if self._last_start is not None:
             gap = max(self._settings.arxiv_min_interval_seconds, gap)
             wait = self._last_start + gap - self._clock()
             if wait > 0:
                 await self._sleep(wait)
-        self._last_start = self._clock()
 
     def _select(self, feed: ET.Element, batch: list[ArxivId]) -> list[Paper]:
         """The answer's papers that were asked for, in the asked version when one was given."""

@@ -73,7 +73,7 @@ async def fetch_daily_papers(
     try:
         async with asyncio.timeout(deadline):
             response = await get_with_retries(
-                client, url, params=params, retries=settings.retries, what=WHAT, sleep=sleep
+                client, url, params=params, settings=settings, what=WHAT, sleep=sleep
             )
     except TimeoutError:
         raise SourceError(f"{WHAT} did not answer within {deadline:.0f} s for {date}") from None
@@ -118,7 +118,7 @@ async def fetch_hf_paper(
     try:
         async with asyncio.timeout(total_deadline(settings)):
             response = await get_with_retries(
-                client, url, params=None, retries=settings.retries, what=WHAT, sleep=sleep
+                client, url, params=None, settings=settings, what=WHAT, sleep=sleep
             )
     except (TimeoutError, SourceError) as exc:
         log.warning("Hugging Face paper %s: %s", parsed.base, str(exc) or "timed out")

@@ -123,14 +123,14 @@ class World:
         return env
 
     def settings(self, **overrides: str) -> Any:
-        from digest_core.config import load_settings
+        from bot.settings import load_settings
 
         return load_settings(env=self.env(**overrides))
 
 
 def fast_config(**replace: str) -> str:
     """The committed config with test timings: arXiv spacing, deadlines and retries kept short.
-    `replace` maps a line's start (e.g. "threshold =") to its new text."""
+    `replace` maps a key line's start (e.g. "threshold =") to its new, uncommented text."""
     text = CONFIG.read_text(encoding="utf-8")
     changes = {
         "arxiv_min_interval_seconds =": "arxiv_min_interval_seconds = 0.05",
@@ -145,8 +145,10 @@ def fast_config(**replace: str) -> str:
     }
     lines = []
     for line in text.splitlines():
+        # The committed file shows each key commented out with its default.
+        bare = line.removeprefix("# ")
         for start, new in changes.items():
-            if line.startswith(start):
+            if bare.startswith(start):
                 line = new
                 break
         lines.append(line)
