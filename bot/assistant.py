@@ -464,7 +464,11 @@ class Assistant:
         last = await self.chat.turns(platform, chat, thread.thread_ref, 1)
         if last and last[-1].arxiv_id in papers:
             return last[-1].arxiv_id  # a follow-up: "and its limitations?"
-        digest = await self.store.load_digest(thread.scope.removeprefix("digest:"))
+        day = thread.scope.removeprefix("digest:")
+        # The digest this chat got: the one built for its profile (else the day's main one).
+        profile = await self.team.profile_for(platform, chat)
+        digest = await self.store.load_digest(day, profile.content_key)
+        digest = digest or await self.store.load_digest(day)
         picked = [e.paper.arxiv_id for e in digest.picked] if digest else []
         return picked[0] if len(picked) == 1 else (picked or papers)
 
