@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from slack_sdk.errors import SlackApiError, SlackClientError
@@ -36,6 +36,9 @@ from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.channels.base import DeliveryError, Outgoing
+
+if TYPE_CHECKING:
+    from bot.channels.streaming import AnswerStream
 from digest_core.models import Answer, Digest, DigestEntry
 from digest_core.render.slack import SlackMessage, escape
 from digest_core.retry import retry_after
@@ -250,6 +253,8 @@ class SlackChannel:
     def __init__(self, client: AsyncWebClient, language: str = "zh") -> None:
         self.client = client
         self.language = language
+        # Thread answers are streamed (chat.startStream…) until Slack refuses the methods.
+        self.streaming = True
 
     async def aclose(self) -> None:
         """Close the client's HTTP session (one-shot use from the CLI)."""
@@ -380,6 +385,23 @@ class SlackChannel:
     async def working(self, chat: str, thread: str | None) -> str | None:
         """A "Reading the paper…" placeholder in the thread; its ts, for `replace`."""
         return await self.send(chat, line_message(THINKING), thread)
+
+    def answer_stream(
+        self,
+        chat: str,
+        thread: str | None,
+        *,
+        placeholder: str | None,
+        user: str | None = None,
+        team: str | None = None,
+    ) -> AnswerStream | None:
+        """A poster that streams a thread answer as it is written (bot.channels.streaming),
+        or None where it cannot: outside a thread, or once Slack refused streaming."""
+        if not self.streaming or not thread:
+            return None
+        from bot.channels.streaming import SlackAnswerStream
+
+        return SlackAnswerStream(self, chat, thread, placeholder=placeholder, user=user, team=team)
 
     async def replace(self, chat: str, ts: str, payload: SlackMessage) -> None:
         """Replace message `ts` (e.g. a "working on it…" placeholder) with `payload`."""
