@@ -166,8 +166,12 @@ async def test_a_hung_llm_ends_at_the_deadline_after_one_still_working_line(
         assert len(lines) == 2  # the still-working line came once, and nothing after
         root = next(m for m in sent if m["reply_to_message_id"] is None)
         assert root["message_id"] > lines[1]["message_id"]  # "still working" came first
-        dive = " ".join(m["visible"] for m in sent if m["reply_to_message_id"] == root["message_id"])
-        assert "LLM" in dive and ("不可用" in dive or "unavailable" in dive)  # the labelled fallback
+        dive = " ".join(
+            m["visible"] for m in sent if m["reply_to_message_id"] == root["message_id"]
+        )
+        assert "LLM" in dive and (
+            "不可用" in dive or "unavailable" in dive
+        )  # the labelled fallback
         # one attempt of each call, cut at the deadline: no second 120 s attempt
         assert len(bot.llm_calls()) == 2, json.dumps([kind_of(c) for c in bot.llm_calls()])
 
