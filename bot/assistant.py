@@ -152,6 +152,7 @@ class Assistant:
         self.chat = chat or ChatStore(pipeline.store)
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self._count_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._count_pending: set[tuple[str, str, str]] = set()
 
     # -- the flow --------------------------------------------------------------------------------
 
@@ -435,9 +436,16 @@ class Assistant:
     ) -> None:
         """Put the paper's current counts on the pressed message. One update at a time per
         message, each reading the counts afresh, so the last one shown is the stored count
-        however the presses interleave. A failed update is logged: the vote stands."""
-        lock = self._count_locks.setdefault((platform, chat, message), asyncio.Lock())
+        however the presses interleave; and at most one waiting behind it: a burst of presses
+        costs a few edits, not one each (the waiting one reads the counts after every vote
+        that found it waiting was stored). A failed update is logged: the vote stands."""
+        key = (platform, chat, message)
+        if key in self._count_pending:
+            return  # the update already waiting will show this vote too
+        self._count_pending.add(key)
+        lock = self._count_locks.setdefault(key, asyncio.Lock())
         async with lock:
+            self._count_pending.discard(key)
             up, down = await self.chat.votes(platform, chat, arxiv_id)
             try:
                 await update(up, down)
