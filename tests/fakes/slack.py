@@ -377,6 +377,7 @@ class FakeSlack(FakeServer):
             "chat.stopStream": self._stop_stream,
             "chat.delete": self._delete,
             "assistant.threads.setStatus": self._set_status,
+            "chat.getPermalink": self._permalink,
         }.get(method)
         if handler is None:
             return self._error("unknown_method")
@@ -591,6 +592,13 @@ class FakeSlack(FakeServer):
     def streamed(self, method: str | None = None) -> list[dict[str, Any]]:
         """The parameters of every streaming call (of `method`), in order."""
         return [p for m, p, _ in self.stream_calls if method is None or m == method]
+
+    async def _permalink(self, request: web.Request, params: dict[str, Any]) -> web.Response:
+        channel, ts = str(params.get("channel")), str(params.get("message_ts", ""))
+        if self._find(channel, ts) is None:
+            return self._error("message_not_found")
+        link = f"https://fake-workspace.slack.com/archives/{channel}/p{ts.replace('.', '')}"
+        return self._ok(channel=channel, permalink=link)
 
     async def _post_ephemeral(self, request: web.Request, params: dict[str, Any]) -> web.Response:
         channel = params.get("channel")
