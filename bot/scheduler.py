@@ -257,7 +257,9 @@ class DailyJob:
             nonlocal pending
             retry = []
             for dest, digest in pending:
-                result = await deliver(self.store, dest, digest, self.settings)
+                result = await deliver(
+                    self.store, dest, digest, self.settings, pipeline=self.pipeline
+                )
                 last[id(dest)] = result
                 if not result.ok and result.retryable:
                     retry.append((dest, digest))

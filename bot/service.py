@@ -12,12 +12,13 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from bot.channels.base import Channel, DeliveryError, ErrorKind, Outgoing
 from bot.chatstore import ChatStore, PostRecord, PostStatus, ThreadRecord
 from bot.settings import AppSettings as Settings
 from digest_core.config import RetrySettings
-from digest_core.models import Digest, Paper, ResearchProfile
+from digest_core.models import Digest, Paper, Rating, ResearchProfile, SeenMark
 from digest_core.pipeline import Pipeline, Progress
 from digest_core.retry import RetryPolicy, TryAgain
 
@@ -107,6 +108,53 @@ def _telegram_destinations(settings: Settings) -> list[Destination]:
     return [Destination(channel, c) for c in settings.telegram.chats]
 
 
+async def destination_profile(
+    settings: Settings, chat: ChatStore, platform: str, where: str
+) -> ResearchProfile:
+    """Which research profile a destination (a Slack channel, a Telegram chat or forum topic)
+    uses: the default, a named one or its own edited copy (bot.team, from chat state). The
+    one place that answers it: digests, ratings, scoring examples all ask here."""
+    from bot.team import resolve  # bot.team builds on this module
+
+    return resolve(settings, await chat.binding(platform, where))
+
+
+async def profile_ratings(
+    settings: Settings, chat: ChatStore, profile: ResearchProfile
+) -> list[Rating]:
+    """A profile's rated papers, most recent first, as the core takes them (plain values).
+    Read a little beyond the examples a scoring call shows, because the papers being scored
+    are left out of their own examples."""
+    cfg = settings.digest
+    return await chat.profile_ratings(profile.name, limit=cfg.rating_examples + cfg.top_n)
+
+
+async def for_destination(
+    pipeline: Pipeline, chat: ChatStore, dest: Destination, digest: Digest
+) -> Digest:
+    """The digest as one destination gets it: papers deep-dived there within `seen_days`
+    (not counting this day's own thread, so a re-run is the same digest) are marked with the
+    date and a link to their thread, and the next papers take their places."""
+    days = pipeline.settings.digest.seen_days
+    if not days or dest.channel.platform in LOCAL_PLATFORMS or not digest.entries:
+        return digest
+    since = datetime.now(UTC) - timedelta(days=days)
+    seen = await chat.deep_dived(
+        dest.channel.platform, dest.chat, since, other_than=f"digest:{digest.date}"
+    )
+    ids = {e.paper.arxiv_id for e in digest.entries}
+    marks: dict[str, SeenMark] = {}
+    for arxiv_id, record in seen.items():
+        if arxiv_id in ids:
+            link = None
+            permalink = getattr(dest.channel, "permalink", None)
+            if permalink is not None and record.thread_ref:
+                link = await permalink(dest.chat, record.thread_ref)
+            marks[arxiv_id] = SeenMark(record.date, link)
+    profile = await destination_profile(pipeline.settings, chat, dest.channel.platform, dest.chat)
+    return await pipeline.skip_seen(digest, marks, profile)
+
+
 async def started_digest(
     chat: ChatStore,
     day: str,
@@ -164,7 +212,8 @@ async def digests_for(
     if todo:
         given = await papers() if papers is not None else None
         extra = {"progress": progress} if progress is not None else {}
-        out.update(await pipeline.build_digests(day, todo, papers=given, **extra))
+        ratings = {p.name: await profile_ratings(pipeline.settings, chat, p) for p in todo}
+        out.update(await pipeline.build_digests(day, todo, papers=given, ratings=ratings, **extra))
     return out
 
 
@@ -182,7 +231,11 @@ async def deliver_each(pipeline: Pipeline, pairs: Sequence[tuple[Destination, Di
     for dest, digest in pairs:
         # An explicit run is the operator's retry: destinations that failed permanently before
         # (the bot was not in the channel yet) are tried again.
-        results.append(await deliver(chat, dest, digest, pipeline.settings, retry_permanent=True))
+        results.append(
+            await deliver(
+                chat, dest, digest, pipeline.settings, pipeline=pipeline, retry_permanent=True
+            )
+        )
     await _close_channels([dest for dest, _ in pairs])
     failed = [r for r in results if not r.ok]
     for r in failed:
@@ -204,9 +257,14 @@ async def deliver(
     digest: Digest,
     settings: Settings,
     *,
+    pipeline: Pipeline | None = None,
     retry_permanent: bool = False,
 ) -> Delivered:
+    """Deliver a digest to one destination through the ledger. With `pipeline`, papers
+    deep-dived there recently are not deep-dived again (`for_destination`)."""
     channel = dest.channel
+    if pipeline is not None:
+        digest = await for_destination(pipeline, store, dest, digest)
     if (
         digest.empty
         and not settings.digest.empty_day_notice

@@ -48,11 +48,11 @@ HELP_COMMANDS = """Commands:
 @dataclass
 class Reply:
     """What a /digest line came to: `lines` for the requester; `announce` for the channel;
-    `rate` a (paper, verdict) for the assistant's rating flow."""
+    `rate` a (paper, liked) for the assistant's rating flow (`Assistant.rate`)."""
 
     lines: list[str] = field(default_factory=list)
     announce: str | None = None
-    rate: tuple[str, int] | None = None
+    rate: tuple[str, bool] | None = None  # (arXiv ID, liked)
 
 
 def resolve(settings: Settings, binding: ProfileBinding) -> ResearchProfile:
@@ -150,7 +150,7 @@ class Team:
         if verb in ("like", "dislike"):
             if not rest:
                 return Reply([f"Usage: /digest {verb} ARXIV_ID (e.g. /digest {verb} 2602.14941)"])
-            return Reply(rate=(rest.split()[0], 1 if verb == "like" else -1))
+            return Reply(rate=(rest.split()[0], verb == "like"))
         if verb in ("search", "week"):
             return Reply([NOT_YET.format(what=verb)])
         if verb == "profile":

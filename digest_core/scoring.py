@@ -3,15 +3,19 @@
 One batched structured-output call scores every paper; the answer is validated item by item
 (scores out of range, duplicated, missing or unasked-for are not trusted). Papers left without
 a valid score get one more call, then the lexical fallback, so one bad paper never sinks the
-digest. LLM scores are cached per (paper, profile, prompt version, model, language).
+digest. LLM scores are cached per (paper, profile, prompt version, model, language, rated
+examples).
 
 The profile is data, like the papers: it goes to the model in a <profile> block of the user
 message (`profile_data`), never into the system prompt, so a topic written in chat cannot
-change a rule.
+change a rule. Ratings (👍/👎 from chat) arrive as plain `Rating` values: the most recent
+ones, bounded in number and tokens, go into the user message as data too, and their
+fingerprint into the cache key, so a new rating makes the next digest score afresh.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -21,9 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from digest_core import prompts
+from digest_core.config import Profile
 from digest_core.fallback import lexical_score
 from digest_core.llm import LLMClient, LLMError
-from digest_core.models import Paper, ResearchProfile, Score
+from digest_core.models import Paper, Rating, ResearchProfile, Score
+from digest_core.sources.fulltext import estimate_tokens
 from digest_core.store import Store
 
 log = logging.getLogger(__name__)
@@ -60,14 +66,56 @@ class ScoringResult:
     note: str | None  # set when some or all scores are not from the LLM
 
 
-def profile_fingerprint(profile: ResearchProfile) -> str:
-    return profile.fingerprint
+def profile_fingerprint(profile: ResearchProfile | Profile) -> str:
+    """What the model reads of a profile (the same as `ResearchProfile.fingerprint`)."""
+    raw = json.dumps([profile.name, profile.focus, list(profile.topics)], ensure_ascii=False)
+    return hashlib.sha256(raw.encode()).hexdigest()[:12]
 
 
 def score_cache_key(
-    arxiv_id: str, profile: ResearchProfile, version: str, model: str, language: str
+    arxiv_id: str,
+    profile: ResearchProfile | Profile,
+    version: str,
+    model: str,
+    language: str,
+    examples: Sequence[Rating] = (),
 ) -> str:
-    return f"{arxiv_id}|{profile_fingerprint(profile)}|{version}|{model}|{language}"
+    key = f"{arxiv_id}|{profile_fingerprint(profile)}|{version}|{model}|{language}"
+    # Without examples the key is what it always was, so earlier cached scores stay valid.
+    return f"{key}|{examples_fingerprint(examples)}" if examples else key
+
+
+def select_examples(
+    ratings: Sequence[Rating], limit: int, token_budget: int, exclude: Sequence[str] = ()
+) -> tuple[Rating, ...]:
+    """The rated papers a scoring call sees: `ratings` come most recent first; keep at most
+    `limit` of them and about `token_budget` tokens of titles, one per paper, and none of
+    the papers being scored (`exclude`: its own verdict would answer the question)."""
+    skip = set(exclude)
+    out: list[Rating] = []
+    used = 0
+    for r in ratings:
+        if len(out) >= limit or r.arxiv_id in skip:
+            continue
+        title = " ".join(r.title.split())[:300]
+        cost = estimate_tokens(title) + 8  # the JSON around a title
+        if used + cost > token_budget:
+            break
+        skip.add(r.arxiv_id)
+        used += cost
+        out.append(Rating(r.arxiv_id, title, r.liked))
+    return tuple(out)
+
+
+def examples_fingerprint(examples: Sequence[Rating]) -> str:
+    raw = json.dumps([[r.arxiv_id, r.liked] for r in examples])
+    return hashlib.sha256(raw.encode()).hexdigest()[:12]
+
+
+def examples_block(examples: Sequence[Rating]) -> str:
+    """The rated papers as a data block for the user message (titles are untrusted text)."""
+    rows = [{"title": r.title, "verdict": "liked" if r.liked else "disliked"} for r in examples]
+    return prompts.data_block("rated_examples", json.dumps(rows, ensure_ascii=False, indent=1))
 
 
 def profile_data(profile: ResearchProfile) -> str:
@@ -131,6 +179,8 @@ class Scorer:
         language: str,
         batch_size: int,
         no_llm_reason: str,
+        example_limit: int = 20,
+        example_tokens: int = 800,
     ) -> None:
         self.profile = profile
         self.store = store
@@ -139,13 +189,19 @@ class Scorer:
         self.language = language
         self.batch_size = batch_size
         self.no_llm_reason = no_llm_reason
+        self.example_limit = example_limit
+        self.example_tokens = example_tokens
         self.prompt = prompts.load("score")
 
     async def score(
-        self, papers: Sequence[Paper], profile: ResearchProfile | None = None
+        self,
+        papers: Sequence[Paper],
+        ratings: Sequence[Rating] = (),
+        profile: ResearchProfile | None = None,
     ) -> ScoringResult:
-        """Scores against `profile` (default: the one given at construction), with the reasons
-        in its language."""
+        """Score `papers` against `profile` (default: the one given at construction), with the
+        reasons in its language; `ratings` (most recent first) are the profile's rated papers,
+        of which a bounded few are shown to the model as examples."""
         profile = profile or self.profile
         if not papers:
             return ScoringResult({}, None)
@@ -154,9 +210,15 @@ class Scorer:
                 {p.arxiv_id: lexical_score(p, profile) for p in papers},
                 f"LLM unavailable ({self.no_llm_reason}): ranked by keyword relevance",
             )
+        examples = select_examples(
+            ratings,
+            self.example_limit,
+            self.example_tokens,
+            exclude=[p.arxiv_id for p in papers],
+        )
         keys = {
             p.arxiv_id: score_cache_key(
-                p.arxiv_id, profile, self.prompt.version, self.model, profile.language
+                p.arxiv_id, profile, self.prompt.version, self.model, profile.language, examples
             )
             for p in papers
         }
@@ -169,7 +231,7 @@ class Scorer:
             for start in range(0, len(todo), self.batch_size):
                 batch = todo[start : start + self.batch_size]
                 try:
-                    got = await self._ask(batch, profile, last_round=attempt == 1)
+                    got = await self._ask(batch, profile, examples, last_round=attempt == 1)
                 except LLMError as exc:
                     failure = str(exc)
                     log.warning("scoring batch failed: %s", exc)
@@ -195,7 +257,12 @@ class Scorer:
         return ScoringResult(scores, note)
 
     async def _ask(
-        self, batch: Sequence[Paper], profile: ResearchProfile, *, last_round: bool
+        self,
+        batch: Sequence[Paper],
+        profile: ResearchProfile,
+        examples: Sequence[Rating],
+        *,
+        last_round: bool,
     ) -> dict[str, Score]:
         system = self.prompt.render(
             language_name=LANGUAGE_NAMES.get(profile.language, "English"),
@@ -204,11 +271,10 @@ class Scorer:
             {"id": p.arxiv_id, "title": p.title, "abstract": p.abstract[:_ABSTRACT_CHARS]}
             for p in batch
         ]
-        user = (
-            profile_data(profile)
-            + "\n\n"
-            + prompts.data_block("papers", json.dumps(papers, ensure_ascii=False, indent=1))
-        )
+        user = prompts.data_block("papers", json.dumps(papers, ensure_ascii=False, indent=1))
+        if examples:
+            user = examples_block(examples) + "\n\n" + user
+        user = profile_data(profile) + "\n\n" + user
         asked = [p.arxiv_id for p in batch]
 
         def validate(data: object) -> dict[str, Score]:

@@ -19,7 +19,7 @@ from fakes.recording import RecordingChannel
 from fakes.world import World, fast_config, profile_responder
 from fakes.world import data_block as _block
 
-from bot.assistant import DIGEST, RATINGS_NOT_YET, Assistant, Request
+from bot.assistant import DIGEST, Assistant, Request
 from bot.chatstore import ChatStore, open_pipeline
 from bot.scheduler import DailyJob
 from bot.service import Destination
@@ -378,9 +378,17 @@ async def _subscriptions(team: Team_) -> None:
     assert not any(s.chat == "C1" and s.key.endswith("/toc") for s in team.slack.sent)
 
 
-async def test_like_dislike_search_and_week(team: Team_) -> None:
-    private, _ = await team.say("like 2601.15165")
-    assert private == [RATINGS_NOT_YET]
+async def test_like_dislike_rate_for_the_channels_profile_search_and_week(team: Team_) -> None:
+    paper = "1605.08386"  # a paper the fake arXiv knows
+    await team.say("profile use robots", chat="C2")
+    private, posted = await team.say(f"like {paper}", chat="C2")
+    assert posted == [] and len(private) == 1
+    assert private[0].startswith(f"👍 arXiv:{paper} — Heat-bath random walks")
+    assert "“Robot learning researcher”" in private[0]
+    # The rating belongs to C2's profile, not to the default one.
+    rated = await team.chat.profile_ratings("Robot learning researcher")
+    assert [(r.arxiv_id, r.liked) for r in rated] == [(paper, True)]
+    assert await team.chat.profile_ratings("Image Restoration researcher") == []
     private, _ = await team.say("dislike")
     assert private == ["Usage: /digest dislike ARXIV_ID (e.g. /digest dislike 2602.14941)"]
     for verb in ("search diffusion", "week"):
