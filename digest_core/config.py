@@ -289,6 +289,11 @@ def load_settings(
     environment = ContractEnvironment(model, env)
     values = _merged(data, environment())
     values["config_path"] = config_path
+    # The proxy variables are read where clients are built (digest_core.proxy); a malformed
+    # one stops start-up here, before anything connects.
+    from digest_core.proxy import ProxyRoutes
+
+    ProxyRoutes.from_env(env)
     try:
         return model(**values)
     except ValidationError as exc:

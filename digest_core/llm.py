@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import httpx2
 import openai
 
 from digest_core.config import LLMSettings
+from digest_core.proxy import RoutedHttpx2Transport
 from digest_core.retry import RetryPolicy, retry_after
 
 log = logging.getLogger(__name__)
@@ -507,6 +509,11 @@ class LLMClient:
                 base_url=self.settings.base_url,
                 max_retries=0,  # ours are counted and bounded; stacking both multiplies waits
                 timeout=self.settings.timeout_seconds,
+                # The proxy rule of digest_core.proxy, not httpx2's own reading of the
+                # variables; the SDK's defaults otherwise (its connection limits).
+                http_client=openai.DefaultAsyncHttpx2Client(
+                    transport=RoutedHttpx2Transport(limits=httpx2.Limits(max_connections=20))
+                ),
             )
         return self._client
 

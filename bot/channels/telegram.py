@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from functools import lru_cache, partial
 from typing import Any, TypeVar
 
+import httpx
 import telegram
 from telegram import LinkPreviewOptions, ReplyParameters
 from telegram.constants import ChatAction, FloodLimit, ParseMode
@@ -47,6 +48,7 @@ from telegram.request import HTTPXRequest
 from bot.channels.base import DeliveryError, Outgoing
 from digest_core.config import RetrySettings
 from digest_core.models import Answer, Digest, DigestEntry
+from digest_core.proxy import ProxyRoutes, RoutedHttpxTransport
 from digest_core.render.telegram import utf16_len
 from digest_core.retry import RetryPolicy, TryAgain
 from digest_core.sources import quiet_http_logs
@@ -108,6 +110,35 @@ def file_url_for(base_url: str) -> str:
     return f"{head}/file/bot{tail}"
 
 
+def make_request(
+    pool_size: int = 1,
+    *,
+    read_timeout: float = READ_TIMEOUT,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    routes: ProxyRoutes | None = None,
+) -> HTTPXRequest:
+    """PTB's HTTPXRequest for Bot API calls, with the proxy rule of digest_core.proxy."""
+    return HTTPXRequest(
+        connection_pool_size=pool_size,
+        read_timeout=read_timeout,
+        write_timeout=WRITE_TIMEOUT,
+        connect_timeout=connect_timeout,
+        pool_timeout=POOL_TIMEOUT,
+        httpx_kwargs=routed_httpx_kwargs(pool_size, routes),
+    )
+
+
+def routed_httpx_kwargs(pool_size: int, routes: ProxyRoutes | None = None) -> dict[str, Any]:
+    """What PTB's HTTPXRequest needs to route requests as every other digestbot client.
+
+    PTB leaves proxies to httpx, which reads the variables its own way (and PTB documents SOCKS
+    as not settable by them); an explicit transport turns that off. The client's `limits` do
+    not reach an explicit transport, so the pool size goes to the transport.
+    """
+    limits = httpx.Limits(max_connections=pool_size)
+    return {"transport": RoutedHttpxTransport(routes, limits=limits)}
+
+
 def make_telegram_application(
     token: str,
     base_url: str = "https://api.telegram.org/bot",
@@ -133,10 +164,10 @@ def make_telegram_application(
         .rate_limiter(rate_limiter or make_rate_limiter())
         .job_queue(None)  # scheduling is APScheduler's job, not PTB's
         .concurrent_updates(True)  # one slow /analyze must not stall every other update
-        .read_timeout(read_timeout)
-        .write_timeout(WRITE_TIMEOUT)
-        .connect_timeout(connect_timeout)
-        .pool_timeout(POOL_TIMEOUT)
+        # PTB's own pool sizes: 256 for calls; getUpdates keeps PTB's defaults (one
+        # connection, PTB's timeouts; the long-poll timeout is added per call).
+        .request(make_request(256, read_timeout=read_timeout, connect_timeout=connect_timeout))
+        .get_updates_request(HTTPXRequest(httpx_kwargs=routed_httpx_kwargs(1)))
     )
     if not updater:
         builder = builder.updater(None)
@@ -154,12 +185,7 @@ def make_bot(
     """A bare bot for one-shot posting (CLI). Use it as `async with make_bot(...) as bot:`."""
     quiet_http_logs()
     base_url = normalize_base_url(base_url)
-    request = HTTPXRequest(
-        read_timeout=read_timeout,
-        write_timeout=WRITE_TIMEOUT,
-        connect_timeout=connect_timeout,
-        pool_timeout=POOL_TIMEOUT,
-    )
+    request = make_request(read_timeout=read_timeout, connect_timeout=connect_timeout)
     return ExtBot(
         token,
         base_url=base_url,
