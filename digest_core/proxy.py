@@ -246,19 +246,6 @@ class ProxyRoutes:
         )
         return chosen or self.all
 
-    def describe(self) -> str:
-        """One line for the start-up log: where requests go, no credentials."""
-        if not self.any:
-            return "proxy: none (direct connections)"
-        parts = [
-            f"{name} {proxy.shown}"
-            for name, proxy in (("http", self.http), ("https", self.https), ("all", self.all))
-            if proxy is not None
-        ]
-        if self.bypass:
-            parts.append(f"{len(self.bypass)} NO_PROXY entries direct")
-        return "proxy: " + ", ".join(parts)
-
 
 def proxy_routes() -> ProxyRoutes:
     """The routes the process environment gives (read at each client's construction)."""

@@ -23,6 +23,7 @@ from fakes.slack import DEFAULT_CHANNEL, FakeSlack
 from fakes.telegram import DEFAULT_TOKEN, FakeTelegram
 from fakes.world import World, run_cli
 
+from bot.channels.base import DeliveryError
 from bot.channels.slack import (
     RoutedSocketModeClient,
     SlackChannel,
@@ -32,10 +33,10 @@ from bot.channels.slack import (
 from bot.channels.telegram import TelegramChannel, make_bot, make_rate_limiter
 from bot.settings import load_settings
 from digest_core.config import ConfigError, LLMSettings, Secret, SourceSettings
-from digest_core.llm import LLMClient
+from digest_core.llm import LLMClient, LLMError
 from digest_core.proxy import ProxyRoutes, parse_proxy
 from digest_core.render.slack import SlackMessage
-from digest_core.sources import make_http_client
+from digest_core.sources import SourceError, make_http_client
 from digest_core.sources.hf import fetch_daily_papers
 
 DAY = "2026-01-23"  # a day the HF fixture has
@@ -123,8 +124,6 @@ def test_credentials_reach_the_library_url_but_no_log_line() -> None:
     assert found.password == "p@ss"
     assert found.url == "socks5://alice:p%40ss@127.0.0.1:1080"
     assert "p@ss" not in found.shown and "p@ss" not in repr(found)
-    routes = ProxyRoutes(https=found)
-    assert "alice" not in routes.describe() and "p%40ss" not in routes.describe()
 
 
 @pytest.mark.parametrize(
@@ -202,7 +201,11 @@ async def test_a_no_proxy_mirror_goes_direct_while_the_rest_is_proxied(
 
 async def ask_llm(base: str) -> str:
     settings = LLMSettings(
-        api_key=Secret(KEY), base_url=f"{base}/v1", model="gpt-test", timeout_seconds=5.0
+        api_key=Secret(KEY),
+        base_url=f"{base}/v1",
+        model="gpt-test",
+        timeout_seconds=5.0,
+        max_retries=0,
     )
     client = LLMClient(settings)
     try:
@@ -349,3 +352,61 @@ async def test_digest_dry_run_hf_mirror_direct_rest_over_socks(tmp_path: Any) ->
         assert world.hf.paths("/api/daily_papers") and world.llm.calls
     reached = {host.rsplit(":", 1)[1] for host in socks.hosts}
     assert port_of(world.hf.url) not in reached and port_of(world.llm.url) in reached
+
+
+# ----------------------------------------------------- SOCKS: names go to the proxy, with a login
+
+
+async def test_socks_clients_send_names_and_credentials_to_the_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every client hands the host name to the SOCKS proxy (which resolves it) and logs in with
+    the user:password from ALL_PROXY; a wrong password is refused, not bypassed."""
+    async with Socks5Proxy(credentials=("alice", "s3cret")) as socks:
+        monkeypatch.setenv("ALL_PROXY", socks.url.replace("://", "://alice:s3cret@"))
+        async with (
+            FakeHF.with_fixture_days() as hf,
+            FakeLLM(responder=lambda body: "ok") as llm,
+            FakeSlack() as slack,
+            FakeTelegram(DEFAULT_TOKEN) as telegram,
+        ):
+            telegram.add_chat(-100555, title="CV papers")
+            settings = source_settings(as_localhost(hf.url))
+            async with make_http_client(settings) as client:
+                assert await fetch_daily_papers(client, settings, DAY)
+            assert await ask_llm(as_localhost(llm.url)) == "ok"
+            channel = SlackChannel(
+                make_slack_client(slack.token, as_localhost(slack.url) + "/api/")
+            )
+            try:
+                await channel.send(DEFAULT_CHANNEL, line("hi"), None)
+            finally:
+                await channel.aclose()
+            limiter = make_rate_limiter(group_max_rate=100_000, overall_max_rate=100_000)
+            async with make_bot(
+                DEFAULT_TOKEN, f"{as_localhost(telegram.url)}/bot", rate_limiter=limiter
+            ) as bot:
+                await TelegramChannel(bot, language="en").send("-100555", "hi", None)
+            names = {f"localhost:{port_of(f.url)}" for f in (hf, llm, slack, telegram)}
+            assert set(socks.hosts) == names and socks.refused == 0
+
+            monkeypatch.setenv("ALL_PROXY", socks.url.replace("://", "://alice:wrong@"))
+            before = len(hf.requests)
+            async with make_http_client(settings) as client:
+                with pytest.raises(SourceError) as source_error:
+                    await fetch_daily_papers(client, settings, DAY)
+            with pytest.raises(LLMError) as llm_error:
+                await ask_llm(as_localhost(llm.url))
+            # aiohttp-socks' own exceptions are not aiohttp's: they must still end as the
+            # channel's DeliveryError, not escape the delivery code.
+            channel = SlackChannel(
+                make_slack_client(slack.token, as_localhost(slack.url) + "/api/")
+            )
+            try:
+                with pytest.raises(DeliveryError) as slack_error:
+                    await channel.send(DEFAULT_CHANNEL, line("hi"), None)
+            finally:
+                await channel.aclose()
+            assert socks.refused == 3 and len(hf.requests) == before
+            for error in (source_error.value, llm_error.value, slack_error.value):
+                assert "wrong" not in str(error) and "alice" not in str(error)

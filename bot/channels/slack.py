@@ -22,7 +22,10 @@ import random
 from typing import Any
 
 import aiohttp
+from aiohttp_socks import ProxyConnectionError as SocksConnectionError
 from aiohttp_socks import ProxyConnector, ProxyType
+from aiohttp_socks import ProxyError as SocksError
+from aiohttp_socks import ProxyTimeoutError as SocksTimeoutError
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.async_handler import AsyncRetryHandler
@@ -232,7 +235,7 @@ def proxied_session(proxy: Proxy) -> aiohttp.ClientSession:
     mechanism. Names are resolved by the proxy (rdns), as httpcore does for the other clients.
     """
     kind = ProxyType.HTTP if proxy.scheme == "http" else ProxyType.SOCKS5
-    connector = ProxyConnector(
+    connector = _ProxyConnector(
         proxy_type=kind,
         host=proxy.host,
         port=proxy.port,
@@ -241,6 +244,24 @@ def proxied_session(proxy: Proxy) -> aiohttp.ClientSession:
         rdns=True,
     )
     return aiohttp.ClientSession(connector=connector)
+
+
+class _ProxyConnector(ProxyConnector):
+    """aiohttp-socks' connector, failing the way aiohttp does.
+
+    aiohttp-socks raises its own exception classes (not aiohttp.ClientError) when the proxy is
+    unreachable, refuses the login or the target; every caller here handles aiohttp's, so
+    they are re-raised as aiohttp's proxy errors (the message has no credentials).
+    """
+
+    async def _wrap_create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super()._wrap_create_connection(*args, **kwargs)
+        except SocksTimeoutError:
+            raise aiohttp.ConnectionTimeoutError("proxy did not answer in time") from None
+        except (SocksConnectionError, SocksError) as exc:
+            key = kwargs["req"].connection_key
+            raise aiohttp.ClientProxyConnectionError(key, OSError(str(exc))) from None
 
 
 class RoutedSocketModeClient(SocketModeClient):
