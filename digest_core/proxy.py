@@ -255,8 +255,10 @@ def proxy_routes() -> ProxyRoutes:
 class _Routed:
     """Per request: the direct transport, or one through the proxy the rule names.
 
-    Transports are made on first use and kept, one per proxy (and one direct), each with the
-    client's limits and TLS settings; the proxying itself is httpcore's.
+    One transport per configured proxy and one direct, each with the client's limits and TLS
+    settings; the proxying itself is httpcore's. They are built up front, as httpx builds its
+    own: building one loads the CA bundle, which must not delay a client's first request
+    (arXiv's request spacing is measured from the moment a request is sent).
     """
 
     def __init__(self, module: Any, routes: ProxyRoutes | None, kwargs: dict[str, Any]) -> None:
@@ -264,15 +266,20 @@ class _Routed:
         self._routes = proxy_routes() if routes is None else routes
         self._kwargs = kwargs
         self._transports: dict[str | None, Any] = {}
+        self._build()
+
+    def _build(self) -> None:
+        configured = (self._routes.http, self._routes.https, self._routes.all)
+        for key in (None, *(proxy.url for proxy in configured if proxy is not None)):
+            if key not in self._transports:
+                self._transports[key] = self._module.AsyncHTTPTransport(proxy=key, **self._kwargs)
 
     def _transport_for(self, url: object) -> Any:
         proxy = self._routes.proxy_for(str(url))
         key = proxy.url if proxy is not None else None
-        transport = self._transports.get(key)
-        if transport is None:
-            transport = self._module.AsyncHTTPTransport(proxy=key, **self._kwargs)
-            self._transports[key] = transport
-        return transport
+        if key not in self._transports:  # closed, then used again (PTB re-initialises)
+            self._build()
+        return self._transports[key]
 
     async def handle_async_request(self, request: Any) -> Any:
         return await self._transport_for(request.url).handle_async_request(request)
