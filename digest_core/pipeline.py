@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -418,15 +418,21 @@ class Pipeline:
     # -- questions -------------------------------------------------------------------------------
 
     async def answer(
-        self, id_or_url: str | ArxivId, question: str, history: Sequence[tuple[str, str]] = ()
+        self,
+        id_or_url: str | ArxivId,
+        question: str,
+        history: Sequence[tuple[str, str]] = (),
+        on_delta: Callable[[str], Awaitable[None]] | None = None,
     ) -> Answer:
+        """The answer to a question about a paper; `on_delta` sees the model's text as it is
+        written (see Answerer.answer)."""
         aid = id_or_url if isinstance(id_or_url, ArxivId) else parse_arxiv_id(id_or_url)
         paper = await self.store.get_paper(aid.base)
         if paper is None or (aid.version and paper.version != aid.version):
             paper = await self.resolve(aid)
         dive = await self.store.latest_analysis(paper.arxiv_id, self.settings.digest.language)
         text = await self.fulltext(paper)
-        return await self.answerer.answer(paper, dive, text, question, history)
+        return await self.answerer.answer(paper, dive, text, question, history, on_delta)
 
     # -- export ----------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp_socks import ProxyConnectionError as SocksConnectionError
@@ -44,6 +44,9 @@ from slack_sdk.webhook import WebhookResponse
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot.channels.base import DeliveryError, Outgoing
+
+if TYPE_CHECKING:
+    from bot.channels.streaming import AnswerStream
 from digest_core.models import Answer, Digest, DigestEntry
 from digest_core.proxy import Proxy, ProxyRoutes, proxy_routes
 from digest_core.render.slack import SlackMessage, escape
@@ -375,6 +378,8 @@ class SlackChannel:
     def __init__(self, client: AsyncWebClient, language: str = "zh") -> None:
         self.client = client
         self.language = language
+        # Thread answers are streamed (chat.startStream…) until Slack refuses the methods.
+        self.streaming = True
 
     async def aclose(self) -> None:
         """Close the client's HTTP session (one-shot use from the CLI)."""
@@ -505,6 +510,23 @@ class SlackChannel:
     async def working(self, chat: str, thread: str | None) -> str | None:
         """A "Reading the paper…" placeholder in the thread; its ts, for `replace`."""
         return await self.send(chat, line_message(THINKING), thread)
+
+    def answer_stream(
+        self,
+        chat: str,
+        thread: str | None,
+        *,
+        placeholder: str | None,
+        user: str | None = None,
+        team: str | None = None,
+    ) -> AnswerStream | None:
+        """A poster that streams a thread answer as it is written (bot.channels.streaming),
+        or None where it cannot: outside a thread, or once Slack refused streaming."""
+        if not self.streaming or not thread:
+            return None
+        from bot.channels.streaming import SlackAnswerStream
+
+        return SlackAnswerStream(self, chat, thread, placeholder=placeholder, user=user, team=team)
 
     async def replace(self, chat: str, ts: str, payload: SlackMessage) -> None:
         """Replace message `ts` (e.g. a "working on it…" placeholder) with `payload`."""

@@ -26,7 +26,7 @@ import re
 import warnings
 from collections.abc import Awaitable, Callable
 from functools import lru_cache, partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import telegram
@@ -52,6 +52,9 @@ from digest_core.proxy import ProxyRoutes, RoutedHttpxTransport
 from digest_core.render.telegram import utf16_len
 from digest_core.retry import RetryPolicy, TryAgain
 from digest_core.sources import quiet_http_logs
+
+if TYPE_CHECKING:
+    from bot.channels.streaming import AnswerStream
 
 _log = logging.getLogger(__name__)
 
@@ -362,6 +365,10 @@ class TelegramChannel:
             retry_after_cap=max_flood_wait + 1.0,  # the longer waits are refused in `_call`
         )
         self._migrated: dict[int | str, int] = {}
+        # Thread answers are shown as they are written; in private chats with sendMessageDraft,
+        # until the Bot API refuses it.
+        self.streaming = True
+        self.drafts = True
 
     async def aclose(self) -> None:
         """Close the bot's HTTP client (one-shot use from the CLI)."""
@@ -466,6 +473,31 @@ class TelegramChannel:
 
     async def replace(self, chat: str, ref: str, payload: Any) -> None:
         await self.edit(chat, ref, str(payload))
+
+    def target(self, chat: str) -> tuple[int | str, int | None]:
+        """The chat id to address (followed through a migration) and the forum topic."""
+        chat_id, topic = parse_chat(chat)
+        return self._migrated.get(chat_id, chat_id), topic
+
+    def answer_stream(
+        self,
+        chat: str,
+        thread: str | None,
+        *,
+        placeholder: str | None,
+        user: str | None = None,
+        team: str | None = None,
+    ) -> AnswerStream | None:
+        """A poster that shows a thread answer as it is written (bot.channels.streaming):
+        a draft in a private chat (a positive chat id), else one message edited as it grows."""
+        from bot.channels.streaming import TelegramDraftStream, TelegramEditStream
+
+        if not self.streaming:
+            return None
+        chat_id, topic = self.target(chat)
+        if isinstance(chat_id, int) and chat_id > 0:
+            return TelegramDraftStream(self, chat_id, topic) if self.drafts else None
+        return TelegramEditStream(self, chat, thread)
 
     async def send_typing(self, chat: str) -> None:
         """Show "typing…" while an answer is prepared. Cosmetic: failures are only logged."""

@@ -12,6 +12,10 @@ a webhook URL must be HTTPS, and knobs inject 429 flood control, 5xx errors and 
 (delivered-but-timed-out) responses; `latency` adds a fixed delay to every answer, for
 benchmarks.
 
+`sendMessageDraft` (private chats only, as the Bot API) records every draft with its time in
+`drafts`; `refuse_drafts` makes it answer 404 like a Bot API server without the method.
+`call_times(method)` gives the loop time of every call, e.g. to count edits per second.
+
 Message ids are per chat and increase; every accepted message is kept so tests can read the
 thread back with `sent(chat_id)`. Response objects copy the shapes of the real `getUpdates`
 samples in `tests/fixtures/telegram/`.
@@ -275,6 +279,8 @@ class FakeTelegram(FakeServer):
         self.too_early: list[tuple[str, float]] = []
         self._server_errors: list[_Fault] = []
         self._delays: list[_Fault] = []
+        self.drafts: list[dict[str, Any]] = []
+        self.refuse_drafts = False
         self._callbacks: set[str] = set()  # callback query ids handed out by push_callback
         # Answered callback queries: id -> {"text", "at" (time.monotonic())}.
         self.answered: dict[str, dict[str, Any]] = {}
@@ -410,6 +416,10 @@ class FakeTelegram(FakeServer):
         message_thread_id, reply_to_message_id (the reply actually made), entities, edited.
         """
         return [dict(r) for r in self._sent.get(int(chat_id), [])]
+
+    def call_times(self, name: str) -> list[float]:
+        """The loop time at which each call of `name` arrived."""
+        return [r.at for r in self.requests if r.path.endswith(f"/{name}")]
 
     def method_calls(self, name: str) -> list[dict[str, Any]]:
         """The decoded parameters of every call of `name`, including rejected ones."""
@@ -589,6 +599,31 @@ class FakeTelegram(FakeServer):
                 record.update(text=text, visible=visible, parse_mode=parse_mode, entities=entities)
                 record["edited"] = True
         return _ok(message)
+
+    async def _m_sendMessageDraft(self, params: dict[str, Any]) -> web.Response:
+        if self.refuse_drafts:
+            return _error(404, "Not Found")
+        chat, failure = self._writable_chat(params.get("chat_id"))
+        if failure is not None:
+            return failure
+        assert chat is not None
+        if chat.type != "private":
+            return _error(400, "Bad Request: drafts can be sent only to private chats")
+        if not _int(params.get("draft_id")):
+            return _error(400, "Bad Request: draft_id must be non-zero")
+        parsed = _parse_text(str(params.get("text") or ""), params.get("parse_mode"), None)
+        if isinstance(parsed, web.Response):
+            return parsed
+        self.drafts.append(
+            {
+                "chat_id": chat.id,
+                "draft_id": _int(params.get("draft_id")),
+                "text": params.get("text"),
+                "visible": parsed[0],
+                "at": asyncio.get_running_loop().time(),
+            }
+        )
+        return _ok(True)
 
     async def _m_editMessageReplyMarkup(self, params: dict[str, Any]) -> web.Response:
         chat, failure = self._writable_chat(params.get("chat_id"))
