@@ -578,7 +578,8 @@ class LLMClient:
                 max_retries=0,  # ours are counted and bounded; stacking both multiplies waits
                 timeout=self.settings.timeout_seconds,
                 # The proxy rule of digest_core.proxy, not httpx2's own reading of the
-                # variables; the SDK's defaults otherwise (its connection limits).
+                # variables; otherwise the SDK's client defaults. Limits go to the transport
+                # (a client's do not reach an explicit one); max_concurrency is far below.
                 http_client=openai.DefaultAsyncHttpx2Client(
                     transport=RoutedHttpx2Transport(limits=httpx2.Limits(max_connections=20))
                 ),
