@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 from bot.channels.base import Channel, Outgoing
 from bot.chatstore import ChatStore, PostStatus, ThreadRecord
-from bot.service import Delivered, Destination, post_thread
+from bot.service import Delivered, Destination, post_figure, post_thread
 from bot.settings import AppSettings as Settings
 from digest_core.arxiv_id import ArxivId, InvalidArxivId, parse_arxiv_id
 from digest_core.models import Answer
@@ -337,29 +337,37 @@ class Assistant:
                 return Outcome(
                     True, f"Already analysed here: arXiv:{aid.base}", thread=root.message_ref
                 )
+            # The key figure is fetched while the analysis runs and posted after its text.
+            figure = asyncio.ensure_future(self.pipeline.key_figure(aid))
             try:
-                entry = await self.pipeline.analyze(aid)
-            except PaperNotFound as exc:
-                return Outcome(False, str(exc))
-            except SourceError as exc:
-                log.warning("analyze %s: %s", aid, exc)
-                return Outcome(
-                    False, "arXiv cannot be reached right now; try again in a few minutes."
+                try:
+                    entry = await self.pipeline.analyze(aid)
+                except PaperNotFound as exc:
+                    return Outcome(False, str(exc))
+                except SourceError as exc:
+                    log.warning("analyze %s: %s", aid, exc)
+                    return Outcome(
+                        False, "arXiv cannot be reached right now; try again in a few minutes."
+                    )
+                messages = dest.channel.render_analysis(entry)
+                # A person asking again is the retry of an earlier failure (the bot invited
+                # since).
+                delivered = await post_thread(
+                    self.chat,
+                    dest,
+                    scope,
+                    messages,
+                    kind="analysis",
+                    papers=[entry.paper.arxiv_id],
+                    retry_permanent=True,
                 )
-            messages = dest.channel.render_analysis(entry)
-            # A person asking again is the retry of an earlier failure (the bot invited since).
-            delivered = await post_thread(
-                self.chat,
-                dest,
-                scope,
-                messages,
-                kind="analysis",
-                papers=[entry.paper.arxiv_id],
-                retry_permanent=True,
-            )
-            state = await self.chat.post_state(scope, dest.channel.platform, dest.chat)
-            root = state.get("root")
-            thread = root.message_ref if root else None
+                state = await self.chat.post_state(scope, dest.channel.platform, dest.chat)
+                root = state.get("root")
+                thread = root.message_ref if root else None
+                if delivered.ok and thread:
+                    await post_figure(self.chat, dest, scope, thread, aid.base, figure)
+            finally:
+                figure.cancel()  # no-op once it finished; stops it when the text failed
         if not delivered.ok:
             return Outcome(
                 False, f"Could not post the analysis: {delivered.error}", thread, delivered

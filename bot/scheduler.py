@@ -241,7 +241,9 @@ class DailyJob:
             nonlocal pending
             retry = []
             for dest in pending:
-                result = await deliver(self.store, dest, digest, self.settings)
+                result = await deliver(
+                    self.store, dest, digest, self.settings, figures=self.pipeline.key_figure
+                )
                 last[id(dest)] = result
                 if not result.ok and result.retryable:
                     retry.append(dest)
