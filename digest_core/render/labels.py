@@ -35,6 +35,8 @@ LABELS: dict[str, dict[str, str]] = {
         "link_model": "🤗 模型",
         "link_dataset": "🤗 数据集",
         "link_space": "🤗 Spaces",
+        "seen": "👁 已于 {date} 在此解读",
+        "earlier_thread": "此前的讨论",
     },
     "en": {
         "title": "🚀 Paper digest | {date}",
@@ -59,6 +61,8 @@ LABELS: dict[str, dict[str, str]] = {
         "link_model": "🤗 Models",
         "link_dataset": "🤗 Datasets",
         "link_space": "🤗 Spaces",
+        "seen": "👁 deep-dived here on {date}",
+        "earlier_thread": "earlier thread",
     },
 }
 
