@@ -460,18 +460,17 @@ class Assistant:
                 return Outcome(
                     True, f"Already analysed here: arXiv:{aid.base}", thread=root.message_ref
                 )
-            # The key figure is fetched while the analysis runs and posted after its text.
-            figure = asyncio.ensure_future(self.pipeline.key_figure(aid))
             try:
-                try:
-                    entry = await self.pipeline.analyze(aid)
-                except PaperNotFound as exc:
-                    return Outcome(False, str(exc))
-                except SourceError as exc:
-                    log.warning("analyze %s: %s", aid, exc)
-                    return Outcome(
-                        False, "arXiv cannot be reached right now; try again in a few minutes."
-                    )
+                # The key figure is fetched while the analysis runs, posted after its text.
+                entry, figure = await self.pipeline.analyze_with_figure(aid)
+            except PaperNotFound as exc:
+                return Outcome(False, str(exc))
+            except SourceError as exc:
+                log.warning("analyze %s: %s", aid, exc)
+                return Outcome(
+                    False, "arXiv cannot be reached right now; try again in a few minutes."
+                )
+            try:
                 messages = dest.channel.render_analysis(entry)
                 # A person asking again is the retry of an earlier failure (the bot invited
                 # since).

@@ -453,7 +453,22 @@ class Pipeline:
 
     async def analyze(self, id_or_url: str | ArxivId) -> DigestEntry:
         """A deep dive of any arXiv paper, with its score against the profile."""
+        return await self._analyze_paper(await self.resolve(id_or_url))
+
+    async def analyze_with_figure(
+        self, id_or_url: str | ArxivId
+    ) -> tuple[DigestEntry, asyncio.Future[FigureImage | None]]:
+        """`analyze`, and the paper's key figure being fetched beside it (see `key_figure`):
+        the caller posts the text first, then awaits the figure, or cancels it."""
         paper = await self.resolve(id_or_url)
+        figure = asyncio.ensure_future(self.key_figure(paper))
+        try:
+            return await self._analyze_paper(paper), figure
+        except BaseException:
+            figure.cancel()
+            raise
+
+    async def _analyze_paper(self, paper: Paper) -> DigestEntry:
         score, dive, links = await asyncio.gather(
             self.score_one(paper), self.deep_dive(paper), self.links(paper)
         )
