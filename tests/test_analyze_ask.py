@@ -145,7 +145,9 @@ async def test_analyze_accepts_every_pasted_form(world: World, tmp_path: Path) -
     # arXiv answered: no fallback asked. HF sees only the deep dive's link lookups (issue 9):
     # one paper request and one list per kind for each new-style ID, nothing more.
     lists = {"/api/models", "/api/datasets", "/api/spaces"}
-    assert {r.path for r in world.hf.requests} - lists <= {f"/api/papers/{re.sub(r'v[0-9]+$', '', i)}" for i in asked}
+    assert {r.path for r in world.hf.requests} - lists <= {
+        f"/api/papers/{re.sub(r'v[0-9]+$', '', i)}" for i in asked
+    }
     for r in world.hf.requests:
         if r.path.startswith("/api/papers/"):  # never more than the links asked for it
             pid = r.path.removeprefix("/api/papers/")
