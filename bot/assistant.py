@@ -31,7 +31,7 @@ from bot.channels.base import Channel, Outgoing
 from bot.channels.streaming import AnswerStream
 from bot.chatstore import ChatStore, PostStatus, ThreadRecord, Vote
 from bot.journal import Journal
-from bot.service import Delivered, Destination, destination_profile, post_thread
+from bot.service import Delivered, Destination, destination_profile, post_figure, post_thread
 from bot.settings import AppSettings as Settings
 from bot.team import Team
 from digest_core.arxiv_id import ArxivId, InvalidArxivId, parse_arxiv_id
@@ -548,7 +548,8 @@ class Assistant:
                 )
             profile = await self.team.profile_for(dest.channel.platform, dest.chat)
             try:
-                entry = await self.pipeline.analyze(aid, profile)
+                # The key figure is fetched while the analysis runs, posted after its text.
+                entry, figure = await self.pipeline.analyze_with_figure(aid, profile)
             except PaperNotFound as exc:
                 return Outcome(False, str(exc))
             except SourceError as exc:
@@ -556,20 +557,26 @@ class Assistant:
                 return Outcome(
                     False, "arXiv cannot be reached right now; try again in a few minutes."
                 )
-            messages = dest.channel.render_analysis(entry)
-            # A person asking again is the retry of an earlier failure (the bot invited since).
-            delivered = await post_thread(
-                self.chat,
-                dest,
-                scope,
-                messages,
-                kind="analysis",
-                papers=[entry.paper.arxiv_id],
-                retry_permanent=True,
-            )
-            state = await self.chat.post_state(scope, dest.channel.platform, dest.chat)
-            root = state.get("root")
-            thread = root.message_ref if root else None
+            try:
+                messages = dest.channel.render_analysis(entry)
+                # A person asking again is the retry of an earlier failure (the bot invited
+                # since).
+                delivered = await post_thread(
+                    self.chat,
+                    dest,
+                    scope,
+                    messages,
+                    kind="analysis",
+                    papers=[entry.paper.arxiv_id],
+                    retry_permanent=True,
+                )
+                state = await self.chat.post_state(scope, dest.channel.platform, dest.chat)
+                root = state.get("root")
+                thread = root.message_ref if root else None
+                if delivered.ok and thread:
+                    await post_figure(self.chat, dest, scope, thread, aid.base, figure)
+            finally:
+                figure.cancel()  # no-op once it finished; stops it when the text failed
         if not delivered.ok:
             return Outcome(
                 False, f"Could not post the analysis: {delivered.error}", thread, delivered

@@ -106,10 +106,10 @@ class SlackRuntime:
 
     async def start(self, http: HttpServer) -> None:
         if self.socket_mode:
-            from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+            from bot.channels.slack import RoutedSocketModeHandler
 
             app_token = self.settings.slack.app_token.get()  # type: ignore[union-attr]
-            self.handler = AsyncSocketModeHandler(self.app, app_token=app_token)
+            self.handler = RoutedSocketModeHandler(self.app, app_token=app_token)
             try:
                 await self.handler.connect_async()
             except Exception as exc:

@@ -22,11 +22,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
-from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot.assistant import ANALYZE, DIGEST, RESTARTING, UNRECORDED, Assistant, Request
 from bot.channels.base import DeliveryError
-from bot.channels.slack import SlackChannel
+from bot.channels.slack import SlackChannel, send_to_response_url
 from digest_core.render.slack import RATE_DOWN, RATE_UP, escape
 
 log = logging.getLogger(__name__)
@@ -291,7 +290,7 @@ async def _ephemeral(
     # response_url arrives inside a signed (or Socket Mode) request, so it is Slack's own.
     if response_url and _RESPONSE_URL.match(response_url):
         try:
-            await AsyncWebhookClient(response_url).send(text=text, response_type="ephemeral")
+            await send_to_response_url(response_url, text)
         except Exception as exc:  # the last way to reach the requester; say it failed
             log.warning("slack %s: response_url not reachable: %s", chat, type(exc).__name__)
 

@@ -27,9 +27,11 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
+import httpx2
 import openai
 
 from digest_core.config import LLMSettings
+from digest_core.proxy import RoutedHttpx2Transport
 from digest_core.retry import RetryPolicy, retry_after, time_left
 
 log = logging.getLogger(__name__)
@@ -575,6 +577,12 @@ class LLMClient:
                 base_url=self.settings.base_url,
                 max_retries=0,  # ours are counted and bounded; stacking both multiplies waits
                 timeout=self.settings.timeout_seconds,
+                # The proxy rule of digest_core.proxy, not httpx2's own reading of the
+                # variables; otherwise the SDK's client defaults. Limits go to the transport
+                # (a client's do not reach an explicit one); max_concurrency is far below.
+                http_client=openai.DefaultAsyncHttpx2Client(
+                    transport=RoutedHttpx2Transport(limits=httpx2.Limits(max_connections=20))
+                ),
             )
         return self._client
 

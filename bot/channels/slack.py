@@ -22,6 +22,11 @@ import random
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+from aiohttp_socks import ProxyConnectionError as SocksConnectionError
+from aiohttp_socks import ProxyConnector, ProxyType
+from aiohttp_socks import ProxyError as SocksError
+from aiohttp_socks import ProxyTimeoutError as SocksTimeoutError
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.http_retry.builtin_async_handlers import (
@@ -33,14 +38,18 @@ from slack_sdk.http_retry.interval_calculator import RetryIntervalCalculator
 from slack_sdk.http_retry.request import HttpRequest
 from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
+from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.webhook import WebhookResponse
+from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot.channels.base import DeliveryError, Outgoing
+from digest_core.models import Answer, Digest, DigestEntry, FigureImage
+from digest_core.proxy import Proxy, ProxyRoutes, proxy_routes
+from digest_core.render.slack import SlackMessage, escape, figure_comment
 
 if TYPE_CHECKING:
     from bot.channels.streaming import AnswerStream
-from digest_core.models import Answer, Digest, DigestEntry
-from digest_core.render.slack import SlackMessage, escape
 from digest_core.retry import retry_after
 
 log = logging.getLogger(__name__)
@@ -93,7 +102,15 @@ PERMANENT_ERRORS = frozenset(
 
 # Methods whose request may have taken effect even though the client saw a connection error;
 # repeating them blindly can post the same message twice.
-NOT_SAFE_TO_REPEAT = frozenset({"chat.postMessage", "chat.postEphemeral", "chat.scheduleMessage"})
+NOT_SAFE_TO_REPEAT = frozenset(
+    {
+        "chat.postMessage",
+        "chat.postEphemeral",
+        "chat.scheduleMessage",
+        # Shares the uploaded file into the channel: repeated, the figure shows twice.
+        "files.completeUploadExternal",
+    }
+)
 
 # How long a 429 may ask us to wait before we give up and report a transient failure instead
 # of parking the whole digest (Slack has answered with Retry-After of many minutes).
@@ -184,6 +201,7 @@ def make_slack_client(
     *,
     timeout: int = 30,
     retry_interval: RetryIntervalCalculator | None = None,
+    routes: ProxyRoutes | None = None,
 ) -> AsyncWebClient:
     """An AsyncWebClient with the retry policy digestbot needs.
 
@@ -204,7 +222,122 @@ def make_slack_client(
         _CappedRateLimitRetryHandler(max_retry_count=5),
         _ReadsOnlyServerErrorRetryHandler(max_retry_count=2, **server_kwargs),
     ]
-    return AsyncWebClient(token=token, base_url=base_url, timeout=timeout, retry_handlers=handlers)
+    # One host: the proxy rule of digest_core.proxy is applied once, to the API base. Call this
+    # inside the running loop (a proxied session's connector binds to it).
+    proxy = (routes or proxy_routes()).proxy_for(base_url)
+    client = AsyncWebClient(
+        token=token,
+        base_url=base_url,
+        timeout=timeout,
+        retry_handlers=handlers,
+        session=proxied_session(proxy) if proxy is not None else None,
+    )
+    # slack_sdk reads HTTPS_PROXY by itself (ignoring NO_PROXY and ALL_PROXY) when it gets no
+    # proxy; the routing is the session's (or none), so its own reading is switched off.
+    client.proxy = None
+    return client
+
+
+def proxied_session(proxy: Proxy) -> aiohttp.ClientSession:
+    """An aiohttp session whose every connection goes through `proxy`.
+
+    aiohttp-socks opens the tunnel (SOCKS5, or HTTP CONNECT for an http:// proxy) for plain and
+    TLS connections and WebSockets alike, so Slack's API, Socket Mode and response_url use one
+    mechanism. Names are resolved by the proxy (rdns), as httpcore does for the other clients.
+    """
+    kind = ProxyType.HTTP if proxy.scheme == "http" else ProxyType.SOCKS5
+    connector = _ProxyConnector(
+        proxy_type=kind,
+        host=proxy.host,
+        port=proxy.port,
+        username=proxy.username,
+        password=proxy.password,
+        rdns=True,
+    )
+    return aiohttp.ClientSession(connector=connector)
+
+
+class _ProxyConnector(ProxyConnector):
+    """aiohttp-socks' connector, failing the way aiohttp does.
+
+    aiohttp-socks raises its own exception classes (not aiohttp.ClientError) when the proxy is
+    unreachable, refuses the login or the target; every caller here handles aiohttp's, so
+    they are re-raised as aiohttp's proxy errors (the message has no credentials).
+    """
+
+    async def _wrap_create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super()._wrap_create_connection(*args, **kwargs)
+        except SocksTimeoutError:
+            raise aiohttp.ConnectionTimeoutError("proxy did not answer in time") from None
+        except (SocksConnectionError, SocksError) as exc:
+            key = kwargs["req"].connection_key
+            raise aiohttp.ClientProxyConnectionError(key, OSError(str(exc))) from None
+
+
+class RoutedSocketModeClient(SocketModeClient):
+    """slack_sdk's aiohttp Socket Mode client, routed by digest_core.proxy.
+
+    The WebSocket URL comes from `apps.connections.open` (a different host from the Web API:
+    wss-primary.slack.com), so the rule is applied to each URL as it is issued. The URL request
+    itself goes through the (already routed) Web API client.
+    """
+
+    def __init__(self, *args: Any, routes: ProxyRoutes | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.proxy = None  # as for the Web API client: no reading of HTTPS_PROXY on its own
+        self._routes = routes or proxy_routes()
+        self._sessions: dict[str | None, aiohttp.ClientSession] = {
+            None: self.aiohttp_client_session
+        }
+
+    async def issue_new_wss_url(self) -> str:
+        url: str = await super().issue_new_wss_url()
+        proxy = self._routes.proxy_for(url)
+        key = proxy.url if proxy is not None else None
+        if key not in self._sessions:
+            assert proxy is not None
+            self._sessions[key] = proxied_session(proxy)
+        self.aiohttp_client_session = self._sessions[key]
+        return url
+
+    async def close(self) -> None:
+        await super().close()
+        for session in self._sessions.values():
+            if not session.closed:
+                await session.close()
+
+
+class RoutedSocketModeHandler(AsyncSocketModeHandler):
+    """Bolt's Socket Mode adapter with a RoutedSocketModeClient (the same wiring as Bolt's
+    constructor: the app's own Web API client, Bolt's ping interval, Bolt's handler)."""
+
+    def __init__(self, app: Any, app_token: str, *, routes: ProxyRoutes | None = None) -> None:
+        self.app = app
+        self.app_token = app_token
+        self.client = RoutedSocketModeClient(
+            app_token=app_token,
+            logger=app.logger,
+            web_client=app.client,
+            ping_interval=10,
+            routes=routes,
+        )
+        self.client.socket_mode_request_listeners.append(self.handle)  # type: ignore[arg-type]
+
+
+async def send_to_response_url(
+    url: str, text: str, *, routes: ProxyRoutes | None = None
+) -> WebhookResponse:
+    """Post an ephemeral line to a slash command's `response_url`, routed like the Web API."""
+    proxy = (routes or proxy_routes()).proxy_for(url)
+    session = proxied_session(proxy) if proxy is not None else None
+    webhook = AsyncWebhookClient(url, session=session)
+    webhook.proxy = None  # the same switch as for the Web API client
+    try:
+        return await webhook.send(text=text, response_type="ephemeral")
+    finally:
+        if session is not None:
+            await session.close()
 
 
 def _delivery_error(method: str, exc: BaseException) -> DeliveryError:
@@ -346,6 +479,28 @@ class SlackChannel:
         except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
             raise self._fail("chat.postMessage", exc) from None
         return str(response["ts"])
+
+    async def send_image(
+        self, chat: str, image: FigureImage, caption: str, thread: str | None, *, key: str
+    ) -> str:
+        """Upload an image into the thread with Slack's external upload (slack_sdk's
+        `files_upload_v2`: files.getUploadURLExternal, the upload, then
+        files.completeUploadExternal with `channel_id` and `thread_ts`); the caption is the
+        file's comment. Needs the `files:write` scope. Returns the file's id."""
+        try:
+            response = await self.client.files_upload_v2(
+                content=image.data,
+                filename=image.filename,
+                title=image.filename,
+                alt_txt=caption[:1000] or image.filename,
+                channel=chat,
+                thread_ts=thread,
+                initial_comment=figure_comment(caption) or None,
+            )
+        except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
+            raise self._fail("files.upload", exc) from None
+        file = response.get("file") or {}
+        return str(file.get("id") or "")
 
     async def find_posted(self, chat: str, thread: str | None, key: str) -> str | None:
         """The ts of an earlier post carrying `key`, or None if Slack has no such message.

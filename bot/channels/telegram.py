@@ -28,8 +28,15 @@ from collections.abc import Awaitable, Callable
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import httpx
 import telegram
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions, ReplyParameters
+from telegram import (
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InputFile,
+    LinkPreviewOptions,
+    ReplyParameters,
+)
 from telegram.constants import ChatAction, FloodLimit, ParseMode
 from telegram.error import (
     BadRequest,
@@ -46,7 +53,8 @@ from telegram.request import HTTPXRequest
 
 from bot.channels.base import DeliveryError, Outgoing
 from digest_core.config import RetrySettings
-from digest_core.models import Answer, Digest, DigestEntry
+from digest_core.models import Answer, Digest, DigestEntry, FigureImage
+from digest_core.proxy import ProxyRoutes, RoutedHttpxTransport
 from digest_core.render.telegram import utf16_len
 from digest_core.retry import RetryPolicy, TryAgain
 from digest_core.sources import quiet_http_logs
@@ -111,6 +119,35 @@ def file_url_for(base_url: str) -> str:
     return f"{head}/file/bot{tail}"
 
 
+def make_request(
+    pool_size: int = 1,
+    *,
+    read_timeout: float = READ_TIMEOUT,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    routes: ProxyRoutes | None = None,
+) -> HTTPXRequest:
+    """PTB's HTTPXRequest for Bot API calls, with the proxy rule of digest_core.proxy."""
+    return HTTPXRequest(
+        connection_pool_size=pool_size,
+        read_timeout=read_timeout,
+        write_timeout=WRITE_TIMEOUT,
+        connect_timeout=connect_timeout,
+        pool_timeout=POOL_TIMEOUT,
+        httpx_kwargs=routed_httpx_kwargs(pool_size, routes),
+    )
+
+
+def routed_httpx_kwargs(pool_size: int, routes: ProxyRoutes | None = None) -> dict[str, Any]:
+    """What PTB's HTTPXRequest needs to route requests as every other digestbot client.
+
+    PTB leaves proxies to httpx, which reads the variables its own way (and PTB documents SOCKS
+    as not settable by them); an explicit transport turns that off. The client's `limits` do
+    not reach an explicit transport, so the pool size goes to the transport.
+    """
+    limits = httpx.Limits(max_connections=pool_size)
+    return {"transport": RoutedHttpxTransport(routes, limits=limits)}
+
+
 def make_telegram_application(
     token: str,
     base_url: str = "https://api.telegram.org/bot",
@@ -136,10 +173,10 @@ def make_telegram_application(
         .rate_limiter(rate_limiter or make_rate_limiter())
         .job_queue(None)  # scheduling is APScheduler's job, not PTB's
         .concurrent_updates(True)  # one slow /analyze must not stall every other update
-        .read_timeout(read_timeout)
-        .write_timeout(WRITE_TIMEOUT)
-        .connect_timeout(connect_timeout)
-        .pool_timeout(POOL_TIMEOUT)
+        # PTB's own pool sizes: 256 for calls; getUpdates keeps PTB's defaults (one
+        # connection, PTB's timeouts; the long-poll timeout is added per call).
+        .request(make_request(256, read_timeout=read_timeout, connect_timeout=connect_timeout))
+        .get_updates_request(HTTPXRequest(httpx_kwargs=routed_httpx_kwargs(1)))
     )
     if not updater:
         builder = builder.updater(None)
@@ -157,12 +194,7 @@ def make_bot(
     """A bare bot for one-shot posting (CLI). Use it as `async with make_bot(...) as bot:`."""
     quiet_http_logs()
     base_url = normalize_base_url(base_url)
-    request = HTTPXRequest(
-        read_timeout=read_timeout,
-        write_timeout=WRITE_TIMEOUT,
-        connect_timeout=connect_timeout,
-        pool_timeout=POOL_TIMEOUT,
-    )
+    request = make_request(read_timeout=read_timeout, connect_timeout=connect_timeout)
     return ExtBot(
         token,
         base_url=base_url,
@@ -437,6 +469,34 @@ class TelegramChannel:
                 raise self._failure(exc, chat_id) from None
         except TelegramError as exc:
             raise self._failure(exc, chat_id) from None
+
+    async def send_image(
+        self, chat: str, image: FigureImage, caption: str, thread: str | None, *, key: str
+    ) -> str:
+        """`sendPhoto` (multipart) as a reply to message `thread`, with the caption as plain
+        text within Telegram's 1,024 characters. Returns the message id."""
+        from digest_core.render.telegram import figure_caption
+
+        chat_id, topic = parse_chat(chat)
+        target = self._migrated.get(chat_id, chat_id)
+        try:
+            message = await self._call(
+                partial(
+                    self.bot.send_photo,
+                    chat_id=target,
+                    photo=InputFile(image.data, filename=image.filename),
+                    caption=figure_caption(caption) or None,
+                    message_thread_id=topic,
+                    reply_parameters=(
+                        ReplyParameters(message_id=int(thread), allow_sending_without_reply=True)
+                        if thread
+                        else None
+                    ),
+                )
+            )
+        except TelegramError as exc:
+            raise self._failure(exc, target) from None
+        return str(message.message_id)
 
     async def find_posted(self, chat: str, thread: str | None, key: str) -> str | None:
         """Never found: a sent message cannot be looked up (see `searchable`)."""

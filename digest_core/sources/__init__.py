@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import httpx
 
 from ..config import SourceSettings
+from ..proxy import ProxyRoutes, RoutedHttpxTransport
 from ..retry import RetryPolicy, Sleep, TryAgain, retry_after
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,11 @@ def quiet_http_logs() -> None:
 quiet_http_logs()
 
 
-def make_http_client(settings: SourceSettings) -> httpx.AsyncClient:
-    """The client every source uses: our User-Agent, finite timeouts, no redirects."""
+def make_http_client(
+    settings: SourceSettings, routes: ProxyRoutes | None = None
+) -> httpx.AsyncClient:
+    """The client every source uses: our User-Agent, finite timeouts, no redirects, and the
+    proxy rule of digest_core.proxy (`routes`, by default the process environment's)."""
     quiet_http_logs()
     timeout = httpx.Timeout(settings.timeout_seconds, connect=min(settings.timeout_seconds, 10.0))
     return httpx.AsyncClient(
@@ -46,7 +50,12 @@ def make_http_client(settings: SourceSettings) -> httpx.AsyncClient:
         # Redirects are followed by hand, same origin only (see fulltext), so an answer can
         # never send us to another host.
         follow_redirects=False,
-        limits=httpx.Limits(max_connections=10, max_keepalive_connections=5),
+        # One client reaches several hosts (Hugging Face or its mirror, arXiv), so the proxy is
+        # chosen per request; an explicit transport also turns off httpx's own reading of the
+        # proxy variables, which differs from ours.
+        transport=RoutedHttpxTransport(
+            routes, limits=httpx.Limits(max_connections=10, max_keepalive_connections=5)
+        ),
     )
 
 
