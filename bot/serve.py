@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 60.0
 CLOSE_SECONDS = 10.0  # each shutdown step; a client that hangs on close cannot hold the exit
-CONFLICTS_STUCK = 3  # 409s from getUpdates within serve.unhealthy_after_seconds: stuck
+CONFLICTS_STUCK = 3  # 409s from getUpdates in a row: the poller is stuck
+POLL_BACKOFF_MAX = 30.0  # PTB's longest wait between failed getUpdates
+POLL_SLACK = 2.0
 DB_PROBE_SECONDS = 2.0
 
 # Slack error codes that mean Slack itself is in trouble, not the credentials.
@@ -367,7 +369,11 @@ class TelegramRuntime:
         if not isinstance(exc, Conflict):
             log.warning("telegram: getUpdates failed (%s); retrying", _short_tg(exc))
             return
-        self.conflicts = [t for t in self.conflicts if now - t < self._window()] + [now]
+        # A streak of conflicts: PTB retries after 1, 1.5, 2.25 … (at most 30) s, so a gap
+        # longer than that means a poll in between went through and a new streak begins.
+        if self.conflicts and now - self.conflicts[-1] > POLL_BACKOFF_MAX + POLL_SLACK:
+            self.conflicts = []
+        self.conflicts = [*self.conflicts[-(CONFLICTS_STUCK - 1) :], now]
         young = self.polling_since is not None and now - self.polling_since < self._window()
         if young and not self.yielded:
             self.yielded = True
@@ -386,6 +392,14 @@ class TelegramRuntime:
         if self.app.updater is not None and self.app.updater.running:
             await _quietly(self.app.updater.stop())
 
+    def _stuck(self, now: float) -> bool:
+        """CONFLICTS_STUCK conflicts in a row, and the next retry (PTB waits 1.5 times the
+        last gap, at most 30 s) not yet past without another one."""
+        if len(self.conflicts) < CONFLICTS_STUCK:
+            return False
+        gap = self.conflicts[-1] - self.conflicts[-2]
+        return now - self.conflicts[-1] < min(POLL_BACKOFF_MAX, 1.5 * gap) + POLL_SLACK
+
     def _window(self) -> float:
         return self.settings.serve.unhealthy_after_seconds
 
@@ -398,14 +412,12 @@ class TelegramRuntime:
                 "mode": "polling",
                 "error": "stopped polling: another process polls this bot token (409 Conflict)",
             }
-        now = asyncio.get_running_loop().time()
-        recent = [t for t in self.conflicts if now - t < self._window()]
-        if len(recent) >= CONFLICTS_STUCK:
+        if self._stuck(asyncio.get_running_loop().time()):
             return {
                 "ok": False,
                 "mode": "polling",
-                "error": f"getUpdates refused with 409 Conflict {len(recent)} times "
-                f"in {self._window():.0f} s",
+                "error": f"getUpdates refused with 409 Conflict {CONFLICTS_STUCK} times in a "
+                "row (another poller of this bot token, or a webhook set elsewhere)",
             }
         running = bool(self.app.updater and self.app.updater.running)
         return {"ok": running, "mode": "polling"}

@@ -157,8 +157,9 @@ class ServeSettings(Section):
     # Open HTTP connections at most (further lowered to fit the file-descriptor limit); at the
     # cap, the oldest connection still sending its request head is closed to make room.
     max_connections: int = Field(256, ge=8, le=100_000)
-    # /healthz fails when Socket Mode has been disconnected this long, or Telegram polling was
-    # refused with 409 Conflict three times within this long.
+    # /healthz fails when Socket Mode has been disconnected this long. A 409 Conflict on
+    # getUpdates within this long of starting to poll means another process already polls
+    # the bot token: this one stops polling.
     unhealthy_after_seconds: float = Field(60.0, gt=0, le=3600)
     # Identical log lines (same logger, level and message template) are written once per this
     # interval; the next one after it says how many were held back.
