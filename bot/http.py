@@ -277,9 +277,9 @@ class HttpServer:
     async def _healthz(self, request: web.Request) -> web.Response:
         report = await self.health()
         failed = [k for k, v in report.items() if isinstance(v, dict) and not v.get("ok", True)]
-        return web.json_response(
-            {"ok": not failed, "failed": failed, **report}, status=503 if failed else 200
-        )
+        if not failed:
+            return web.json_response({"ok": True, **report})
+        return web.json_response({"ok": False, "failed": failed, **report}, status=503)
 
     async def start(self) -> int:
         # keepalive_timeout (aiohttp's own option) closes idle keep-alive connections; the
