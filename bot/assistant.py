@@ -19,19 +19,23 @@ thread's earlier turns as memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from bot.channels.base import Channel, Outgoing
 from bot.chatstore import ChatStore, PostStatus, ThreadRecord
+from bot.journal import Journal
 from bot.service import Delivered, Destination, post_thread
 from bot.settings import AppSettings as Settings
 from digest_core.arxiv_id import ArxivId, InvalidArxivId, parse_arxiv_id
 from digest_core.models import Answer
 from digest_core.pipeline import PaperNotFound, Pipeline
+from digest_core.retry import deadline_in
 from digest_core.sources import SourceError
 from digest_core.store import ORIGIN
 
@@ -44,6 +48,9 @@ RESTARTING = "⚠️ digestbot is restarting and could not finish this; please a
 FAILED_ANALYSIS = "⚠️ Sorry, the analysis failed; please try again in a few minutes."
 FAILED_ANSWER = "⚠️ Sorry, I could not answer that just now; please ask again in a few minutes."
 NOT_ENABLED = "digestbot is not enabled for this workspace or chat."
+STILL_WORKING = "⏳ Still working on it; the answer will follow here."
+# When the bot cannot record a request (its database is full or read-only), it says so.
+UNRECORDED = "⚠️ Sorry, digestbot cannot take requests right now; please try again later."
 USAGE = "Usage: /analyze ARXIV_ID_OR_URL (e.g. /analyze 2602.14941)"
 PENDING = "pending"  # a question kept while the bot asks which paper it is about
 ANALYZE = "analyze"  # Request.command of /analyze (and of a Slack mention with an ID)
@@ -131,6 +138,7 @@ class Assistant:
         self.store = pipeline.store
         self.chat = chat or ChatStore(pipeline.store)
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self.journal = Journal(self.chat)
 
     # -- the flow --------------------------------------------------------------------------------
 
@@ -150,32 +158,115 @@ class Assistant:
             return Opening(line, True, parsed)
         return Opening("", bool(req.text.strip()) and req.thread is not None)
 
-    async def handle(self, channel: Channel, req: Request, *, opened: bool = False) -> Handled:
+    async def handle(
+        self,
+        channel: Channel,
+        req: Request,
+        *,
+        opened: bool = False,
+        tell: Callable[[str], Awaitable[object]] | None = None,
+    ) -> Handled:
         """Serve one request to the end. `opened`: the adapter already showed the opening line
-        (Slack's ack). Never raises but for cancellation (shutdown), after saying so."""
+        (Slack's ack). `tell`: how to reach the requester of a private request while it runs
+        (the "still working" line). Never raises but for cancellation (shutdown), after saying
+        so. The whole request (all its LLM attempts and waits) has one deadline,
+        `interactive.request_deadline_seconds`; past it the labelled fallback is the answer."""
         done = Handled()
         failed = FAILED_ANALYSIS if req.command == ANALYZE else FAILED_ANSWER
         try:
-            opening = await self.opening(req)
-            if not opening.proceed:
-                if not opened and opening.line:
-                    await self._say(channel, req, done, opening.line, "opening")
-                return done
-            if req.command == ANALYZE:
-                assert opening.paper is not None
-                await self._analyze(channel, req, done, opening, opened=opened)
-            else:
-                await self._question(channel, req, done)
+            with deadline_in(self.settings.interactive.request_deadline_seconds):
+                opening = await self.opening(req)
+                if not opening.proceed:
+                    if not opened and opening.line:
+                        await self._say(channel, req, done, opening.line, "opening")
+                    return done
+                if req.command == ANALYZE:
+                    assert opening.paper is not None
+                    await self._analyze(channel, req, done, opening, opened=opened, tell=tell)
+                else:
+                    await self._question(channel, req, done, tell=tell)
         except asyncio.CancelledError:  # shutdown ran out of time: say so, then stop
-            await asyncio.wait_for(self._say(channel, req, done, RESTARTING, "restarting"), 5)
+            await asyncio.wait_for(self._last_word(channel, req, done, RESTARTING, "restarting"), 5)
             raise
         except Exception:
             log.exception("%s %s: request failed", req.platform, req.chat)
-            await self._say(channel, req, done, failed, "failed")
+            await self._last_word(channel, req, done, failed, "failed")
         return done
 
+    async def _last_word(
+        self, channel: Channel, req: Request, done: Handled, text: str, key: str
+    ) -> None:
+        """A failure line that reaches the requester even when the ledger cannot be written
+        (the database is full or read-only): then it is sent directly, unrecorded."""
+        try:
+            await self._say(channel, req, done, text, key)
+            return
+        except Exception:
+            log.exception("%s %s: failure line not recorded; sent directly", req.platform, req.chat)
+        await self.say_directly(channel, req, text)
+
+    async def say_directly(self, channel: Channel, req: Request, text: str) -> None:
+        """One line to the requester without the ledger: only for when it cannot be written."""
+        if req.private:
+            return  # the adapter shows private lines itself, with no database involved
+        try:
+            line = channel.render_line(text)
+            mark = f"reply:{req.message}/direct"
+            await channel.send(req.chat, line.payload, req.reply_to, key=mark)
+        except Exception:
+            log.exception("%s %s: the requester could not be told", req.platform, req.chat)
+
+    async def tell(self, channel: Channel, req: Request, text: str) -> None:
+        """One line to the requester of a request, through the ledger (once), as a reply."""
+        await self._last_word(channel, req, Handled(), text, "gave-up")
+
+    @contextlib.asynccontextmanager
+    async def _still_working(
+        self,
+        channel: Channel,
+        req: Request,
+        done: Handled,
+        tell: Callable[[str], Awaitable[object]] | None,
+        placeholder: str | None = None,
+    ) -> AsyncIterator[None]:
+        """Post one short "still working" line if the block takes longer than
+        `interactive.still_working_after_seconds`; it is never posted after the block ends.
+        Where a placeholder stands ("Reading the paper…"), it becomes that line instead, so
+        the answer that replaces it still comes first in the thread."""
+        delay = self.settings.interactive.still_working_after_seconds
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            try:
+                if placeholder is not None:
+                    line = channel.render_line(STILL_WORKING)
+                    await channel.replace(req.chat, placeholder, line.payload)
+                elif req.private:
+                    if tell is not None:
+                        await tell(STILL_WORKING)
+                else:
+                    await self._say(channel, req, done, STILL_WORKING, "still-working")
+            except Exception:  # a courtesy line: the answer still comes
+                log.warning("%s %s: still-working line not sent", req.platform, req.chat)
+
+        timer = asyncio.create_task(later()) if delay > 0 else None
+        try:
+            yield
+        finally:
+            if timer is not None:
+                timer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await timer
+
     async def _analyze(
-        self, channel: Channel, req: Request, done: Handled, opening: Opening, *, opened: bool
+        self,
+        channel: Channel,
+        req: Request,
+        done: Handled,
+        opening: Opening,
+        *,
+        opened: bool,
+        tell: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
         aid = opening.paper
         assert aid is not None
@@ -187,7 +278,8 @@ class Assistant:
             await self._say(channel, req, done, opening.line, "opening")
         if not req.private:
             await channel.working(req.chat, None)
-        outcome = await self.analyze(Destination(channel, req.chat), aid)
+        async with self._still_working(channel, req, done, tell):
+            outcome = await self.analyze(Destination(channel, req.chat), aid)
         done.thread = outcome.thread
         if req.private:
             done.private.append(("✅ " if outcome.ok else "⚠️ ") + outcome.line)
@@ -197,7 +289,14 @@ class Assistant:
             line = ("" if outcome.ok else "⚠️ ") + outcome.line
             await self._say(channel, req, done, line, "outcome", where=outcome.thread)
 
-    async def _question(self, channel: Channel, req: Request, done: Handled) -> None:
+    async def _question(
+        self,
+        channel: Channel,
+        req: Request,
+        done: Handled,
+        *,
+        tell: Callable[[str], Awaitable[object]] | None = None,
+    ) -> None:
         thread = req.thread
         assert thread is not None
         refusal = await self.admit(req.platform, req.user, team=req.team, chat=req.chat)
@@ -211,7 +310,10 @@ class Assistant:
             return
         placeholder = await channel.working(req.chat, req.reply_to)
         try:
-            answer = await self.answer(req.platform, req.chat, thread.thread_ref, target, req.text)
+            async with self._still_working(channel, req, done, tell, placeholder):
+                answer = await self.answer(
+                    req.platform, req.chat, thread.thread_ref, target, req.text
+                )
         except Exception:
             # Never leave "Reading the paper…" standing: say the answer failed, in its place.
             log.exception("%s %s: answering failed", req.platform, req.chat)

@@ -12,8 +12,8 @@ and m007 are the core's).
 
     digest_core.store.Store ── papers, scores, analyses, full texts, digests, LLM calls
           ▲ run(fn)                          (core migrations m001, m002, m007; m006 reserved)
-    bot.chatstore.ChatStore ── runs, posts, threads, turns, events, requests
-                                             (bot migrations m003, m004, m005, m008)
+    bot.chatstore.ChatStore ── runs, posts, threads, turns, events, requests, journal
+                                             (bot migrations m003, m004, m005, m008, m010)
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from sqlite_utils import Database, Migrations
 
 from bot.channels.base import ErrorKind
-from digest_core.store import MIGRATION_SET, Store, StoreError
+from digest_core.store import MIGRATION_SET, Store, StoreError, owner_gone
 
 if TYPE_CHECKING:
     from digest_core.config import Settings
@@ -129,6 +129,31 @@ def m008_post_error_kind(db: Database) -> None:
         )
 
 
+@migrations()
+def m010_request_journal(db: Database) -> None:
+    # Every accepted request (an /analyze, a question) from before its work is acknowledged
+    # until its answer or failure line is posted, so a crash leaves a record to finish.
+    # `key` is the platform's redelivery key (Telegram update, Slack message or trigger), so
+    # the journal is also what tells a redelivery from new work.
+    db["journal"].create(
+        {
+            "key": str,
+            "platform": str,
+            "chat": str,
+            "request": str,  # the assistant.Request, as JSON
+            "extra": str,  # what the adapter needs to resume it (Slack's response_url)
+            "status": str,  # pending, done
+            "owner": str,
+            "accepted_at": str,
+            "heartbeat_at": str,
+            "finished_at": str,
+        },
+        pk="key",
+        if_not_exists=True,
+    )
+    db["journal"].create_index(["status"], if_not_exists=True)
+
+
 # -- records ------------------------------------------------------------------------------------
 
 
@@ -174,6 +199,50 @@ class Turn:
     role: str  # "user", "assistant", or PENDING: a question kept while asking which paper
     text: str
     arxiv_id: str
+
+
+class Admission(StrEnum):
+    """What the journal says about a request as it arrives."""
+
+    NEW = "new"  # recorded now: run it
+    TAKEN_OVER = "taken_over"  # recorded before by a process that is gone: run it here
+    RUNNING = "running"  # pending under a live owner (this process included): it will answer
+    DONE = "done"  # answered already: a redelivery
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One accepted request in the journal."""
+
+    key: str
+    platform: str
+    chat: str
+    request: dict[str, Any]
+    extra: dict[str, Any]
+    status: str
+    owner: str
+    accepted_at: datetime
+
+
+def _journal(row: dict[str, Any]) -> JournalEntry:
+    return JournalEntry(
+        key=row["key"],
+        platform=row["platform"],
+        chat=row["chat"],
+        request=json.loads(row["request"]),
+        extra=json.loads(row["extra"] or "{}"),
+        status=row["status"],
+        owner=row["owner"],
+        accepted_at=datetime.fromisoformat(row["accepted_at"]),
+    )
+
+
+def _stale(row: dict[str, Any], owner: str, lease_seconds: float) -> bool:
+    """A pending journal row whose owner is another process that is gone or silent."""
+    if row["owner"] == owner:
+        return False
+    cutoff = (datetime.now(UTC) - timedelta(seconds=lease_seconds)).isoformat(timespec="seconds")
+    return owner_gone(row["owner"]) or (row["heartbeat_at"] or "") < cutoff
 
 
 def _post(row: dict[str, Any]) -> PostRecord:
@@ -393,6 +462,110 @@ class ChatStore:
 
         return await self.store.run(read)
 
+    # -- request journal -------------------------------------------------------------------------
+
+    async def journal_accept(
+        self,
+        key: str,
+        platform: str,
+        chat: str,
+        request: dict[str, Any],
+        extra: dict[str, Any],
+        owner: str,
+        lease_seconds: float,
+    ) -> Admission:
+        """Record a request before its work is acknowledged, or say what became of the one
+        recorded under the same key (a redelivery). Raises when the database cannot be
+        written: the caller then still owes the person a line."""
+
+        def write() -> Admission:
+            conn = self._db.conn
+            now = _now()
+            conn.execute("begin immediate")  # the read and the write as one step
+            try:
+                row = conn.execute(
+                    "select status, owner, heartbeat_at from journal where key = ?", [key]
+                ).fetchone()
+                if row is None:
+                    conn.execute(
+                        "insert into journal(key, platform, chat, request, extra, status, owner, "
+                        "accepted_at, heartbeat_at) values (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                        [key, platform, chat, json.dumps(request), json.dumps(extra), owner]
+                        + [now, now],
+                    )
+                    verdict = Admission.NEW
+                elif row[0] == "done":
+                    verdict = Admission.DONE
+                elif _stale({"owner": row[1], "heartbeat_at": row[2]}, owner, lease_seconds):
+                    conn.execute(
+                        "update journal set owner = ?, heartbeat_at = ? where key = ?",
+                        [owner, now, key],
+                    )
+                    verdict = Admission.TAKEN_OVER
+                else:
+                    verdict = Admission.RUNNING
+            except BaseException:
+                conn.execute("rollback")
+                raise
+            conn.execute("commit")
+            return verdict
+
+        return await self.store.run(write)
+
+    async def journal_renew(self, keys: list[str], owner: str) -> None:
+        """Renew this process's hold on the requests it is working on."""
+
+        def write() -> None:
+            with self._db.conn:
+                self._db.conn.executemany(
+                    "update journal set heartbeat_at = ? where key = ? and owner = ? "
+                    "and status = 'pending'",
+                    [(_now(), k, owner) for k in keys],
+                )
+
+        await self.store.run(write)
+
+    async def journal_finish(self, key: str) -> None:
+        def write() -> None:
+            with self._db.conn:
+                self._db.conn.execute(
+                    "update journal set status = 'done', finished_at = ? where key = ?",
+                    [_now(), key],
+                )
+
+        await self.store.run(write)
+
+    async def journal_take_pending(self, owner: str, lease_seconds: float) -> list[JournalEntry]:
+        """Take over every pending request whose owner is gone (a crash) or silent for
+        `lease_seconds`; oldest first. Requests of a live process are left to it."""
+
+        def write() -> list[JournalEntry]:
+            conn = self._db.conn
+            conn.execute("begin immediate")
+            try:
+                cur = conn.execute("select * from journal where status = 'pending' order by rowid")
+                names = [d[0] for d in cur.description]
+                rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+                taken = [r for r in rows if _stale(r, owner, lease_seconds)]
+                conn.executemany(
+                    "update journal set owner = ?, heartbeat_at = ? where key = ?",
+                    [(owner, _now(), r["key"]) for r in taken],
+                )
+            except BaseException:
+                conn.execute("rollback")
+                raise
+            conn.execute("commit")
+            return [_journal(r) for r in taken]
+
+        return await self.store.run(write)
+
+    async def journal_entry(self, key: str) -> JournalEntry | None:
+        def read() -> JournalEntry | None:
+            rows = list(self._db["journal"].rows_where("key = ?", [key]))
+            return _journal(rows[0]) if rows else None
+
+        return await self.store.run(read)
+
     # -- interactive: dedupe, memory, rate limits ------------------------------------------------
 
     async def first_sight(self, event_key: str) -> bool:
@@ -417,7 +590,10 @@ class ChatStore:
             with self._db.conn:
                 a = self._db.conn.execute("delete from events where seen_at < ?", [cutoff])
                 b = self._db.conn.execute("delete from requests where at < ?", [cutoff])
-            return a.rowcount + b.rowcount
+                c = self._db.conn.execute(
+                    "delete from journal where status = 'done' and finished_at < ?", [cutoff]
+                )
+            return a.rowcount + b.rowcount + c.rowcount
 
         return await self.store.run(write)
 

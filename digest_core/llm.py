@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import openai
 
 from digest_core.config import LLMSettings
-from digest_core.retry import RetryPolicy, retry_after
+from digest_core.retry import RetryPolicy, retry_after, time_left
 
 log = logging.getLogger(__name__)
 
@@ -317,8 +317,12 @@ class LLMClient:
                     note = failure.note or note
                     raise
 
+        # A person's request bounds every attempt and wait by what is left of its deadline.
+        left = time_left()
         try:
-            completion, data, content = await self.policy.run(
+            if left is not None and left <= 0:
+                raise _Failure("timeout", "LLM not asked: the request's time ran out", retry=False)
+            completion, data, content = await self.policy.within(left).run(
                 attempt, what=f"LLM {purpose}", retryable=_retryable, sleep=self._sleep
             )
         except _Failure as failure:
@@ -352,6 +356,9 @@ class LLMClient:
         """One HTTP request under the concurrency cap and a total deadline."""
         client = self._openai()
         timeout = self.settings.timeout_seconds
+        left = time_left()
+        if left is not None:
+            timeout = max(0.001, min(timeout, left))
         async with self._semaphore:
             try:
                 return await asyncio.wait_for(
