@@ -14,6 +14,9 @@ slash-command POSTs to /slack/events and prints each figure beside its goal:
 2. 50 people, 50 different papers: acknowledgement p100, the most LLM calls in flight at
    once (never above `llm.max_concurrency`), arXiv requests and the time until all 50 have
    their result. The fake arXiv knows 50 generated papers.
+3. 50 people press 👍/👎 under one deep dive at once (signed `block_actions` POSTs), 10 of
+   the presses delivered twice (X-Slack-Retry-Num): acknowledgement p100 (goal < 0.3 s), the
+   stored count against the 50 distinct voters, and the counts the message shows at the end.
 
 Usage: python bench/interactive.py [--latency SECONDS]. Always exits 0: it reports.
 """
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import statistics
 import sys
 import tempfile
@@ -42,9 +47,12 @@ from fakes.world import World, fast_config, research_responder  # noqa: E402
 from slack_sdk.signature import SignatureVerifier  # noqa: E402
 
 from bot.assistant import Assistant  # noqa: E402
-from bot.chatstore import open_pipeline  # noqa: E402
+from bot.chatstore import ChatStore, open_pipeline  # noqa: E402
 from bot.http import HttpServer  # noqa: E402
 from bot.serve import SlackRuntime, Work  # noqa: E402
+from bot.service import Destination  # noqa: E402
+from digest_core.arxiv_id import parse_arxiv_id  # noqa: E402
+from digest_core.render.slack import RATE_BLOCK_ID  # noqa: E402
 
 SECRET = "bench-signing-secret-0123456789"
 PAPER = "1605.08386"
@@ -128,9 +136,8 @@ class Rig:
             DIGEST_TIME="off",
         )
         self.pipeline = await open_pipeline(self.settings)
-        self.runtime = SlackRuntime(
-            self.settings, Assistant(self.pipeline, self.settings), self.work
-        )
+        self.assistant = Assistant(self.pipeline, self.settings)
+        self.runtime = SlackRuntime(self.settings, self.assistant, self.work)
         await self.runtime.check()
 
         async def health() -> dict[str, Any]:
@@ -245,14 +252,108 @@ async def many_papers(tmp: Path, latency: float) -> None:
     )
 
 
+def press_body(message: dict[str, Any], user: str, up: bool, action_ts: str) -> bytes:
+    """A block_actions press in the shape of tests/fixtures/slack/block_actions_*.json."""
+    block = next(b for b in message["blocks"] if b.get("block_id") == RATE_BLOCK_ID)
+    element = block["elements"][0 if up else 1]
+    payload = {
+        "type": "block_actions",
+        "team": {"id": "T0BENCH01", "domain": "bench"},
+        "user": {
+            "id": user,
+            "username": user.lower(),
+            "name": user.lower(),
+            "team_id": "T0BENCH01",
+        },
+        "api_app_id": "A0APP0001",
+        "token": "unused",
+        "container": {"type": "message", "message_ts": message["ts"], "channel_id": "C1"},
+        "trigger_id": uuid.uuid4().hex,
+        "channel": {"id": "C1", "name": "papers"},
+        "message": {
+            "type": "message",
+            **{k: message.get(k) for k in ("user", "ts", "text", "blocks")},
+        },
+        "response_url": "https://hooks.slack.com/actions/T0BENCH01/1/x",
+        "actions": [
+            {
+                "action_id": element["action_id"],
+                "block_id": RATE_BLOCK_ID,
+                "text": element["text"],
+                "value": element["value"],
+                "type": "button",
+                "action_ts": action_ts,
+            }
+        ],
+    }
+    return urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
+
+
+async def button_presses(tmp: Path, latency: float) -> None:
+    async with Rig(tmp / "presses", latency) as rig:
+        outcome = await rig.assistant.analyze(
+            Destination(rig.runtime.channel, "C1"), parse_arxiv_id(PAPER)
+        )
+        assert outcome.ok, outcome.line
+        message = next(
+            m
+            for m in rig.slack.messages("C1")
+            if any(b.get("block_id") == RATE_BLOCK_ID for b in m.get("blocks") or [])
+        )
+        ups = 35
+        bodies = [
+            press_body(message, f"U{i:03d}", i < ups, f"1800000000.{i:06d}") for i in range(N)
+        ]
+        retried = bodies[:10]  # delivered twice: Slack's retry of a press
+        limits = httpx.Limits(max_connections=N * 2, max_keepalive_connections=N * 2)
+        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+
+            async def one(body: bytes, retry: int) -> float:
+                headers = signed(body) | ({"X-Slack-Retry-Num": str(retry)} if retry else {})
+                started = time.perf_counter()
+                response = await client.post(rig.url, content=body, headers=headers)
+                elapsed = time.perf_counter() - started
+                if response.status_code != 200:
+                    raise RuntimeError(f"press ack: HTTP {response.status_code}")
+                return elapsed
+
+            acks = await asyncio.gather(*(one(b, 0) for b in bodies), *(one(b, 1) for b in retried))
+        await rig.work.drain(60)
+        up, down = await ChatStore(rig.pipeline.store).votes("slack", "C1", PAPER)
+        shown = next(m for m in rig.slack.messages("C1") if m["ts"] == message["ts"])
+        block = next(b for b in shown["blocks"] if b.get("block_id") == RATE_BLOCK_ID)
+        labels = [el["text"]["text"] for el in block["elements"]]
+    print(f"3. {N} concurrent 👍/👎 presses on one deep dive (+10 redelivered), Slack HTTP mode")
+    ok = pct(acks, 1.0) < ACK_GOAL
+    print(f"   ack p50                {statistics.median(acks):7.3f} s")
+    print(f"   ack p100               {pct(acks, 1.0):7.3f} s  goal < {ACK_GOAL} s   {verdict(ok)}")
+    print(
+        f"   (client and bot share this process and its loop; machine load {os.getloadavg()[0]:.1f})"
+    )
+    ok = (up, down) == (ups, N - ups)
+    print(
+        f"   stored votes           {up + down:7d}    goal {N} distinct voters "
+        f"(👍 {up}, 👎 {down}; sent {ups}/{N - ups})  {verdict(ok)}"
+    )
+    ok = labels == [f"👍 {ups}", f"👎 {N - ups}"]
+    print(f"   counts on the message  {' '.join(labels):>9}  {verdict(ok)}")
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=2.0, help="seconds per LLM answer")
+    parser.add_argument("--only-presses", action="store_true", help="run scenario 3 only")
     args = parser.parse_args()
+    if args.only_presses:
+        with tempfile.TemporaryDirectory() as tmp:
+            await button_presses(Path(tmp), args.latency)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         await one_paper(Path(tmp), args.latency)
         print()
         await many_papers(Path(tmp), args.latency)
+        print()
+        await button_presses(Path(tmp), args.latency)
     return 0
 
 

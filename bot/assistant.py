@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from bot.channels.base import Channel, Outgoing
-from bot.chatstore import ChatStore, PostStatus, ThreadRecord
+from bot.chatstore import ChatStore, PostStatus, ThreadRecord, Vote
 from bot.journal import Journal
-from bot.service import Delivered, Destination, post_thread
+from bot.service import Delivered, Destination, destination_profile, post_thread
 from bot.settings import AppSettings as Settings
 from digest_core.arxiv_id import ArxivId, InvalidArxivId, parse_arxiv_id
 from digest_core.models import Answer
@@ -52,6 +52,7 @@ STILL_WORKING = "⏳ Still working on it; the answer will follow here."
 # When the bot cannot record a request (its database is full or read-only), it says so.
 UNRECORDED = "⚠️ Sorry, digestbot cannot take requests right now; please try again later."
 USAGE = "Usage: /analyze ARXIV_ID_OR_URL (e.g. /analyze 2602.14941)"
+RATE_USAGE = "Usage: /digest like ARXIV_ID or /digest dislike ARXIV_ID"
 PENDING = "pending"  # a question kept while the bot asks which paper it is about
 ANALYZE = "analyze"  # Request.command of /analyze (and of a Slack mention with an ID)
 
@@ -81,6 +82,24 @@ def _only_names_a_paper(text: str) -> bool:
     """A reply that only picks a paper ("2", "#2", "paper 2", an ID) and asks nothing new."""
     rest = _ID_LIKE.sub(" ", _NUMBER.sub(" ", text))
     return not re.sub(r"[\W_]+", "", rest) or bool(_SELECTOR.fullmatch(text))
+
+
+def parse_rating(text: str) -> tuple[bool, str] | None:
+    """`like ID` / `dislike ID` (the words after `/digest`) → (liked, the ID as written);
+    None when the text is not a rating command. The ID itself is checked by `Assistant.rate`."""
+    verb, _, rest = text.strip().partition(" ")
+    if verb.lower() not in ("like", "dislike"):
+        return None
+    return verb.lower() == "like", rest.strip()
+
+
+def vote_line(vote: Vote) -> str:
+    """The acknowledgement of a 👍/👎 press (Telegram shows it as a toast)."""
+    if vote.liked is None:
+        head = "Vote withdrawn"
+    else:
+        head = ("👍" if vote.liked else "👎") + " Counted for this channel's profile"
+    return f"{head} · 👍 {vote.up} · 👎 {vote.down}"
 
 
 @dataclass(frozen=True)
@@ -139,6 +158,8 @@ class Assistant:
         self.chat = chat or ChatStore(pipeline.store)
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self.journal = Journal(self.chat)
+        self._count_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._count_pending: set[tuple[str, str, str]] = set()
 
     # -- the flow --------------------------------------------------------------------------------
 
@@ -468,6 +489,105 @@ class Assistant:
             )
         return Outcome(
             True, f"Analysed: {entry.paper.title} (arXiv:{entry.paper.arxiv_id})", thread, delivered
+        )
+
+    # -- ratings (👍/👎 buttons, /digest like|dislike) ------------------------------------------
+
+    async def press(
+        self,
+        platform: str,
+        chat: str,
+        user: str,
+        arxiv_id: str,
+        liked: bool,
+        *,
+        event_key: str,
+        team: str | None = None,
+    ) -> Vote | None:
+        """A 👍/👎 button press on a deep dive: counted once per person (the same button again
+        withdraws the vote, the other one switches it) for the destination's profile. None
+        when it is not counted: a platform's redelivery of a press already seen (`event_key`
+        names the press itself), a paper ID that is no ID, or a workspace/chat not enabled."""
+        if not self.allowed(platform, team=team, chat=chat):
+            return None
+        if isinstance(self.parse(arxiv_id), str):
+            log.warning("%s %s: a rating button with a bad paper ID was ignored", platform, chat)
+            return None
+        if not await self.chat.first_sight(event_key):
+            return None
+        paper = await self.store.get_paper(arxiv_id)
+        profile = await destination_profile(self.settings, self.chat, platform, chat)
+        return await self.chat.vote(
+            platform,
+            chat,
+            arxiv_id,
+            user,
+            profile=profile.name,
+            liked=liked,
+            title=paper.title if paper else arxiv_id,
+        )
+
+    async def show_counts(
+        self,
+        platform: str,
+        chat: str,
+        message: str,
+        arxiv_id: str,
+        update: Callable[[int, int], Awaitable[None]],
+    ) -> None:
+        """Put the paper's current counts on the pressed message. One update at a time per
+        message, each reading the counts afresh, so the last one shown is the stored count
+        however the presses interleave; and at most one waiting behind it: a burst of presses
+        costs a few edits, not one each (the waiting one reads the counts after every vote
+        that found it waiting was stored). A failed update is logged: the vote stands."""
+        key = (platform, chat, message)
+        if key in self._count_pending:
+            return  # the update already waiting will show this vote too
+        self._count_pending.add(key)
+        lock = self._count_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            self._count_pending.discard(key)
+            up, down = await self.chat.votes(platform, chat, arxiv_id)
+            try:
+                await update(up, down)
+            except Exception as exc:
+                log.warning("%s %s: rating counts not shown: %s", platform, chat, exc)
+
+    async def rate(self, req: Request, arxiv_id: str, liked: bool) -> str:
+        """`/digest like ID`, `/digest dislike ID`: rate any paper (one the scorer missed, one
+        never deep-dived) for this destination's profile. Returns the one line to answer with.
+        Saying it again changes nothing; the other verb switches the verdict."""
+        if not self.allowed(req.platform, team=req.team, chat=req.chat):
+            return f"⚠️ {NOT_ENABLED}"
+        if not arxiv_id.strip():
+            return RATE_USAGE
+        parsed = self.parse(arxiv_id)
+        if isinstance(parsed, str):
+            return f"⚠️ {parsed}"
+        paper = await self.store.get_paper(parsed.base)
+        if paper is None:
+            try:
+                paper = await self.pipeline.resolve(parsed)
+            except PaperNotFound as exc:
+                return f"⚠️ {exc}"
+            except SourceError as exc:
+                log.warning("rate %s: %s", parsed, exc)
+                return "⚠️ arXiv cannot be reached right now; try again in a few minutes."
+        profile = await destination_profile(self.settings, self.chat, req.platform, req.chat)
+        vote = await self.chat.vote(
+            req.platform,
+            req.chat,
+            paper.arxiv_id,
+            req.user,
+            profile=profile.name,
+            liked=liked,
+            title=paper.title,
+            toggle=False,
+        )
+        mark = "👍" if liked else "👎"
+        return (
+            f"{mark} arXiv:{paper.arxiv_id} — {paper.title}: rated for the profile "
+            f"“{profile.name}” (here 👍 {vote.up} · 👎 {vote.down}); it counts from the next digest."
         )
 
     # -- questions in threads ----------------------------------------------------------------------

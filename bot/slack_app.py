@@ -1,5 +1,8 @@
 """Bolt listeners: turn Slack payloads into `assistant.Request`s, nothing more.
 
+A 👍/👎 press on a deep dive (`block_actions`) is acknowledged at once, counted once per
+person, and the pressed message then shows the counts (chat.update).
+
 `/analyze` is acknowledged at once (the work runs after `ack()`, never inside it) with the
 flow's opening line; the analysis then goes into a thread of its own, and the result line is
 shown only to the requester (ephemeral, or the slash command's response_url). Any message in
@@ -24,7 +27,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from bot.assistant import ANALYZE, RESTARTING, UNRECORDED, Assistant, Request
 from bot.channels.base import DeliveryError
 from bot.channels.slack import SlackChannel
-from digest_core.render.slack import escape
+from digest_core.render.slack import RATE_DOWN, RATE_UP, escape
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +122,12 @@ def build_slack_app(
             return
         spawn(assistant.journal.run(key, _analyze(channel, assistant, req, None)))
 
+    @app.action(re.compile(f"^({RATE_UP}|{RATE_DOWN})$"))
+    async def on_rate(ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        # A 👍/👎 press (block_actions, HTTP or Socket Mode): acknowledged first, counted after.
+        await ack()
+        spawn(_rate(channel, assistant, body, action))
+
     return app
 
 
@@ -138,6 +147,41 @@ def slack_resumers(channel: SlackChannel, assistant: Assistant) -> tuple[Any, An
             await assistant.tell(channel, req, line)
 
     return resume, tell
+
+
+async def _rate(
+    channel: SlackChannel, assistant: Assistant, body: dict[str, Any], action: dict[str, Any]
+) -> None:
+    """Count one press and show the new counts on the pressed message. The press is named by
+    its message, person and `action_ts`, so a redelivered envelope counts once."""
+    message = body.get("message") or {}
+    container = body.get("container") or {}
+    chat = (body.get("channel") or {}).get("id") or container.get("channel_id")
+    ts = message.get("ts") or container.get("message_ts")
+    user = (body.get("user") or {}).get("id")
+    arxiv_id = str(action.get("value") or "")
+    if not chat or not ts or not user or not arxiv_id:
+        log.warning("slack: a rating press without channel, message, user or paper was ignored")
+        return
+    vote = await assistant.press(
+        "slack",
+        chat,
+        user,
+        arxiv_id,
+        action.get("action_id") == RATE_UP,
+        event_key=f"slack-press:{chat}:{ts}:{user}:{action.get('action_ts')}",
+        team=(body.get("team") or {}).get("id"),
+    )
+    blocks = message.get("blocks")
+    if vote is None or not isinstance(blocks, list):
+        return
+
+    async def update(up: int, down: int) -> None:
+        await channel.set_rating_counts(
+            chat, ts, str(message.get("text") or ""), blocks, arxiv_id, up, down
+        )
+
+    await assistant.show_counts("slack", chat, ts, arxiv_id, update)
 
 
 def _slash_request(body: dict[str, Any]) -> Request:

@@ -6,7 +6,9 @@ message and the deep dive as replies to it. A reply to one of the bot's messages
 about that thread's paper; in a forum topic the bot posts its digest to, any message in the
 topic is one. Every reply goes to the person's message, through the ledger. Every update is
 handled once (Telegram redelivers by `update_id`); edits and other bots are ignored. Handlers
-never block: slow work runs as a tracked task.
+never block: slow work runs as a tracked task. A 👍/👎 press under a deep dive arrives as a
+`callback_query`: counted once per press, answered at once (answerCallbackQuery), and the
+message's buttons then show the counts (editMessageReplyMarkup).
 """
 
 from __future__ import annotations
@@ -16,11 +18,20 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from telegram import Message, Update
-from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
+from telegram.error import TelegramError
+from telegram.ext import (
+    Application,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
 
-from bot.assistant import ANALYZE, UNRECORDED, Assistant, Request
+from bot.assistant import ANALYZE, UNRECORDED, Assistant, Request, vote_line
 from bot.channels.telegram import TelegramChannel
 from bot.chatstore import ThreadRecord
+from digest_core.render.telegram import RATE_PREFIX, parse_rating_data
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +111,44 @@ def install_handlers(
         await assistant.say_directly(channel, req, UNRECORDED)
 
     app.add_error_handler(on_error)
+
+    async def on_rate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        # A 👍/👎 press (callback_query): counted once per press (Telegram redelivers an update
+        # by its id; the query id names the press), answered at once, then the counts shown.
+        query = update.callback_query
+        if query is None:
+            return
+        parsed = parse_rating_data(query.data or "")
+        message = query.message
+        vote = None
+        if parsed is not None and message is not None and isinstance(message, Message):
+            arxiv_id, liked = parsed
+            chat = chat_key(message)
+            vote = await assistant.press(
+                "telegram",
+                chat,
+                str(query.from_user.id),
+                arxiv_id,
+                liked,
+                event_key=f"tg-callback:{query.id}",
+            )
+        try:
+            await query.answer(vote_line(vote) if vote is not None else None)
+        except TelegramError as exc:  # a redelivered press whose query was already answered
+            log.info("telegram: callback query not answered: %s", exc)
+        if vote is not None and parsed is not None and isinstance(message, Message):
+            arxiv_id = parsed[0]
+            chat, ref = chat_key(message), str(message.message_id)
+
+            async def show(up: int, down: int) -> None:
+                await channel.set_rating_counts(chat, ref, arxiv_id, up, down)
+
+            spawn(assistant.show_counts("telegram", chat, ref, arxiv_id, show))
+
     app.add_handler(
         CommandHandler("analyze", on_analyze, filters=filters.UpdateType.MESSAGE, block=False)
     )
+    app.add_handler(CallbackQueryHandler(on_rate, pattern=f"^{RATE_PREFIX}:", block=False))
     app.add_handler(
         MessageHandler(
             filters.UpdateType.MESSAGE & filters.TEXT & ~filters.COMMAND, on_text, block=False

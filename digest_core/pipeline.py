@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -21,7 +21,17 @@ from digest_core.arxiv_id import ArxivId, parse_arxiv_id
 from digest_core.config import Settings
 from digest_core.fallback import extractive_deep_dive
 from digest_core.llm import LLMClient
-from digest_core.models import SOURCE_ABSTRACT, Answer, DeepDive, Digest, DigestEntry, Paper, Score
+from digest_core.models import (
+    SOURCE_ABSTRACT,
+    Answer,
+    DeepDive,
+    Digest,
+    DigestEntry,
+    Paper,
+    Rating,
+    Score,
+    SeenMark,
+)
 from digest_core.qa import Answerer
 from digest_core.render.markdown import render_report
 from digest_core.retry import time_left
@@ -87,6 +97,8 @@ class Pipeline:
             settings.digest.language,
             settings.llm.score_batch_size,
             no_llm_reason=why,
+            example_limit=settings.digest.rating_examples,
+            example_tokens=settings.digest.rating_example_tokens,
         )
         self.analyst = Analyst(
             settings.profile, self.llm, self.model, settings.llm.fulltext_token_budget, why
@@ -126,9 +138,14 @@ class Pipeline:
     # -- the daily digest ------------------------------------------------------------------------
 
     async def build_digest(
-        self, date: str, progress: Progress = _no_progress, papers: Sequence[Paper] | None = None
+        self,
+        date: str,
+        progress: Progress = _no_progress,
+        papers: Sequence[Paper] | None = None,
+        ratings: Sequence[Rating] = (),
     ) -> Digest:
-        """Fetch the day's list (unless given), score the top N, deep-dive the best K."""
+        """Fetch the day's list (unless given), score the top N, deep-dive the best K.
+        `ratings`: the profile's rated papers, most recent first (scoring examples)."""
         cfg = self.settings.digest
         if papers is None:
             progress("fetch", 0, 1)
@@ -149,7 +166,7 @@ class Pipeline:
         versions = asyncio.create_task(self._versions(top))
         try:
             progress("score", 0, len(top))
-            scoring = await self.scorer.score(top)
+            scoring = await self.scorer.score(top, ratings)
             progress("score", len(top), len(top))
         except BaseException:
             versions.cancel()
@@ -201,6 +218,32 @@ class Pipeline:
         )
         await self.store.save_digest(digest)
         return digest
+
+    async def skip_seen(self, digest: Digest, seen: Mapping[str, SeenMark]) -> Digest:
+        """The digest as one destination gets it: a paper deep-dived there before (`seen`, by
+        arXiv ID) is listed with its mark and not deep-dived again; the next paper at or above
+        the threshold takes its place (its deep dive is cached or written now)."""
+        if not seen or not any(e.paper.arxiv_id in seen for e in digest.entries):
+            return digest
+        # The order build_digest picked in.
+        ranked = sorted(digest.entries, key=lambda e: (-e.score.score, -e.paper.upvotes))
+        want = len(digest.picked)
+        chosen = [
+            e for e in ranked if e.paper.arxiv_id not in seen and e.score.score >= digest.threshold
+        ][:want]
+        chosen_ids = {e.paper.arxiv_id for e in chosen}
+
+        async def dive(entry: DigestEntry) -> DeepDive:
+            return entry.deep_dive or await self.deep_dive(entry.paper)
+
+        dives = await asyncio.gather(*(dive(e) for e in chosen))
+        picked = [replace(e, deep_dive=d, seen=None) for e, d in zip(chosen, dives, strict=True)]
+        others = [
+            replace(e, deep_dive=None, seen=seen.get(e.paper.arxiv_id))
+            for e in ranked
+            if e.paper.arxiv_id not in chosen_ids
+        ]
+        return replace(digest, entries=tuple(picked + others))
 
     async def _versions(self, papers: Sequence[Paper]) -> dict[str, int]:
         """The latest arXiv version of each paper (HF lists none), so a new version gets a new
@@ -343,6 +386,11 @@ class Pipeline:
             raise PaperNotFound(f"arXiv has no paper {aid}")
         await self.store.save_papers([paper])
         return paper
+
+    async def rescore(self, papers: Sequence[Paper]) -> dict[str, Score]:
+        """Scores of `papers` with the current prompt and model and no rated examples (the
+        regression check of `digestbot eval`: a paper's own rating must not answer for it)."""
+        return (await self.scorer.score(papers)).scores
 
     async def score_one(self, paper: Paper) -> Score:
         result = await self.scorer.score([paper])

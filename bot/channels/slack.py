@@ -397,6 +397,32 @@ class SlackChannel:
         except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
             raise self._fail("chat.update", exc) from None
 
+    async def permalink(self, chat: str, ts: str) -> str | None:
+        """A link to message `ts` (chat.getPermalink), or None when Slack cannot give one."""
+        try:
+            answer = await self.client.chat_getPermalink(channel=chat, message_ts=ts)
+        except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
+            log.info(
+                "slack %s: no permalink for %s: %s",
+                chat,
+                ts,
+                self._fail("chat.getPermalink", exc).reason,
+            )
+            return None
+        link = answer.get("permalink")
+        return link if isinstance(link, str) else None
+
+    async def set_rating_counts(
+        self, chat: str, ts: str, text: str, blocks: list[dict], arxiv_id: str, up: int, down: int
+    ) -> None:
+        """Show a deep dive's current 👍/👎 counts on its buttons: the pressed message's own
+        blocks (as the press delivered them) with the buttons re-rendered (chat.update)."""
+        from digest_core.render.slack import with_rating_counts
+
+        await self.replace(
+            chat, ts, SlackMessage(text, with_rating_counts(blocks, arxiv_id, up, down))
+        )
+
     async def post_ephemeral(self, chat: str, user: str, text: str) -> None:
         """A message only `user` sees (refusals, usage hints). `text` must be escaped mrkdwn."""
         try:

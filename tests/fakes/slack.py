@@ -376,6 +376,7 @@ class FakeSlack(FakeServer):
             "chat.postEphemeral": self._post_ephemeral,
             "conversations.replies": self._replies,
             "conversations.history": self._history,
+            "chat.getPermalink": self._permalink,
         }.get(method)
         if handler is None:
             return self._error("unknown_method")
@@ -488,6 +489,13 @@ class FakeSlack(FakeServer):
             text=message["text"],
             message=self._as_api(message, True),
         )
+
+    async def _permalink(self, request: web.Request, params: dict[str, Any]) -> web.Response:
+        channel, ts = str(params.get("channel")), str(params.get("message_ts", ""))
+        if self._find(channel, ts) is None:
+            return self._error("message_not_found")
+        link = f"https://fake-workspace.slack.com/archives/{channel}/p{ts.replace('.', '')}"
+        return self._ok(channel=channel, permalink=link)
 
     async def _post_ephemeral(self, request: web.Request, params: dict[str, Any]) -> web.Response:
         channel = params.get("channel")
