@@ -45,12 +45,16 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+_DIGITS = re.compile(r"[0-9]+")
+
+
 class RepeatFilter(logging.Filter):
     """Lets through the first of a run of identical warnings or errors per `interval` seconds.
 
-    "Identical" means the same logger, level, exception type and first line of the message
-    template: the arguments (a channel, a socket's descriptor) may differ, which is what a
-    flood looks like. The first record after the interval carries the count held back.
+    "Identical" means the same logger, level, exception type and first line of the message,
+    numbers aside (a socket's descriptor, a port, a count): two failures naming different
+    destinations are both written. The first record after the interval carries the count
+    held back.
     Records below WARNING pass untouched (progress lines are not errors and do not flood).
     """
 
@@ -66,7 +70,7 @@ class RepeatFilter(logging.Filter):
         if self.interval <= 0 or record.levelno < logging.WARNING:
             return True
         exc = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else ""
-        first = str(record.msg).split("\n", 1)[0][:200]
+        first = _DIGITS.sub("#", record.getMessage().split("\n", 1)[0][:300])
         key = (record.name, record.levelno, first, exc)
         now = self.clock()
         entry = self._seen.get(key)

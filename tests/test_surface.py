@@ -462,17 +462,24 @@ def test_identical_warnings_are_written_once_per_interval_with_a_count() -> None
         for fd in range(1000):
             logger.error("socket.accept() out of system resource\nsocket: <fd=%d>", fd)
         logger.warning("a different warning with %s", SLACK_TOKEN)
+        logger.error("%s: post failed: %s", "slack:C1", "not_in_channel")
+        logger.error("%s: post failed: %s", "telegram:-100123", "kicked")  # another: written
+        logger.error("%s: post failed: %s", "slack:C1", "not_in_channel")  # the same: folded
         logger.info("progress %d", 1)
         logger.info("progress %d", 2)  # below WARNING: never folded
         now[0] += 61
         logger.error("socket.accept() out of system resource\nsocket: <fd=%d>", 7)
     finally:
         logger.removeHandler(handler)
-    assert len(lines) == 5, lines
+    assert len(lines) == 7, lines
     assert lines[0].startswith("socket.accept() out of system resource")
     assert lines[1] == "a different warning with ***"
-    assert lines[2:4] == ["progress 1", "progress 2"]
-    assert "[999 more like this in the last 61 s]" in lines[4]
+    assert lines[2:4] == [
+        "slack:C1: post failed: not_in_channel",
+        "telegram:-100123: post failed: kicked",
+    ]
+    assert lines[4:6] == ["progress 1", "progress 2"]
+    assert "[999 more like this in the last 61 s]" in lines[6]
 
 
 # --------------------------------------------------------------- item 5: health tells the truth
