@@ -17,8 +17,13 @@ slash-command POSTs to /slack/events and prints each figure beside its goal:
 3. 50 people press 👍/👎 under one deep dive at once (signed `block_actions` POSTs), 10 of
    the presses delivered twice (X-Slack-Retry-Num): acknowledgement p100 (goal < 0.3 s), the
    stored count against the 50 distinct voters, and the counts the message shows at the end.
+4. A streamed thread answer, on Slack and on Telegram (a group and a private chat), against a
+   fake LLM that sends its first token after 0.5 s and its last after 10 s: the time from the
+   question to the first visible words (goal <= 1.5 s) and from the model's first token to
+   them (goal <= 1 s), the time to the final message, and the platform calls made while
+   streaming (Slack chat.*Stream Tier 4, 100+/min; Telegram about 1 per second per chat).
 
-Usage: python bench/interactive.py [--latency SECONDS]. Always exits 0: it reports.
+Usage: python bench/interactive.py [--latency SECONDS] [--only-presses | --only-streaming]. Always exits 0: it reports.
 """
 
 from __future__ import annotations
@@ -339,14 +344,150 @@ async def button_presses(tmp: Path, latency: float) -> None:
     print(f"   counts on the message  {' '.join(labels):>9}  {verdict(ok)}")
 
 
+FIRST_TOKEN = 0.5
+STREAM_TIME = 10.0
+FIRST_WORDS_GOAL = 1.5
+
+
+async def streamed_answer(tmp: Path) -> None:
+    """Scenario 4: one question per destination, the model writing for 10 s."""
+    from fakes.telegram import FakeTelegram
+
+    from bot.assistant import Request
+    from bot.channels.slack import SlackChannel, line_message, make_slack_client
+    from bot.channels.telegram import TelegramChannel, make_bot, make_rate_limiter
+    from bot.chatstore import ThreadRecord
+
+    long_text = " ".join(
+        f"Point {i}: the walk mixes fast on this fiber (Sec. 1)." for i in range(60)
+    )
+
+    def responder(body: dict[str, Any]) -> str:
+        answer = research_responder()(body)
+        return f"{answer}\n\n{long_text}" if answer.startswith("Answer to:") else answer
+
+    world = World(tmp / "stream")
+    (tmp / "stream").mkdir()
+    world.llm.responder = responder
+    world.llm.stream_first_token = FIRST_TOKEN
+    world.llm.stream_duration = STREAM_TIME - FIRST_TOKEN
+    print(
+        f"4. a streamed thread answer, first token after {FIRST_TOKEN} s, last after {STREAM_TIME:.0f} s"
+    )
+    async with world, FakeSlack() as slack:
+        tg = FakeTelegram()
+        tg.add_chat(-100123)
+        tg.add_chat(4242, type="private", title="Ada")
+        await tg.start()
+        # The committed LLM deadline (a streamed answer must finish within it), not 5 s.
+        slow = {"timeout_seconds = 120": "timeout_seconds = 120"}
+        world.config.write_text(fast_config(**slow), encoding="utf-8")
+        pipeline = await open_pipeline(world.settings(DIGEST_DB=":memory:"))
+        assistant = Assistant(pipeline, pipeline.settings)
+        slack_channel = SlackChannel(make_slack_client(slack.token, slack.url + "/api/"), "en")
+        limiter = make_rate_limiter(group_max_rate=100_000, overall_max_rate=100_000)
+        bot = make_bot(tg.token, f"{tg.url}/bot", rate_limiter=limiter)
+        await bot.initialize()
+        tg_channel = TelegramChannel(bot, "en")
+        loop = asyncio.get_running_loop()
+        try:
+            # Warm-up: the paper and its full text in the store, so retrieval is what it is in
+            # a thread that already has its deep dive.
+            await pipeline.answer(PAPER, "warm-up")
+            for label, channel, chat in (
+                ("Slack", slack_channel, "C0DIGEST01"),
+                ("Telegram group", tg_channel, "-100123"),
+                ("Telegram private", tg_channel, "4242"),
+            ):
+                if channel is slack_channel:
+                    root = await channel.send(chat, line_message("digest"), None)
+                    person = await channel.send(chat, line_message("q"), root)
+                    reply_to, team = root, "T0TEAM001"
+                else:
+                    root = await channel.send(chat, "digest", None)
+                    message = tg.push_message(int(chat), "q", reply_to_message_id=int(root))
+                    person = reply_to = str(message["message"]["message_id"])
+                    team = None
+                thread = ThreadRecord(
+                    channel.platform, chat, root, "digest", f"digest:{root}", (PAPER,)
+                )
+                await assistant.chat.save_thread(thread)
+                req = Request(
+                    channel.platform,
+                    chat,
+                    "U1",
+                    "How fast does it mix?",
+                    person,
+                    reply_to=reply_to,
+                    thread=thread,
+                    team=team,
+                )
+                world.llm.content_chunks_at.clear()
+                slack_before, tg_before = len(slack.requests), len(tg.requests)
+                asked = loop.time()
+                await assistant.handle(channel, req)
+                done = loop.time()
+                first_token = world.llm.content_chunks_at[0]
+                last_token = world.llm.content_chunks_at[-1]
+                if channel is slack_channel:
+                    calls = [r for r in slack.requests[slack_before:] if r.at <= last_token + 1.0]
+                    shown = [r.at for r in calls if r.path.endswith("chat.startStream")]
+                    during = (
+                        [r.path.rsplit("/", 1)[-1] for r in calls if r.at >= shown[0]]
+                        if shown
+                        else []
+                    )
+                else:
+                    calls = [r for r in tg.requests[tg_before:] if r.at <= last_token + 1.0]
+                    kinds = (
+                        ("sendMessageDraft",)
+                        if chat == "4242"
+                        else ("sendMessage", "editMessageText")
+                    )
+                    shown = [r.at for r in calls if r.path.endswith(kinds)]
+                    during = (
+                        [r.path.rsplit("/", 1)[-1] for r in calls if r.at >= shown[0]]
+                        if shown
+                        else []
+                    )
+                if not shown:
+                    print(f"   {label:17s} nothing was streamed  {verdict(False)}")
+                    continue
+                to_words = shown[0] - asked
+                after_token = shown[0] - first_token
+                counts = {m: during.count(m) for m in dict.fromkeys(during)}
+                rate = len(during) / max(last_token - shown[0], 1e-9)
+                print(
+                    f"   {label:17s} first words {to_words:5.2f} s after the question"
+                    f" (goal <= {FIRST_WORDS_GOAL} s) {verdict(to_words <= FIRST_WORDS_GOAL)},"
+                    f" {after_token:4.2f} s after the first token (goal <= 1 s)"
+                    f" {verdict(after_token <= 1.0)}"
+                )
+                print(
+                    f"   {'':17s} final message {done - asked:5.2f} s; calls while streaming"
+                    f" {len(during)} ({', '.join(f'{k} {v}' for k, v in counts.items())}),"
+                    f" {rate:.2f}/s"
+                )
+        finally:
+            await slack_channel.aclose()
+            await bot.shutdown()
+            await pipeline.aclose()
+            await tg.stop()
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=2.0, help="seconds per LLM answer")
     parser.add_argument("--only-presses", action="store_true", help="run scenario 3 only")
+    parser.add_argument("--only-streaming", action="store_true", help="run scenario 4 only")
     args = parser.parse_args()
     if args.only_presses:
         with tempfile.TemporaryDirectory() as tmp:
             await button_presses(Path(tmp), args.latency)
+        return 0
+    if args.only_streaming:
+        with tempfile.TemporaryDirectory() as tmp:
+            await streamed_answer(Path(tmp))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         await one_paper(Path(tmp), args.latency)
@@ -354,6 +495,8 @@ async def main() -> int:
         await many_papers(Path(tmp), args.latency)
         print()
         await button_presses(Path(tmp), args.latency)
+        print()
+        await streamed_answer(Path(tmp))
     return 0
 
 

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from bot.channels.base import Channel, Outgoing
+from bot.channels.streaming import AnswerStream
 from bot.chatstore import ChatStore, PostStatus, ThreadRecord, Vote
 from bot.journal import Journal
-from bot.service import Delivered, Destination, destination_profile, post_thread
+from bot.service import Delivered, Destination, destination_profile, post_figure, post_thread
 from bot.settings import AppSettings as Settings
 from digest_core.arxiv_id import ArxivId, InvalidArxivId, parse_arxiv_id
 from digest_core.models import Answer
@@ -249,6 +250,8 @@ class Assistant:
         done: Handled,
         tell: Callable[[str], Awaitable[object]] | None,
         placeholder: str | None = None,
+        *,
+        unless: Callable[[], bool] | None = None,
     ) -> AsyncIterator[None]:
         """Post one short "still working" line if the block takes longer than
         `interactive.still_working_after_seconds`; it is never posted after the block ends.
@@ -258,6 +261,8 @@ class Assistant:
 
         async def later() -> None:
             await asyncio.sleep(delay)
+            if unless is not None and unless():
+                return
             try:
                 if placeholder is not None:
                     line = channel.render_line(STILL_WORKING)
@@ -330,19 +335,58 @@ class Assistant:
             await self._say(channel, req, done, ask, "ask")
             return
         placeholder = await channel.working(req.chat, req.reply_to)
+        stream = await self._answer_stream(channel, req, placeholder)
         try:
-            async with self._still_working(channel, req, done, tell, placeholder):
+            # Once the first words show, the answer speaks for itself: no "still working".
+            async with self._still_working(
+                channel,
+                req,
+                done,
+                tell,
+                placeholder,
+                unless=lambda: stream is not None and bool(stream.text),
+            ):
                 answer = await self.answer(
-                    req.platform, req.chat, thread.thread_ref, target, req.text
+                    req.platform,
+                    req.chat,
+                    thread.thread_ref,
+                    target,
+                    req.text,
+                    on_delta=stream.push if stream is not None else None,
                 )
         except Exception:
-            # Never leave "Reading the paper…" standing: say the answer failed, in its place.
+            # Never leave "Reading the paper…" (or half an answer) standing: say the answer
+            # failed, in its place.
             log.exception("%s %s: answering failed", req.platform, req.chat)
-            await self._say(channel, req, done, FAILED_ANSWER, "failed", replacing=placeholder)
+            ref = await stream.finish() if stream is not None else placeholder
+            await self._say(channel, req, done, FAILED_ANSWER, "failed", replacing=ref)
             return
+        except asyncio.CancelledError:
+            if stream is not None:
+                await asyncio.shield(stream.finish())
+            raise
+        # The streamed text was a preview: the answer is posted as an unstreamed one is, in
+        # the streamed message's place, through the ledger.
+        ref = await stream.finish() if stream is not None else placeholder
         await self._post(
-            channel, req, channel.render_answer(answer), papers=[target], replacing=placeholder
+            channel, req, channel.render_answer(answer), papers=[target], replacing=ref
         )
+
+    async def _answer_stream(
+        self, channel: Channel, req: Request, placeholder: str | None
+    ) -> AnswerStream | None:
+        """The channel's poster that shows the answer as it is written, if it has one and the
+        answer was not posted already (a retried request repeats nothing)."""
+        make = getattr(channel, "answer_stream", None)
+        if make is None or req.private or self.pipeline.llm is None:
+            return None
+        state = await self.chat.post_state(f"reply:{req.message}", req.platform, req.chat)
+        if any(r.status is PostStatus.SENT for r in state.values()):
+            return None
+        stream: AnswerStream | None = make(
+            req.chat, req.reply_to, placeholder=placeholder, user=req.user, team=req.team
+        )
+        return stream
 
     async def _say(
         self,
@@ -461,7 +505,8 @@ class Assistant:
                     True, f"Already analysed here: arXiv:{aid.base}", thread=root.message_ref
                 )
             try:
-                entry = await self.pipeline.analyze(aid)
+                # The key figure is fetched while the analysis runs, posted after its text.
+                entry, figure = await self.pipeline.analyze_with_figure(aid)
             except PaperNotFound as exc:
                 return Outcome(False, str(exc))
             except SourceError as exc:
@@ -469,20 +514,26 @@ class Assistant:
                 return Outcome(
                     False, "arXiv cannot be reached right now; try again in a few minutes."
                 )
-            messages = dest.channel.render_analysis(entry)
-            # A person asking again is the retry of an earlier failure (the bot invited since).
-            delivered = await post_thread(
-                self.chat,
-                dest,
-                scope,
-                messages,
-                kind="analysis",
-                papers=[entry.paper.arxiv_id],
-                retry_permanent=True,
-            )
-            state = await self.chat.post_state(scope, dest.channel.platform, dest.chat)
-            root = state.get("root")
-            thread = root.message_ref if root else None
+            try:
+                messages = dest.channel.render_analysis(entry)
+                # A person asking again is the retry of an earlier failure (the bot invited
+                # since).
+                delivered = await post_thread(
+                    self.chat,
+                    dest,
+                    scope,
+                    messages,
+                    kind="analysis",
+                    papers=[entry.paper.arxiv_id],
+                    retry_permanent=True,
+                )
+                state = await self.chat.post_state(scope, dest.channel.platform, dest.chat)
+                root = state.get("root")
+                thread = root.message_ref if root else None
+                if delivered.ok and thread:
+                    await post_figure(self.chat, dest, scope, thread, aid.base, figure)
+            finally:
+                figure.cancel()  # no-op once it finished; stops it when the text failed
         if not delivered.ok:
             return Outcome(
                 False, f"Could not post the analysis: {delivered.error}", thread, delivered
@@ -651,9 +702,17 @@ class Assistant:
         return await self.describe(ids)
 
     async def answer(
-        self, platform: str, chat: str, thread_ref: str, paper_id: str, question: str
+        self,
+        platform: str,
+        chat: str,
+        thread_ref: str,
+        paper_id: str,
+        question: str,
+        *,
+        on_delta: Callable[[str], Awaitable[None]] | None = None,
     ) -> Answer:
-        """Answer with the thread's earlier turns as memory, and remember this turn."""
+        """Answer with the thread's earlier turns as memory, and remember this turn.
+        `on_delta` sees the model's text as it is written."""
         ORIGIN.set("interactive")
         question = question.strip()[:MAX_QUESTION_CHARS]
         limit = self.settings.interactive.thread_memory_turns * 2
@@ -662,7 +721,7 @@ class Assistant:
             question = earlier[-1].text  # the reply to "which paper?" names it; answer that
         turns = [t for t in earlier if t.role != PENDING][-limit:] if limit else []
         history = [(t.role, t.text) for t in turns if t.arxiv_id == paper_id]
-        answer = await self.pipeline.answer(paper_id, question, history)
+        answer = await self.pipeline.answer(paper_id, question, history, on_delta)
         await self.chat.add_turn(platform, chat, thread_ref, paper_id, "user", question)
         await self.chat.add_turn(platform, chat, thread_ref, paper_id, "assistant", answer.text)
         return answer

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -287,8 +287,13 @@ class Answerer:
         text: FullText,
         question: str,
         history: Sequence[tuple[str, str]] = (),
+        on_delta: Callable[[str], Awaitable[None]] | None = None,
     ) -> Answer:
-        """`history` holds earlier (role, text) turns, oldest first, role "user"/"assistant"."""
+        """`history` holds earlier (role, text) turns, oldest first, role "user"/"assistant".
+
+        `on_delta`, when given, is awaited with the model's text as it is written (a preview:
+        the returned Answer, checked by the number guard, is what counts). An answer without
+        the model comes back at once and is not streamed."""
         question = question.strip()[:MAX_QUESTION_CHARS]
         passages = text.passages()
         if self.llm is None:
@@ -315,6 +320,7 @@ class Answerer:
                 purpose="answer",
                 prompt_version=self.prompt.version,
                 max_tokens=1200,
+                on_delta=on_delta,
             )
         except LLMError as exc:
             log.warning("answer about %s fell back to passages: %s", paper.arxiv_id, exc)

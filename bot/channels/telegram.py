@@ -26,10 +26,16 @@ import re
 import warnings
 from collections.abc import Awaitable, Callable
 from functools import lru_cache, partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import telegram
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions, ReplyParameters
+from telegram import (
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InputFile,
+    LinkPreviewOptions,
+    ReplyParameters,
+)
 from telegram.constants import ChatAction, FloodLimit, ParseMode
 from telegram.error import (
     BadRequest,
@@ -46,10 +52,13 @@ from telegram.request import HTTPXRequest
 
 from bot.channels.base import DeliveryError, Outgoing
 from digest_core.config import RetrySettings
-from digest_core.models import Answer, Digest, DigestEntry
+from digest_core.models import Answer, Digest, DigestEntry, FigureImage
 from digest_core.render.telegram import utf16_len
 from digest_core.retry import RetryPolicy, TryAgain
 from digest_core.sources import quiet_http_logs
+
+if TYPE_CHECKING:
+    from bot.channels.streaming import AnswerStream
 
 _log = logging.getLogger(__name__)
 
@@ -336,6 +345,10 @@ class TelegramChannel:
             retry_after_cap=max_flood_wait + 1.0,  # the longer waits are refused in `_call`
         )
         self._migrated: dict[int | str, int] = {}
+        # Thread answers are shown as they are written; in private chats with sendMessageDraft,
+        # until the Bot API refuses it.
+        self.streaming = True
+        self.drafts = True
 
     async def aclose(self) -> None:
         """Close the bot's HTTP client (one-shot use from the CLI)."""
@@ -429,6 +442,34 @@ class TelegramChannel:
         except TelegramError as exc:
             raise self._failure(exc, chat_id) from None
 
+    async def send_image(
+        self, chat: str, image: FigureImage, caption: str, thread: str | None, *, key: str
+    ) -> str:
+        """`sendPhoto` (multipart) as a reply to message `thread`, with the caption as plain
+        text within Telegram's 1,024 characters. Returns the message id."""
+        from digest_core.render.telegram import figure_caption
+
+        chat_id, topic = parse_chat(chat)
+        target = self._migrated.get(chat_id, chat_id)
+        try:
+            message = await self._call(
+                partial(
+                    self.bot.send_photo,
+                    chat_id=target,
+                    photo=InputFile(image.data, filename=image.filename),
+                    caption=figure_caption(caption) or None,
+                    message_thread_id=topic,
+                    reply_parameters=(
+                        ReplyParameters(message_id=int(thread), allow_sending_without_reply=True)
+                        if thread
+                        else None
+                    ),
+                )
+            )
+        except TelegramError as exc:
+            raise self._failure(exc, target) from None
+        return str(message.message_id)
+
     async def find_posted(self, chat: str, thread: str | None, key: str) -> str | None:
         """Never found: a sent message cannot be looked up (see `searchable`)."""
         return None
@@ -440,6 +481,31 @@ class TelegramChannel:
 
     async def replace(self, chat: str, ref: str, payload: Any) -> None:
         await self.edit(chat, ref, str(payload))
+
+    def target(self, chat: str) -> tuple[int | str, int | None]:
+        """The chat id to address (followed through a migration) and the forum topic."""
+        chat_id, topic = parse_chat(chat)
+        return self._migrated.get(chat_id, chat_id), topic
+
+    def answer_stream(
+        self,
+        chat: str,
+        thread: str | None,
+        *,
+        placeholder: str | None,
+        user: str | None = None,
+        team: str | None = None,
+    ) -> AnswerStream | None:
+        """A poster that shows a thread answer as it is written (bot.channels.streaming):
+        a draft in a private chat (a positive chat id), else one message edited as it grows."""
+        from bot.channels.streaming import TelegramDraftStream, TelegramEditStream
+
+        if not self.streaming:
+            return None
+        chat_id, topic = self.target(chat)
+        if isinstance(chat_id, int) and chat_id > 0:
+            return TelegramDraftStream(self, chat_id, topic) if self.drafts else None
+        return TelegramEditStream(self, chat, thread)
 
     async def send_typing(self, chat: str) -> None:
         """Show "typing…" while an answer is prepared. Cosmetic: failures are only logged."""

@@ -12,6 +12,10 @@ a webhook URL must be HTTPS, and knobs inject 429 flood control, 5xx errors and 
 (delivered-but-timed-out) responses; `latency` adds a fixed delay to every answer, for
 benchmarks.
 
+`sendMessageDraft` (private chats only, as the Bot API) records every draft with its time in
+`drafts`; `refuse_drafts` makes it answer 404 like a Bot API server without the method.
+`call_times(method)` gives the loop time of every call, e.g. to count edits per second.
+
 Message ids are per chat and increase; every accepted message is kept so tests can read the
 thread back with `sent(chat_id)`. Response objects copy the shapes of the real `getUpdates`
 samples in `tests/fixtures/telegram/`.
@@ -278,6 +282,8 @@ class FakeTelegram(FakeServer):
         self.too_early: list[tuple[str, float]] = []
         self._server_errors: list[_Fault] = []
         self._delays: list[_Fault] = []
+        self.drafts: list[dict[str, Any]] = []
+        self.refuse_drafts = False
         self._callbacks: set[str] = set()  # callback query ids handed out by push_callback
         # Answered callback queries: id -> {"text", "at" (time.monotonic())}.
         self.answered: dict[str, dict[str, Any]] = {}
@@ -413,6 +419,10 @@ class FakeTelegram(FakeServer):
         message_thread_id, reply_to_message_id (the reply actually made), entities, edited.
         """
         return [dict(r) for r in self._sent.get(int(chat_id), [])]
+
+    def call_times(self, name: str) -> list[float]:
+        """The loop time at which each call of `name` arrived."""
+        return [r.at for r in self.requests if r.path.endswith(f"/{name}")]
 
     def method_calls(self, name: str) -> list[dict[str, Any]]:
         """The decoded parameters of every call of `name`, including rejected ones."""
@@ -558,6 +568,69 @@ class FakeTelegram(FakeServer):
         )
         return _ok(message)
 
+    async def _m_sendPhoto(self, params: dict[str, Any]) -> web.Response:
+        """A photo uploaded as multipart (field `photo`, or `attach://name`), with an
+        optional plain caption of at most 1,024 characters; recorded in `sent` with
+        `photo` (the bytes) and `caption`."""
+        chat, failure = self._writable_chat(params.get("chat_id"))
+        if failure is not None:
+            return failure
+        assert chat is not None
+        files = params.get("_files") or {}
+        ref = str(params.get("photo") or "")
+        data = files.get(ref.removeprefix("attach://")) if ref else files.get("photo")
+        if data is None:
+            data = files.get("photo")
+        if not data:
+            return _error(400, "Bad Request: there is no photo in the request")
+        caption = str(params.get("caption") or "")
+        if len(caption) > 1024:
+            return _error(400, "Bad Request: message caption is too long")
+        reply = _obj(params.get("reply_parameters")) or {}
+        reply_to = _int(reply.get("message_id")) or _int(params.get("reply_to_message_id"))
+        messages = self._messages[chat.id]
+        if reply_to is not None and reply_to not in messages:
+            if not _bool(reply.get("allow_sending_without_reply")) or self.strict_replies:
+                return _error(400, "Bad Request: message to be replied not found")
+            reply_to = None
+        thread = _int(params.get("message_thread_id"))
+        message_id = self._take_id(chat.id)
+        message: dict[str, Any] = {
+            "message_id": message_id,
+            "from": self.bot_user,
+            "chat": chat.as_json(),
+            "date": int(time.time()),
+            "photo": [
+                {
+                    "file_id": f"photo{message_id}",
+                    "file_unique_id": f"u{message_id}",
+                    "width": 640,
+                    "height": 480,
+                    "file_size": len(data),
+                }
+            ],
+        }
+        if caption:
+            message["caption"] = caption
+        if reply_to is not None:
+            message["reply_to_message"] = _one_level(messages[reply_to])
+        messages[message_id] = message
+        self._sent[chat.id].append(
+            {
+                "message_id": message_id,
+                "text": "",
+                "visible": "",
+                "parse_mode": params.get("parse_mode"),
+                "message_thread_id": thread,
+                "reply_to_message_id": reply_to,
+                "entities": [],
+                "edited": False,
+                "photo": bytes(data),
+                "caption": caption,
+            }
+        )
+        return _ok(message)
+
     async def _m_editMessageText(self, params: dict[str, Any]) -> web.Response:
         chat, failure = self._writable_chat(params.get("chat_id"))
         if failure is not None:
@@ -592,6 +665,31 @@ class FakeTelegram(FakeServer):
                 record.update(text=text, visible=visible, parse_mode=parse_mode, entities=entities)
                 record["edited"] = True
         return _ok(message)
+
+    async def _m_sendMessageDraft(self, params: dict[str, Any]) -> web.Response:
+        if self.refuse_drafts:
+            return _error(404, "Not Found")
+        chat, failure = self._writable_chat(params.get("chat_id"))
+        if failure is not None:
+            return failure
+        assert chat is not None
+        if chat.type != "private":
+            return _error(400, "Bad Request: drafts can be sent only to private chats")
+        if not _int(params.get("draft_id")):
+            return _error(400, "Bad Request: draft_id must be non-zero")
+        parsed = _parse_text(str(params.get("text") or ""), params.get("parse_mode"), None)
+        if isinstance(parsed, web.Response):
+            return parsed
+        self.drafts.append(
+            {
+                "chat_id": chat.id,
+                "draft_id": _int(params.get("draft_id")),
+                "text": params.get("text"),
+                "visible": parsed[0],
+                "at": asyncio.get_running_loop().time(),
+            }
+        )
+        return _ok(True)
 
     async def _m_editMessageReplyMarkup(self, params: dict[str, Any]) -> web.Response:
         chat, failure = self._writable_chat(params.get("chat_id"))
@@ -853,10 +951,38 @@ async def _read_params(request: web.Request) -> dict[str, Any]:
         data = json.loads(body)
         if isinstance(data, dict):
             params.update(data)
-    elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+    elif request.content_type == "multipart/form-data":
+        # The recording middleware already read the body, so parse the bytes themselves.
+        fields, files = _multipart(request.headers.get("Content-Type", ""), body)
+        params.update(fields)
+        if files:
+            params["_files"] = files  # uploads (sendPhoto's photo), as bytes by field name
+    elif request.content_type == "application/x-www-form-urlencoded":
         form = await request.post()
         params.update({k: v for k, v in form.items() if isinstance(v, str)})
     return params
+
+
+def _multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, bytes]]:
+    """(text fields, file fields) of a multipart/form-data body."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    message = BytesParser(policy=HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body
+    )
+    fields: dict[str, str] = {}
+    files: dict[str, bytes] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        data = part.get_payload(decode=True) or b""
+        if part.get_filename() is not None:
+            files[name] = data
+        else:
+            fields[name] = data.decode("utf-8", "replace")
+    return fields, files
 
 
 def _int(value: Any) -> int | None:
