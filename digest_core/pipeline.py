@@ -303,7 +303,9 @@ class Pipeline:
         holds the claim: its stored analysis is the answer. A claim whose owner died is taken
         over; when the holder failed while we waited, or our own deadline (a person's
         request) runs out first, the labelled extractive analysis is the answer, with no call."""
-        since = datetime.now(UTC).isoformat(timespec="milliseconds")
+        # Claim times are stored to the second: compare at that precision (a failure within
+        # the second we started counts as one we waited for, which costs no call).
+        since = datetime.now(UTC).replace(microsecond=0)
         left = time_left()
         give_up = asyncio.get_running_loop().time() + (
             CLAIM_MAX_WAIT_SECONDS if left is None else max(0.0, left)
@@ -322,7 +324,12 @@ class Pipeline:
             if cached is not None:
                 return cached
             state = await self.store.claim_state(key)
-            if state is not None and state[0] == "failed" and (state[1] or "") >= since:
+            if (
+                state is not None
+                and state[0] == "failed"
+                and state[1]
+                and datetime.fromisoformat(state[1]) >= since
+            ):
                 reason = "the model did not answer for another request just now"
                 return extractive_deep_dive(paper, self.settings.profile, language, reason)
             if asyncio.get_running_loop().time() >= give_up:
