@@ -81,6 +81,7 @@ class Serve:
         self._out = bytearray()
         self._err = bytearray()
         self._tasks: list[asyncio.Task[Any]] = []
+        self.preexec: Callable[[], None] | None = None  # run in the child before it starts
 
     async def start(self) -> Serve:
         self.proc = await asyncio.create_subprocess_exec(
@@ -94,6 +95,7 @@ class Serve:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            preexec_fn=self.preexec,
         )
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self._tasks = [
