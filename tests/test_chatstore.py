@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sqlite3
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from bot.chatstore import ChatStore, PostRecord, PostStatus, ThreadRecord, open_
 from digest_core.store import Store, StoreError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "db" / "digestbot_v1.sqlite"
+_OLD_REQUESTS_AT = "2026-11-29T06:38:26+00:00"  # when the fixture's `requests` rows were made
 CHAT_TABLES = ("runs", "posts", "threads", "turns", "events", "requests")
 
 
@@ -95,8 +96,10 @@ async def test_a_migrated_database_works_as_before(old_db: Path) -> None:
         assert turns[0].text == "它的局限？" and turns[0].arxiv_id == "2601.16208"
         assert not await chat.first_sight("tg-update:9001")
         assert await chat.first_sight("tg-update:9003")
-        assert await chat.count_request("slack:U1", timedelta(hours=1), 2) is not None
-        assert await chat.count_request("slack:U1", timedelta(hours=1), 3) is None
+        # (the window reaches back to when the fixture's two requests were recorded)
+        window = datetime.now(UTC) - datetime.fromisoformat(_OLD_REQUESTS_AT) + timedelta(hours=1)
+        assert await chat.count_request("slack:U1", window, 2) is not None
+        assert await chat.count_request("slack:U1", window, 3) is None
         # the core's data is still there for the core
         digest = await chat.store.load_digest("2026-01-23")
         assert digest is not None and len(digest.entries) == 2
