@@ -14,14 +14,24 @@ slash-command POSTs to /slack/events and prints each figure beside its goal:
 2. 50 people, 50 different papers: acknowledgement p100, the most LLM calls in flight at
    once (never above `llm.max_concurrency`), arXiv requests and the time until all 50 have
    their result. The fake arXiv knows 50 generated papers.
+3. 50 people press 👍/👎 under one deep dive at once (signed `block_actions` POSTs), 10 of
+   the presses delivered twice (X-Slack-Retry-Num): acknowledgement p100 (goal < 0.3 s), the
+   stored count against the 50 distinct voters, and the counts the message shows at the end.
+4. A streamed thread answer, on Slack and on Telegram (a group and a private chat), against a
+   fake LLM that sends its first token after 0.5 s and its last after 10 s: the time from the
+   question to the first visible words (goal <= 1.5 s) and from the model's first token to
+   them (goal <= 1 s), the time to the final message, and the platform calls made while
+   streaming (Slack chat.*Stream Tier 4, 100+/min; Telegram about 1 per second per chat).
 
-Usage: python bench/interactive.py [--latency SECONDS]. Always exits 0: it reports.
+Usage: python bench/interactive.py [--latency SECONDS] [--only-presses | --only-streaming]. Always exits 0: it reports.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import statistics
 import sys
 import tempfile
@@ -42,9 +52,12 @@ from fakes.world import World, fast_config, research_responder  # noqa: E402
 from slack_sdk.signature import SignatureVerifier  # noqa: E402
 
 from bot.assistant import Assistant  # noqa: E402
-from bot.chatstore import open_pipeline  # noqa: E402
+from bot.chatstore import ChatStore, open_pipeline  # noqa: E402
 from bot.http import HttpServer  # noqa: E402
 from bot.serve import SlackRuntime, Work  # noqa: E402
+from bot.service import Destination  # noqa: E402
+from digest_core.arxiv_id import parse_arxiv_id  # noqa: E402
+from digest_core.render.slack import RATE_BLOCK_ID  # noqa: E402
 
 SECRET = "bench-signing-secret-0123456789"
 PAPER = "1605.08386"
@@ -128,9 +141,8 @@ class Rig:
             DIGEST_TIME="off",
         )
         self.pipeline = await open_pipeline(self.settings)
-        self.runtime = SlackRuntime(
-            self.settings, Assistant(self.pipeline, self.settings), self.work
-        )
+        self.assistant = Assistant(self.pipeline, self.settings)
+        self.runtime = SlackRuntime(self.settings, self.assistant, self.work)
         await self.runtime.check()
 
         async def health() -> dict[str, Any]:
@@ -245,14 +257,246 @@ async def many_papers(tmp: Path, latency: float) -> None:
     )
 
 
+def press_body(message: dict[str, Any], user: str, up: bool, action_ts: str) -> bytes:
+    """A block_actions press in the shape of tests/fixtures/slack/block_actions_*.json."""
+    block = next(b for b in message["blocks"] if b.get("block_id") == RATE_BLOCK_ID)
+    element = block["elements"][0 if up else 1]
+    payload = {
+        "type": "block_actions",
+        "team": {"id": "T0BENCH01", "domain": "bench"},
+        "user": {
+            "id": user,
+            "username": user.lower(),
+            "name": user.lower(),
+            "team_id": "T0BENCH01",
+        },
+        "api_app_id": "A0APP0001",
+        "token": "unused",
+        "container": {"type": "message", "message_ts": message["ts"], "channel_id": "C1"},
+        "trigger_id": uuid.uuid4().hex,
+        "channel": {"id": "C1", "name": "papers"},
+        "message": {
+            "type": "message",
+            **{k: message.get(k) for k in ("user", "ts", "text", "blocks")},
+        },
+        "response_url": "https://hooks.slack.com/actions/T0BENCH01/1/x",
+        "actions": [
+            {
+                "action_id": element["action_id"],
+                "block_id": RATE_BLOCK_ID,
+                "text": element["text"],
+                "value": element["value"],
+                "type": "button",
+                "action_ts": action_ts,
+            }
+        ],
+    }
+    return urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
+
+
+async def button_presses(tmp: Path, latency: float) -> None:
+    async with Rig(tmp / "presses", latency) as rig:
+        outcome = await rig.assistant.analyze(
+            Destination(rig.runtime.channel, "C1"), parse_arxiv_id(PAPER)
+        )
+        assert outcome.ok, outcome.line
+        message = next(
+            m
+            for m in rig.slack.messages("C1")
+            if any(b.get("block_id") == RATE_BLOCK_ID for b in m.get("blocks") or [])
+        )
+        ups = 35
+        bodies = [
+            press_body(message, f"U{i:03d}", i < ups, f"1800000000.{i:06d}") for i in range(N)
+        ]
+        retried = bodies[:10]  # delivered twice: Slack's retry of a press
+        limits = httpx.Limits(max_connections=N * 2, max_keepalive_connections=N * 2)
+        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+
+            async def one(body: bytes, retry: int) -> float:
+                headers = signed(body) | ({"X-Slack-Retry-Num": str(retry)} if retry else {})
+                started = time.perf_counter()
+                response = await client.post(rig.url, content=body, headers=headers)
+                elapsed = time.perf_counter() - started
+                if response.status_code != 200:
+                    raise RuntimeError(f"press ack: HTTP {response.status_code}")
+                return elapsed
+
+            acks = await asyncio.gather(*(one(b, 0) for b in bodies), *(one(b, 1) for b in retried))
+        await rig.work.drain(60)
+        up, down = await ChatStore(rig.pipeline.store).votes("slack", "C1", PAPER)
+        shown = next(m for m in rig.slack.messages("C1") if m["ts"] == message["ts"])
+        block = next(b for b in shown["blocks"] if b.get("block_id") == RATE_BLOCK_ID)
+        labels = [el["text"]["text"] for el in block["elements"]]
+    print(f"3. {N} concurrent 👍/👎 presses on one deep dive (+10 redelivered), Slack HTTP mode")
+    ok = pct(acks, 1.0) < ACK_GOAL
+    print(f"   ack p50                {statistics.median(acks):7.3f} s")
+    print(f"   ack p100               {pct(acks, 1.0):7.3f} s  goal < {ACK_GOAL} s   {verdict(ok)}")
+    print(
+        f"   (client and bot share this process and its loop; machine load {os.getloadavg()[0]:.1f})"
+    )
+    ok = (up, down) == (ups, N - ups)
+    print(
+        f"   stored votes           {up + down:7d}    goal {N} distinct voters "
+        f"(👍 {up}, 👎 {down}; sent {ups}/{N - ups})  {verdict(ok)}"
+    )
+    ok = labels == [f"👍 {ups}", f"👎 {N - ups}"]
+    print(f"   counts on the message  {' '.join(labels):>9}  {verdict(ok)}")
+
+
+FIRST_TOKEN = 0.5
+STREAM_TIME = 10.0
+FIRST_WORDS_GOAL = 1.5
+
+
+async def streamed_answer(tmp: Path) -> None:
+    """Scenario 4: one question per destination, the model writing for 10 s."""
+    from fakes.telegram import FakeTelegram
+
+    from bot.assistant import Request
+    from bot.channels.slack import SlackChannel, line_message, make_slack_client
+    from bot.channels.telegram import TelegramChannel, make_bot, make_rate_limiter
+    from bot.chatstore import ThreadRecord
+
+    long_text = " ".join(
+        f"Point {i}: the walk mixes fast on this fiber (Sec. 1)." for i in range(60)
+    )
+
+    def responder(body: dict[str, Any]) -> str:
+        answer = research_responder()(body)
+        return f"{answer}\n\n{long_text}" if answer.startswith("Answer to:") else answer
+
+    world = World(tmp / "stream")
+    (tmp / "stream").mkdir()
+    world.llm.responder = responder
+    world.llm.stream_first_token = FIRST_TOKEN
+    world.llm.stream_duration = STREAM_TIME - FIRST_TOKEN
+    print(
+        f"4. a streamed thread answer, first token after {FIRST_TOKEN} s, last after {STREAM_TIME:.0f} s"
+    )
+    async with world, FakeSlack() as slack:
+        tg = FakeTelegram()
+        tg.add_chat(-100123)
+        tg.add_chat(4242, type="private", title="Ada")
+        await tg.start()
+        # The committed LLM deadline (a streamed answer must finish within it), not 5 s.
+        slow = {"timeout_seconds = 120": "timeout_seconds = 120"}
+        world.config.write_text(fast_config(**slow), encoding="utf-8")
+        pipeline = await open_pipeline(world.settings(DIGEST_DB=":memory:"))
+        assistant = Assistant(pipeline, pipeline.settings)
+        slack_channel = SlackChannel(make_slack_client(slack.token, slack.url + "/api/"), "en")
+        limiter = make_rate_limiter(group_max_rate=100_000, overall_max_rate=100_000)
+        bot = make_bot(tg.token, f"{tg.url}/bot", rate_limiter=limiter)
+        await bot.initialize()
+        tg_channel = TelegramChannel(bot, "en")
+        loop = asyncio.get_running_loop()
+        try:
+            # Warm-up: the paper and its full text in the store, so retrieval is what it is in
+            # a thread that already has its deep dive.
+            await pipeline.answer(PAPER, "warm-up")
+            for label, channel, chat in (
+                ("Slack", slack_channel, "C0DIGEST01"),
+                ("Telegram group", tg_channel, "-100123"),
+                ("Telegram private", tg_channel, "4242"),
+            ):
+                if channel is slack_channel:
+                    root = await channel.send(chat, line_message("digest"), None)
+                    person = await channel.send(chat, line_message("q"), root)
+                    reply_to, team = root, "T0TEAM001"
+                else:
+                    root = await channel.send(chat, "digest", None)
+                    message = tg.push_message(int(chat), "q", reply_to_message_id=int(root))
+                    person = reply_to = str(message["message"]["message_id"])
+                    team = None
+                thread = ThreadRecord(
+                    channel.platform, chat, root, "digest", f"digest:{root}", (PAPER,)
+                )
+                await assistant.chat.save_thread(thread)
+                req = Request(
+                    channel.platform,
+                    chat,
+                    "U1",
+                    "How fast does it mix?",
+                    person,
+                    reply_to=reply_to,
+                    thread=thread,
+                    team=team,
+                )
+                world.llm.content_chunks_at.clear()
+                slack_before, tg_before = len(slack.requests), len(tg.requests)
+                asked = loop.time()
+                await assistant.handle(channel, req)
+                done = loop.time()
+                first_token = world.llm.content_chunks_at[0]
+                last_token = world.llm.content_chunks_at[-1]
+                if channel is slack_channel:
+                    calls = [r for r in slack.requests[slack_before:] if r.at <= last_token + 1.0]
+                    shown = [r.at for r in calls if r.path.endswith("chat.startStream")]
+                    during = (
+                        [r.path.rsplit("/", 1)[-1] for r in calls if r.at >= shown[0]]
+                        if shown
+                        else []
+                    )
+                else:
+                    calls = [r for r in tg.requests[tg_before:] if r.at <= last_token + 1.0]
+                    kinds = (
+                        ("sendMessageDraft",)
+                        if chat == "4242"
+                        else ("sendMessage", "editMessageText")
+                    )
+                    shown = [r.at for r in calls if r.path.endswith(kinds)]
+                    during = (
+                        [r.path.rsplit("/", 1)[-1] for r in calls if r.at >= shown[0]]
+                        if shown
+                        else []
+                    )
+                if not shown:
+                    print(f"   {label:17s} nothing was streamed  {verdict(False)}")
+                    continue
+                to_words = shown[0] - asked
+                after_token = shown[0] - first_token
+                counts = {m: during.count(m) for m in dict.fromkeys(during)}
+                rate = len(during) / max(last_token - shown[0], 1e-9)
+                print(
+                    f"   {label:17s} first words {to_words:5.2f} s after the question"
+                    f" (goal <= {FIRST_WORDS_GOAL} s) {verdict(to_words <= FIRST_WORDS_GOAL)},"
+                    f" {after_token:4.2f} s after the first token (goal <= 1 s)"
+                    f" {verdict(after_token <= 1.0)}"
+                )
+                print(
+                    f"   {'':17s} final message {done - asked:5.2f} s; calls while streaming"
+                    f" {len(during)} ({', '.join(f'{k} {v}' for k, v in counts.items())}),"
+                    f" {rate:.2f}/s"
+                )
+        finally:
+            await slack_channel.aclose()
+            await bot.shutdown()
+            await pipeline.aclose()
+            await tg.stop()
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=2.0, help="seconds per LLM answer")
+    parser.add_argument("--only-presses", action="store_true", help="run scenario 3 only")
+    parser.add_argument("--only-streaming", action="store_true", help="run scenario 4 only")
     args = parser.parse_args()
+    if args.only_presses:
+        with tempfile.TemporaryDirectory() as tmp:
+            await button_presses(Path(tmp), args.latency)
+        return 0
+    if args.only_streaming:
+        with tempfile.TemporaryDirectory() as tmp:
+            await streamed_answer(Path(tmp))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         await one_paper(Path(tmp), args.latency)
         print()
         await many_papers(Path(tmp), args.latency)
+        print()
+        await button_presses(Path(tmp), args.latency)
+        print()
+        await streamed_answer(Path(tmp))
     return 0
 
 

@@ -19,19 +19,24 @@ thread's earlier turns as memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from bot.channels.base import Channel, Outgoing
-from bot.chatstore import ChatStore, PostStatus, ThreadRecord
-from bot.service import Delivered, Destination, post_thread
+from bot.channels.streaming import AnswerStream
+from bot.chatstore import ChatStore, PostStatus, ThreadRecord, Vote
+from bot.journal import Journal
+from bot.service import Delivered, Destination, destination_profile, post_thread
 from bot.settings import AppSettings as Settings
 from digest_core.arxiv_id import ArxivId, InvalidArxivId, parse_arxiv_id
 from digest_core.models import Answer
 from digest_core.pipeline import PaperNotFound, Pipeline
+from digest_core.retry import deadline_in
 from digest_core.sources import SourceError
 from digest_core.store import ORIGIN
 
@@ -44,7 +49,11 @@ RESTARTING = "⚠️ digestbot is restarting and could not finish this; please a
 FAILED_ANALYSIS = "⚠️ Sorry, the analysis failed; please try again in a few minutes."
 FAILED_ANSWER = "⚠️ Sorry, I could not answer that just now; please ask again in a few minutes."
 NOT_ENABLED = "digestbot is not enabled for this workspace or chat."
+STILL_WORKING = "⏳ Still working on it; the answer will follow here."
+# When the bot cannot record a request (its database is full or read-only), it says so.
+UNRECORDED = "⚠️ Sorry, digestbot cannot take requests right now; please try again later."
 USAGE = "Usage: /analyze ARXIV_ID_OR_URL (e.g. /analyze 2602.14941)"
+RATE_USAGE = "Usage: /digest like ARXIV_ID or /digest dislike ARXIV_ID"
 PENDING = "pending"  # a question kept while the bot asks which paper it is about
 ANALYZE = "analyze"  # Request.command of /analyze (and of a Slack mention with an ID)
 
@@ -74,6 +83,24 @@ def _only_names_a_paper(text: str) -> bool:
     """A reply that only picks a paper ("2", "#2", "paper 2", an ID) and asks nothing new."""
     rest = _ID_LIKE.sub(" ", _NUMBER.sub(" ", text))
     return not re.sub(r"[\W_]+", "", rest) or bool(_SELECTOR.fullmatch(text))
+
+
+def parse_rating(text: str) -> tuple[bool, str] | None:
+    """`like ID` / `dislike ID` (the words after `/digest`) → (liked, the ID as written);
+    None when the text is not a rating command. The ID itself is checked by `Assistant.rate`."""
+    verb, _, rest = text.strip().partition(" ")
+    if verb.lower() not in ("like", "dislike"):
+        return None
+    return verb.lower() == "like", rest.strip()
+
+
+def vote_line(vote: Vote) -> str:
+    """The acknowledgement of a 👍/👎 press (Telegram shows it as a toast)."""
+    if vote.liked is None:
+        head = "Vote withdrawn"
+    else:
+        head = ("👍" if vote.liked else "👎") + " Counted for this channel's profile"
+    return f"{head} · 👍 {vote.up} · 👎 {vote.down}"
 
 
 @dataclass(frozen=True)
@@ -131,6 +158,9 @@ class Assistant:
         self.store = pipeline.store
         self.chat = chat or ChatStore(pipeline.store)
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self.journal = Journal(self.chat)
+        self._count_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._count_pending: set[tuple[str, str, str]] = set()
 
     # -- the flow --------------------------------------------------------------------------------
 
@@ -150,32 +180,119 @@ class Assistant:
             return Opening(line, True, parsed)
         return Opening("", bool(req.text.strip()) and req.thread is not None)
 
-    async def handle(self, channel: Channel, req: Request, *, opened: bool = False) -> Handled:
+    async def handle(
+        self,
+        channel: Channel,
+        req: Request,
+        *,
+        opened: bool = False,
+        tell: Callable[[str], Awaitable[object]] | None = None,
+    ) -> Handled:
         """Serve one request to the end. `opened`: the adapter already showed the opening line
-        (Slack's ack). Never raises but for cancellation (shutdown), after saying so."""
+        (Slack's ack). `tell`: how to reach the requester of a private request while it runs
+        (the "still working" line). Never raises but for cancellation (shutdown), after saying
+        so. The whole request (all its LLM attempts and waits) has one deadline,
+        `interactive.request_deadline_seconds`; past it the labelled fallback is the answer."""
         done = Handled()
         failed = FAILED_ANALYSIS if req.command == ANALYZE else FAILED_ANSWER
         try:
-            opening = await self.opening(req)
-            if not opening.proceed:
-                if not opened and opening.line:
-                    await self._say(channel, req, done, opening.line, "opening")
-                return done
-            if req.command == ANALYZE:
-                assert opening.paper is not None
-                await self._analyze(channel, req, done, opening, opened=opened)
-            else:
-                await self._question(channel, req, done)
+            with deadline_in(self.settings.interactive.request_deadline_seconds):
+                opening = await self.opening(req)
+                if not opening.proceed:
+                    if not opened and opening.line:
+                        await self._say(channel, req, done, opening.line, "opening")
+                    return done
+                if req.command == ANALYZE:
+                    assert opening.paper is not None
+                    await self._analyze(channel, req, done, opening, opened=opened, tell=tell)
+                else:
+                    await self._question(channel, req, done, tell=tell)
         except asyncio.CancelledError:  # shutdown ran out of time: say so, then stop
-            await asyncio.wait_for(self._say(channel, req, done, RESTARTING, "restarting"), 5)
+            await asyncio.wait_for(self._last_word(channel, req, done, RESTARTING, "restarting"), 5)
             raise
         except Exception:
             log.exception("%s %s: request failed", req.platform, req.chat)
-            await self._say(channel, req, done, failed, "failed")
+            await self._last_word(channel, req, done, failed, "failed")
         return done
 
+    async def _last_word(
+        self, channel: Channel, req: Request, done: Handled, text: str, key: str
+    ) -> None:
+        """A failure line that reaches the requester even when the ledger cannot be written
+        (the database is full or read-only): then it is sent directly, unrecorded."""
+        try:
+            await self._say(channel, req, done, text, key)
+            return
+        except Exception:
+            log.exception("%s %s: failure line not recorded; sent directly", req.platform, req.chat)
+        await self.say_directly(channel, req, text)
+
+    async def say_directly(self, channel: Channel, req: Request, text: str) -> None:
+        """One line to the requester without the ledger: only for when it cannot be written."""
+        if req.private:
+            return  # the adapter shows private lines itself, with no database involved
+        try:
+            line = channel.render_line(text)
+            mark = f"reply:{req.message}/direct"
+            await channel.send(req.chat, line.payload, req.reply_to, key=mark)
+        except Exception:
+            log.exception("%s %s: the requester could not be told", req.platform, req.chat)
+
+    async def tell(self, channel: Channel, req: Request, text: str) -> None:
+        """One line to the requester of a request, through the ledger (once), as a reply."""
+        await self._last_word(channel, req, Handled(), text, "gave-up")
+
+    @contextlib.asynccontextmanager
+    async def _still_working(
+        self,
+        channel: Channel,
+        req: Request,
+        done: Handled,
+        tell: Callable[[str], Awaitable[object]] | None,
+        placeholder: str | None = None,
+        *,
+        unless: Callable[[], bool] | None = None,
+    ) -> AsyncIterator[None]:
+        """Post one short "still working" line if the block takes longer than
+        `interactive.still_working_after_seconds`; it is never posted after the block ends.
+        Where a placeholder stands ("Reading the paper…"), it becomes that line instead, so
+        the answer that replaces it still comes first in the thread."""
+        delay = self.settings.interactive.still_working_after_seconds
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            if unless is not None and unless():
+                return
+            try:
+                if placeholder is not None:
+                    line = channel.render_line(STILL_WORKING)
+                    await channel.replace(req.chat, placeholder, line.payload)
+                elif req.private:
+                    if tell is not None:
+                        await tell(STILL_WORKING)
+                else:
+                    await self._say(channel, req, done, STILL_WORKING, "still-working")
+            except Exception:  # a courtesy line: the answer still comes
+                log.warning("%s %s: still-working line not sent", req.platform, req.chat)
+
+        timer = asyncio.create_task(later()) if delay > 0 else None
+        try:
+            yield
+        finally:
+            if timer is not None:
+                timer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await timer
+
     async def _analyze(
-        self, channel: Channel, req: Request, done: Handled, opening: Opening, *, opened: bool
+        self,
+        channel: Channel,
+        req: Request,
+        done: Handled,
+        opening: Opening,
+        *,
+        opened: bool,
+        tell: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
         aid = opening.paper
         assert aid is not None
@@ -187,7 +304,8 @@ class Assistant:
             await self._say(channel, req, done, opening.line, "opening")
         if not req.private:
             await channel.working(req.chat, None)
-        outcome = await self.analyze(Destination(channel, req.chat), aid)
+        async with self._still_working(channel, req, done, tell):
+            outcome = await self.analyze(Destination(channel, req.chat), aid)
         done.thread = outcome.thread
         if req.private:
             done.private.append(("✅ " if outcome.ok else "⚠️ ") + outcome.line)
@@ -197,7 +315,14 @@ class Assistant:
             line = ("" if outcome.ok else "⚠️ ") + outcome.line
             await self._say(channel, req, done, line, "outcome", where=outcome.thread)
 
-    async def _question(self, channel: Channel, req: Request, done: Handled) -> None:
+    async def _question(
+        self,
+        channel: Channel,
+        req: Request,
+        done: Handled,
+        *,
+        tell: Callable[[str], Awaitable[object]] | None = None,
+    ) -> None:
         thread = req.thread
         assert thread is not None
         refusal = await self.admit(req.platform, req.user, team=req.team, chat=req.chat)
@@ -210,16 +335,58 @@ class Assistant:
             await self._say(channel, req, done, ask, "ask")
             return
         placeholder = await channel.working(req.chat, req.reply_to)
+        stream = await self._answer_stream(channel, req, placeholder)
         try:
-            answer = await self.answer(req.platform, req.chat, thread.thread_ref, target, req.text)
+            # Once the first words show, the answer speaks for itself: no "still working".
+            async with self._still_working(
+                channel,
+                req,
+                done,
+                tell,
+                placeholder,
+                unless=lambda: stream is not None and bool(stream.text),
+            ):
+                answer = await self.answer(
+                    req.platform,
+                    req.chat,
+                    thread.thread_ref,
+                    target,
+                    req.text,
+                    on_delta=stream.push if stream is not None else None,
+                )
         except Exception:
-            # Never leave "Reading the paper…" standing: say the answer failed, in its place.
+            # Never leave "Reading the paper…" (or half an answer) standing: say the answer
+            # failed, in its place.
             log.exception("%s %s: answering failed", req.platform, req.chat)
-            await self._say(channel, req, done, FAILED_ANSWER, "failed", replacing=placeholder)
+            ref = await stream.finish() if stream is not None else placeholder
+            await self._say(channel, req, done, FAILED_ANSWER, "failed", replacing=ref)
             return
+        except asyncio.CancelledError:
+            if stream is not None:
+                await asyncio.shield(stream.finish())
+            raise
+        # The streamed text was a preview: the answer is posted as an unstreamed one is, in
+        # the streamed message's place, through the ledger.
+        ref = await stream.finish() if stream is not None else placeholder
         await self._post(
-            channel, req, channel.render_answer(answer), papers=[target], replacing=placeholder
+            channel, req, channel.render_answer(answer), papers=[target], replacing=ref
         )
+
+    async def _answer_stream(
+        self, channel: Channel, req: Request, placeholder: str | None
+    ) -> AnswerStream | None:
+        """The channel's poster that shows the answer as it is written, if it has one and the
+        answer was not posted already (a retried request repeats nothing)."""
+        make = getattr(channel, "answer_stream", None)
+        if make is None or req.private or self.pipeline.llm is None:
+            return None
+        state = await self.chat.post_state(f"reply:{req.message}", req.platform, req.chat)
+        if any(r.status is PostStatus.SENT for r in state.values()):
+            return None
+        stream: AnswerStream | None = make(
+            req.chat, req.reply_to, placeholder=placeholder, user=req.user, team=req.team
+        )
+        return stream
 
     async def _say(
         self,
@@ -368,6 +535,105 @@ class Assistant:
             True, f"Analysed: {entry.paper.title} (arXiv:{entry.paper.arxiv_id})", thread, delivered
         )
 
+    # -- ratings (👍/👎 buttons, /digest like|dislike) ------------------------------------------
+
+    async def press(
+        self,
+        platform: str,
+        chat: str,
+        user: str,
+        arxiv_id: str,
+        liked: bool,
+        *,
+        event_key: str,
+        team: str | None = None,
+    ) -> Vote | None:
+        """A 👍/👎 button press on a deep dive: counted once per person (the same button again
+        withdraws the vote, the other one switches it) for the destination's profile. None
+        when it is not counted: a platform's redelivery of a press already seen (`event_key`
+        names the press itself), a paper ID that is no ID, or a workspace/chat not enabled."""
+        if not self.allowed(platform, team=team, chat=chat):
+            return None
+        if isinstance(self.parse(arxiv_id), str):
+            log.warning("%s %s: a rating button with a bad paper ID was ignored", platform, chat)
+            return None
+        if not await self.chat.first_sight(event_key):
+            return None
+        paper = await self.store.get_paper(arxiv_id)
+        profile = await destination_profile(self.settings, self.chat, platform, chat)
+        return await self.chat.vote(
+            platform,
+            chat,
+            arxiv_id,
+            user,
+            profile=profile.name,
+            liked=liked,
+            title=paper.title if paper else arxiv_id,
+        )
+
+    async def show_counts(
+        self,
+        platform: str,
+        chat: str,
+        message: str,
+        arxiv_id: str,
+        update: Callable[[int, int], Awaitable[None]],
+    ) -> None:
+        """Put the paper's current counts on the pressed message. One update at a time per
+        message, each reading the counts afresh, so the last one shown is the stored count
+        however the presses interleave; and at most one waiting behind it: a burst of presses
+        costs a few edits, not one each (the waiting one reads the counts after every vote
+        that found it waiting was stored). A failed update is logged: the vote stands."""
+        key = (platform, chat, message)
+        if key in self._count_pending:
+            return  # the update already waiting will show this vote too
+        self._count_pending.add(key)
+        lock = self._count_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            self._count_pending.discard(key)
+            up, down = await self.chat.votes(platform, chat, arxiv_id)
+            try:
+                await update(up, down)
+            except Exception as exc:
+                log.warning("%s %s: rating counts not shown: %s", platform, chat, exc)
+
+    async def rate(self, req: Request, arxiv_id: str, liked: bool) -> str:
+        """`/digest like ID`, `/digest dislike ID`: rate any paper (one the scorer missed, one
+        never deep-dived) for this destination's profile. Returns the one line to answer with.
+        Saying it again changes nothing; the other verb switches the verdict."""
+        if not self.allowed(req.platform, team=req.team, chat=req.chat):
+            return f"⚠️ {NOT_ENABLED}"
+        if not arxiv_id.strip():
+            return RATE_USAGE
+        parsed = self.parse(arxiv_id)
+        if isinstance(parsed, str):
+            return f"⚠️ {parsed}"
+        paper = await self.store.get_paper(parsed.base)
+        if paper is None:
+            try:
+                paper = await self.pipeline.resolve(parsed)
+            except PaperNotFound as exc:
+                return f"⚠️ {exc}"
+            except SourceError as exc:
+                log.warning("rate %s: %s", parsed, exc)
+                return "⚠️ arXiv cannot be reached right now; try again in a few minutes."
+        profile = await destination_profile(self.settings, self.chat, req.platform, req.chat)
+        vote = await self.chat.vote(
+            req.platform,
+            req.chat,
+            paper.arxiv_id,
+            req.user,
+            profile=profile.name,
+            liked=liked,
+            title=paper.title,
+            toggle=False,
+        )
+        mark = "👍" if liked else "👎"
+        return (
+            f"{mark} arXiv:{paper.arxiv_id} — {paper.title}: rated for the profile "
+            f"“{profile.name}” (here 👍 {vote.up} · 👎 {vote.down}); it counts from the next digest."
+        )
+
     # -- questions in threads ----------------------------------------------------------------------
 
     async def thread_of(self, platform: str, chat: str, ref: str) -> ThreadRecord | None:
@@ -429,9 +695,17 @@ class Assistant:
         return await self.describe(ids)
 
     async def answer(
-        self, platform: str, chat: str, thread_ref: str, paper_id: str, question: str
+        self,
+        platform: str,
+        chat: str,
+        thread_ref: str,
+        paper_id: str,
+        question: str,
+        *,
+        on_delta: Callable[[str], Awaitable[None]] | None = None,
     ) -> Answer:
-        """Answer with the thread's earlier turns as memory, and remember this turn."""
+        """Answer with the thread's earlier turns as memory, and remember this turn.
+        `on_delta` sees the model's text as it is written."""
         ORIGIN.set("interactive")
         question = question.strip()[:MAX_QUESTION_CHARS]
         limit = self.settings.interactive.thread_memory_turns * 2
@@ -440,7 +714,7 @@ class Assistant:
             question = earlier[-1].text  # the reply to "which paper?" names it; answer that
         turns = [t for t in earlier if t.role != PENDING][-limit:] if limit else []
         history = [(t.role, t.text) for t in turns if t.arxiv_id == paper_id]
-        answer = await self.pipeline.answer(paper_id, question, history)
+        answer = await self.pipeline.answer(paper_id, question, history, on_delta)
         await self.chat.add_turn(platform, chat, thread_ref, paper_id, "user", question)
         await self.chat.add_turn(platform, chat, thread_ref, paper_id, "assistant", answer.text)
         return answer

@@ -12,8 +12,8 @@ and m007 are the core's).
 
     digest_core.store.Store ── papers, scores, analyses, full texts, digests, LLM calls
           ▲ run(fn)                          (core migrations m001, m002, m007; m006 reserved)
-    bot.chatstore.ChatStore ── runs, posts, threads, turns, events, requests
-                                             (bot migrations m003, m004, m005, m008)
+    bot.chatstore.ChatStore ── runs, posts, threads, turns, events, requests, journal,
+                               ratings (bot migrations m003, m004, m005, m008, m010, m040)
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 from sqlite_utils import Database, Migrations
 
 from bot.channels.base import ErrorKind
-from digest_core.store import MIGRATION_SET, Store, StoreError
+from digest_core.models import Rating
+from digest_core.store import MIGRATION_SET, Store, StoreError, owner_gone
 
 if TYPE_CHECKING:
     from digest_core.config import Settings
@@ -39,6 +40,11 @@ migrations = Migrations(MIGRATION_SET)
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _stamp() -> str:
+    # Microseconds: votes cast in the same second still order as "most recent first".
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 @migrations()
@@ -129,6 +135,51 @@ def m008_post_error_kind(db: Database) -> None:
         )
 
 
+@migrations()
+def m010_request_journal(db: Database) -> None:
+    # Every accepted request (an /analyze, a question) from before its work is acknowledged
+    # until its answer or failure line is posted, so a crash leaves a record to finish.
+    # `key` is the platform's redelivery key (Telegram update, Slack message or trigger), so
+    # the journal is also what tells a redelivery from new work.
+    db["journal"].create(
+        {
+            "key": str,
+            "platform": str,
+            "chat": str,
+            "request": str,  # the assistant.Request, as JSON
+            "extra": str,  # what the adapter needs to resume it (Slack's response_url)
+            "status": str,  # pending, done
+            "owner": str,
+            "accepted_at": str,
+            "heartbeat_at": str,
+            "finished_at": str,
+        },
+        pk="key",
+        if_not_exists=True,
+    )
+    db["journal"].create_index(["status"], if_not_exists=True)
+
+
+@migrations()
+def m040_ratings(db: Database) -> None:
+    # 👍/👎 on papers: one vote per person per paper per destination, for the destination's
+    # profile (the scoring examples of that profile are read by profile).
+    db["ratings"].create(
+        {
+            "platform": str,
+            "chat": str,
+            "arxiv_id": str,
+            "user": str,
+            "profile": str,
+            "liked": int,
+            "title": str,
+            "at": str,
+        },
+        pk=("platform", "chat", "arxiv_id", "user"),
+    )
+    db["ratings"].create_index(["profile", "at"])
+
+
 # -- records ------------------------------------------------------------------------------------
 
 
@@ -174,6 +225,70 @@ class Turn:
     role: str  # "user", "assistant", or PENDING: a question kept while asking which paper
     text: str
     arxiv_id: str
+
+
+class Admission(StrEnum):
+    """What the journal says about a request as it arrives."""
+
+    NEW = "new"  # recorded now: run it
+    TAKEN_OVER = "taken_over"  # recorded before by a process that is gone: run it here
+    RUNNING = "running"  # pending under a live owner (this process included): it will answer
+    DONE = "done"  # answered already: a redelivery
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One accepted request in the journal."""
+
+    key: str
+    platform: str
+    chat: str
+    request: dict[str, Any]
+    extra: dict[str, Any]
+    status: str
+    owner: str
+    accepted_at: datetime
+
+
+def _journal(row: dict[str, Any]) -> JournalEntry:
+    return JournalEntry(
+        key=row["key"],
+        platform=row["platform"],
+        chat=row["chat"],
+        request=json.loads(row["request"]),
+        extra=json.loads(row["extra"] or "{}"),
+        status=row["status"],
+        owner=row["owner"],
+        accepted_at=datetime.fromisoformat(row["accepted_at"]),
+    )
+
+
+def _stale(row: dict[str, Any], owner: str, lease_seconds: float) -> bool:
+    """A pending journal row whose owner is another process that is gone or silent."""
+    if row["owner"] == owner:
+        return False
+    cutoff = (datetime.now(UTC) - timedelta(seconds=lease_seconds)).isoformat(timespec="seconds")
+    return owner_gone(row["owner"]) or (row["heartbeat_at"] or "") < cutoff
+
+
+@dataclass(frozen=True)
+class Vote:
+    """What a 👍/👎 came to: the person's vote now (None: withdrawn) and the paper's counts in
+    that destination."""
+
+    liked: bool | None
+    up: int
+    down: int
+    changed: bool  # False when the press changed nothing (a `/digest like` said twice)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A paper deep-dived in a destination: when, and the root of the thread it is in."""
+
+    arxiv_id: str
+    date: str
+    thread_ref: str | None
 
 
 def _post(row: dict[str, Any]) -> PostRecord:
@@ -393,6 +508,221 @@ class ChatStore:
 
         return await self.store.run(read)
 
+    # -- request journal -------------------------------------------------------------------------
+
+    async def journal_accept(
+        self,
+        key: str,
+        platform: str,
+        chat: str,
+        request: dict[str, Any],
+        extra: dict[str, Any],
+        owner: str,
+        lease_seconds: float,
+    ) -> Admission:
+        """Record a request before its work is acknowledged, or say what became of the one
+        recorded under the same key (a redelivery). Raises when the database cannot be
+        written: the caller then still owes the person a line."""
+
+        def write() -> Admission:
+            conn = self._db.conn
+            now = _now()
+            conn.execute("begin immediate")  # the read and the write as one step
+            try:
+                row = conn.execute(
+                    "select status, owner, heartbeat_at from journal where key = ?", [key]
+                ).fetchone()
+                if row is None:
+                    conn.execute(
+                        "insert into journal(key, platform, chat, request, extra, status, owner, "
+                        "accepted_at, heartbeat_at) values (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                        [key, platform, chat, json.dumps(request), json.dumps(extra), owner]
+                        + [now, now],
+                    )
+                    verdict = Admission.NEW
+                elif row[0] == "done":
+                    verdict = Admission.DONE
+                elif _stale({"owner": row[1], "heartbeat_at": row[2]}, owner, lease_seconds):
+                    conn.execute(
+                        "update journal set owner = ?, heartbeat_at = ? where key = ?",
+                        [owner, now, key],
+                    )
+                    verdict = Admission.TAKEN_OVER
+                else:
+                    verdict = Admission.RUNNING
+            except BaseException:
+                conn.execute("rollback")
+                raise
+            conn.execute("commit")
+            return verdict
+
+        return await self.store.run(write)
+
+    async def journal_renew(self, keys: list[str], owner: str) -> None:
+        """Renew this process's hold on the requests it is working on."""
+
+        def write() -> None:
+            with self._db.conn:
+                self._db.conn.executemany(
+                    "update journal set heartbeat_at = ? where key = ? and owner = ? "
+                    "and status = 'pending'",
+                    [(_now(), k, owner) for k in keys],
+                )
+
+        await self.store.run(write)
+
+    async def journal_finish(self, key: str) -> None:
+        def write() -> None:
+            with self._db.conn:
+                self._db.conn.execute(
+                    "update journal set status = 'done', finished_at = ? where key = ?",
+                    [_now(), key],
+                )
+
+        await self.store.run(write)
+
+    async def journal_take_pending(self, owner: str, lease_seconds: float) -> list[JournalEntry]:
+        """Take over every pending request whose owner is gone (a crash) or silent for
+        `lease_seconds`; oldest first. Requests of a live process are left to it."""
+
+        def write() -> list[JournalEntry]:
+            conn = self._db.conn
+            conn.execute("begin immediate")
+            try:
+                cur = conn.execute("select * from journal where status = 'pending' order by rowid")
+                names = [d[0] for d in cur.description]
+                rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+                taken = [r for r in rows if _stale(r, owner, lease_seconds)]
+                conn.executemany(
+                    "update journal set owner = ?, heartbeat_at = ? where key = ?",
+                    [(owner, _now(), r["key"]) for r in taken],
+                )
+            except BaseException:
+                conn.execute("rollback")
+                raise
+            conn.execute("commit")
+            return [_journal(r) for r in taken]
+
+        return await self.store.run(write)
+
+    async def journal_entry(self, key: str) -> JournalEntry | None:
+        def read() -> JournalEntry | None:
+            rows = list(self._db["journal"].rows_where("key = ?", [key]))
+            return _journal(rows[0]) if rows else None
+
+    # -- ratings and "seen here" -----------------------------------------------------------------
+
+    async def vote(
+        self,
+        platform: str,
+        chat: str,
+        arxiv_id: str,
+        user: str,
+        *,
+        profile: str,
+        liked: bool,
+        title: str,
+        toggle: bool = True,
+    ) -> Vote:
+        """Record one person's 👍/👎 on a paper in a destination, atomically (one transaction
+        on the store's thread, so concurrent presses never lose a vote). With `toggle` (a
+        button), pressing the same verdict again withdraws it and the other one switches it;
+        without (a command), the verdict is set."""
+
+        def write() -> Vote:
+            key = [platform, chat, arxiv_id, user]
+            with self._db.conn:
+                row = self._db.conn.execute(
+                    "select liked from ratings where platform = ? and chat = ? and arxiv_id = ? "
+                    "and user = ?",
+                    key,
+                ).fetchone()
+                before = None if row is None else bool(row[0])
+                now: bool | None = liked
+                if before == liked:
+                    now = None if toggle else liked
+                if now is None:
+                    self._db.conn.execute(
+                        "delete from ratings where platform = ? and chat = ? and arxiv_id = ? "
+                        "and user = ?",
+                        key,
+                    )
+                elif now != before:
+                    self._db.conn.execute(
+                        "insert into ratings(platform, chat, arxiv_id, user, profile, liked, "
+                        "title, at) values (?, ?, ?, ?, ?, ?, ?, ?) "
+                        "on conflict(platform, chat, arxiv_id, user) do update set "
+                        "profile = excluded.profile, liked = excluded.liked, "
+                        "title = excluded.title, at = excluded.at",
+                        [*key, profile, int(now), title, _stamp()],
+                    )
+                up, down = self._db.conn.execute(
+                    "select coalesce(sum(liked), 0), coalesce(sum(1 - liked), 0) from ratings "
+                    "where platform = ? and chat = ? and arxiv_id = ?",
+                    [platform, chat, arxiv_id],
+                ).fetchone()
+            return Vote(now, int(up), int(down), now != before)
+
+        return await self.store.run(write)
+
+    async def votes(self, platform: str, chat: str, arxiv_id: str) -> tuple[int, int]:
+        """(👍, 👎) on a paper in a destination."""
+
+        def read() -> tuple[int, int]:
+            up, down = self._db.conn.execute(
+                "select coalesce(sum(liked), 0), coalesce(sum(1 - liked), 0) from ratings "
+                "where platform = ? and chat = ? and arxiv_id = ?",
+                [platform, chat, arxiv_id],
+            ).fetchone()
+            return int(up), int(down)
+
+        return await self.store.run(read)
+
+    async def profile_ratings(self, profile: str, limit: int | None = None) -> list[Rating]:
+        """A profile's rated papers, most recently rated first, one verdict per paper: the
+        balance of its votes over every destination that uses the profile (a tie says
+        nothing and is left out)."""
+
+        def read() -> list[Rating]:
+            rows = self._db.conn.execute(
+                "select arxiv_id, max(title), sum(liked) - sum(1 - liked) as net, max(at) as last "
+                "from ratings where profile = ? group by arxiv_id having net != 0 "
+                "order by last desc, arxiv_id limit ?",
+                [profile, -1 if limit is None else limit],
+            ).fetchall()
+            return [Rating(r[0], r[1] or r[0], r[2] > 0) for r in rows]
+
+        return await self.store.run(read)
+
+    async def deep_dived(
+        self, platform: str, chat: str, since: datetime, *, other_than: str | None = None
+    ) -> dict[str, Seen]:
+        """Papers whose deep dive was posted in a destination since `since` (a digest pick or
+        an /analyze), by arXiv ID, the latest of each; `other_than` leaves one scope out (the
+        day being delivered, so a re-run does not count its own deep dives as seen)."""
+
+        def read() -> dict[str, Seen]:
+            rows = self._db.conn.execute(
+                "select key, updated_at, thread_ref from posts where platform = ? and chat = ? "
+                "and status = ? and key like '%#0' and updated_at >= ? "
+                "and (? is null or scope != ?) order by updated_at",
+                [
+                    platform,
+                    chat,
+                    PostStatus.SENT.value,
+                    since.isoformat(timespec="seconds"),
+                    other_than,
+                    other_than,
+                ],
+            ).fetchall()
+            out: dict[str, Seen] = {}
+            for key, at, thread_ref in rows:
+                arxiv_id = key.rsplit("#", 1)[0]
+                out[arxiv_id] = Seen(arxiv_id, at[:10], thread_ref)
+            return out
+
+        return await self.store.run(read)
+
     # -- interactive: dedupe, memory, rate limits ------------------------------------------------
 
     async def first_sight(self, event_key: str) -> bool:
@@ -417,7 +747,10 @@ class ChatStore:
             with self._db.conn:
                 a = self._db.conn.execute("delete from events where seen_at < ?", [cutoff])
                 b = self._db.conn.execute("delete from requests where at < ?", [cutoff])
-            return a.rowcount + b.rowcount
+                c = self._db.conn.execute(
+                    "delete from journal where status = 'done' and finished_at < ?", [cutoff]
+                )
+            return a.rowcount + b.rowcount + c.rowcount
 
         return await self.store.run(write)
 

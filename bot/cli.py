@@ -67,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", required=True, help="YYYY-MM-DD")
     p.add_argument("--out", help="file to write (default: stdout)")
 
+    p = sub.add_parser(
+        "eval",
+        help="re-score every rated paper and print how far the scores agree with the ratings",
+        description="Re-scores every paper rated 👍/👎 (buttons or /digest like|dislike) for a "
+        "profile with the current prompt and model (without the rated examples, so a paper's "
+        "own rating cannot answer for it) and prints the agreement: a 👍 paper should score at "
+        "or above the threshold, a 👎 paper below it. Lists every disagreement. Run it when "
+        "the prompt or the model changes.",
+    )
+    p.add_argument("--profile", metavar="NAME", help="the profile (default: the default one)")
+
     sub.add_parser("serve", help="run the scheduler and the Slack and Telegram bots until SIGTERM")
     sub.add_parser("demo", help="run the whole pipeline offline on a bundled real day")
     return parser
@@ -156,6 +167,8 @@ async def _with_pipeline(settings: Settings, args: argparse.Namespace) -> int:
         if args.command == "export":
             assert day is not None
             return await _export(pipeline, day, args.out)
+        if args.command == "eval":
+            return await _eval(pipeline, args.profile)
     except PaperNotFound as exc:
         raise UserError(str(exc)) from None
     except SourceError as exc:
@@ -183,7 +196,13 @@ def _progress_printer() -> Progress:
 
 async def _digest(pipeline: Pipeline, day: str, args: argparse.Namespace) -> int:
     from bot.chatstore import ChatStore
-    from bot.service import UnknownDestination, deliver_digest, parse_destinations, started_digest
+    from bot.service import (
+        UnknownDestination,
+        deliver_digest,
+        parse_destinations,
+        profile_ratings,
+        started_digest,
+    )
 
     try:
         destinations = parse_destinations(args.to, pipeline.settings, dry_run=args.dry_run)
@@ -192,8 +211,53 @@ async def _digest(pipeline: Pipeline, day: str, args: argparse.Namespace) -> int
     chat = ChatStore(pipeline.store)
     digest = None if args.dry_run else await started_digest(chat, day)
     if digest is None:
-        digest = await pipeline.build_digest(day, progress=_progress_printer())
+        ratings = await profile_ratings(pipeline.settings, chat, pipeline.settings.profile)
+        digest = await pipeline.build_digest(day, progress=_progress_printer(), ratings=ratings)
     return await deliver_digest(pipeline, digest, destinations)
+
+
+async def _eval(pipeline: Pipeline, name: str | None) -> int:
+    """`digestbot eval`: the ratings as a regression set for the scoring prompt and model."""
+    from bot.chatstore import ChatStore
+
+    settings = pipeline.settings
+    profile = settings.profile
+    if name is not None and name != profile.name:
+        raise UserError(f"eval --profile: unknown profile {name!r} (known: {profile.name!r})")
+    ratings = await ChatStore(pipeline.store).profile_ratings(profile.name)
+    if not ratings:
+        print(
+            f"No rated papers for the profile {profile.name!r} yet: rate deep dives with 👍/👎 "
+            "or `/digest like ID` in chat."
+        )
+        return EXIT_OK
+    papers = []
+    for rating in ratings:
+        paper = await pipeline.store.get_paper(rating.arxiv_id) or await pipeline.resolve(
+            rating.arxiv_id
+        )
+        papers.append(paper)
+    scores = await pipeline.rescore(papers)
+    threshold = settings.digest.threshold
+    wrong = [r for r in ratings if (scores[r.arxiv_id].score >= threshold) != r.liked]
+    agree = len(ratings) - len(wrong)
+    how = "keyword ranking (no LLM)" if pipeline.llm is None else pipeline.model
+    print(
+        f"Profile {profile.name!r} · {how} · prompt {pipeline.scorer.prompt.version} · "
+        f"threshold {threshold}"
+    )
+    print(
+        f"Agreement: {agree}/{len(ratings)} ({100 * agree / len(ratings):.0f}%): "
+        "👍 at or above the threshold, 👎 below it"
+    )
+    if wrong:
+        print("Disagreements:")
+    for r in wrong:
+        mark, side = ("👍", "<") if r.liked else ("👎", ">=")
+        score = scores[r.arxiv_id]
+        print(f"  {mark} {r.arxiv_id} scored {score.score} {side} {threshold}: {r.title}")
+        print(f"     reason: {score.reason}")
+    return EXIT_OK
 
 
 async def _analyze(pipeline: Pipeline, paper: str) -> int:

@@ -19,7 +19,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from bot.chatstore import ChatStore
-from bot.service import Delivered, Destination, deliver, started_digest
+from bot.service import Delivered, Destination, deliver, profile_ratings, started_digest
 from bot.settings import AppSettings as Settings
 from digest_core.models import Digest, Paper
 from digest_core.pipeline import Pipeline
@@ -170,7 +170,9 @@ class DailyJob:
             digest = await started_digest(self.store, day)
             if digest is None:
                 papers = await self.wait_for_papers(day)
-                digest = await self.pipeline.build_digest(day, papers=papers)
+                profile = self.settings.profile  # the default profile's digest
+                ratings = await profile_ratings(self.settings, self.store, profile)
+                digest = await self.pipeline.build_digest(day, papers=papers, ratings=ratings)
             failed = await self._deliver_all(digest)
             status = "failed" if failed else "done"
             detail = "; ".join(f"{r.destination}: {r.error}" for r in failed)
@@ -241,7 +243,9 @@ class DailyJob:
             nonlocal pending
             retry = []
             for dest in pending:
-                result = await deliver(self.store, dest, digest, self.settings)
+                result = await deliver(
+                    self.store, dest, digest, self.settings, pipeline=self.pipeline
+                )
                 last[id(dest)] = result
                 if not result.ok and result.retryable:
                     retry.append(dest)

@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import timedelta
 from typing import Any
 
 from bot.assistant import Assistant
@@ -70,9 +71,11 @@ class Work:
 
 
 class SlackRuntime:
+    platform = "slack"
+
     def __init__(self, settings: Settings, assistant: Assistant, work: Work) -> None:
         from bot.channels.slack import slack_channel
-        from bot.slack_app import build_slack_app
+        from bot.slack_app import build_slack_app, slack_resumers
 
         cfg = settings.slack
         assert cfg.bot_token is not None
@@ -85,6 +88,7 @@ class SlackRuntime:
         self.channel = slack_channel(settings)
         signing = None if self.socket_mode else cfg.signing_secret.get()  # type: ignore[union-attr]
         self.app = build_slack_app(self.channel, assistant, work.spawn, signing_secret=signing)
+        self.resumers = slack_resumers(self.channel, assistant)  # for bot.journal.recover
         self.handler: Any = None
 
     async def check(self) -> None:
@@ -134,9 +138,11 @@ class SlackRuntime:
 
 
 class TelegramRuntime:
+    platform = "telegram"
+
     def __init__(self, settings: Settings, assistant: Assistant, work: Work) -> None:
         from bot.channels.telegram import TelegramChannel, make_telegram_application
-        from bot.telegram_app import install_handlers
+        from bot.telegram_app import install_handlers, telegram_resumers
 
         cfg = settings.telegram
         assert cfg.bot_token is not None
@@ -147,6 +153,7 @@ class TelegramRuntime:
         )
         self.channel = TelegramChannel(self.app.bot, settings.digest.language)
         install_handlers(self.app, self.channel, assistant, work.spawn, cfg.chats)
+        self.resumers = telegram_resumers(self.channel, assistant)  # for bot.journal.recover
         self.started = False
 
     async def check(self) -> None:
@@ -236,6 +243,13 @@ async def serve(
             runtimes.append(TelegramRuntime(settings, assistant, work))
         for runtime in runtimes:
             await runtime.check()
+        # Requests a crash cut off are taken over before intake opens, so a redelivery of
+        # one of them finds it in progress here and is not run a second time.
+        await assistant.journal.recover(
+            {r.platform: r.resumers for r in runtimes},
+            work.spawn,
+            timedelta(minutes=settings.interactive.resume_within_minutes),
+        )
 
         owner = f"{socket.gethostname()}:{os.getpid()}"
         destinations = [d for r in runtimes for d in r.destinations()]

@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from bot.channels.base import Channel, DeliveryError, ErrorKind, Outgoing
 from bot.chatstore import ChatStore, PostRecord, PostStatus, ThreadRecord
 from bot.settings import AppSettings as Settings
-from digest_core.config import RetrySettings
-from digest_core.models import Digest
+from digest_core.config import Profile, RetrySettings
+from digest_core.models import Digest, Rating, SeenMark
 from digest_core.pipeline import Pipeline
 from digest_core.retry import RetryPolicy, TryAgain
 
@@ -106,6 +107,49 @@ def _telegram_destinations(settings: Settings) -> list[Destination]:
     return [Destination(channel, c) for c in settings.telegram.chats]
 
 
+async def destination_profile(
+    settings: Settings, chat: ChatStore, platform: str, where: str
+) -> Profile:
+    """Which research profile a destination (a Slack channel, a Telegram chat or forum topic)
+    uses. The one place that answers it: ratings, scoring examples and `digestbot eval` all
+    ask here. Until per-destination bindings exist, every destination uses the default."""
+    del chat, platform, where  # the bindings will be read from chat state here
+    return settings.profile
+
+
+async def profile_ratings(settings: Settings, chat: ChatStore, profile: Profile) -> list[Rating]:
+    """A profile's rated papers, most recent first, as the core takes them (plain values).
+    Read a little beyond the examples a scoring call shows, because the papers being scored
+    are left out of their own examples."""
+    cfg = settings.digest
+    return await chat.profile_ratings(profile.name, limit=cfg.rating_examples + cfg.top_n)
+
+
+async def for_destination(
+    pipeline: Pipeline, chat: ChatStore, dest: Destination, digest: Digest
+) -> Digest:
+    """The digest as one destination gets it: papers deep-dived there within `seen_days`
+    (not counting this day's own thread, so a re-run is the same digest) are marked with the
+    date and a link to their thread, and the next papers take their places."""
+    days = pipeline.settings.digest.seen_days
+    if not days or dest.channel.platform in LOCAL_PLATFORMS or not digest.entries:
+        return digest
+    since = datetime.now(UTC) - timedelta(days=days)
+    seen = await chat.deep_dived(
+        dest.channel.platform, dest.chat, since, other_than=f"digest:{digest.date}"
+    )
+    ids = {e.paper.arxiv_id for e in digest.entries}
+    marks: dict[str, SeenMark] = {}
+    for arxiv_id, record in seen.items():
+        if arxiv_id in ids:
+            link = None
+            permalink = getattr(dest.channel, "permalink", None)
+            if permalink is not None and record.thread_ref:
+                link = await permalink(dest.chat, record.thread_ref)
+            marks[arxiv_id] = SeenMark(record.date, link)
+    return await pipeline.skip_seen(digest, marks)
+
+
 async def started_digest(chat: ChatStore, day: str) -> Digest | None:
     """The digest a run already began posting, so a re-run or a catch-up finishes that one:
     rebuilt from HF's list (which grows during the day) it could pick other papers, and post
@@ -124,7 +168,11 @@ async def deliver_digest(
     for dest in destinations:
         # An explicit run is the operator's retry: destinations that failed permanently before
         # (the bot was not in the channel yet) are tried again.
-        results.append(await deliver(chat, dest, digest, pipeline.settings, retry_permanent=True))
+        results.append(
+            await deliver(
+                chat, dest, digest, pipeline.settings, pipeline=pipeline, retry_permanent=True
+            )
+        )
     await _close_channels(destinations)
     failed = [r for r in results if not r.ok]
     for r in failed:
@@ -146,9 +194,14 @@ async def deliver(
     digest: Digest,
     settings: Settings,
     *,
+    pipeline: Pipeline | None = None,
     retry_permanent: bool = False,
 ) -> Delivered:
+    """Deliver a digest to one destination through the ledger. With `pipeline`, papers
+    deep-dived there recently are not deep-dived again (`for_destination`)."""
     channel = dest.channel
+    if pipeline is not None:
+        digest = await for_destination(pipeline, store, dest, digest)
     if (
         digest.empty
         and not settings.digest.empty_day_notice

@@ -133,6 +133,14 @@ class InteractiveSettings(Section):
     allowed_slack_teams: tuple[str, ...] = ()  # empty: every workspace the app is installed in
     allowed_telegram_chats: tuple[str, ...] = ()  # empty: every chat
     thread_memory_turns: int = Field(6, ge=0, le=100)
+    # one person's request, all its LLM attempts and waits together; then the labelled
+    # fallback or the failure line
+    request_deadline_seconds: float = Field(90.0, gt=0, le=3600)
+    # a short "still working" line when a request takes longer than this; 0: never
+    still_working_after_seconds: float = Field(20.0, ge=0, le=3600)
+    # at start-up, requests cut off by a crash are finished if accepted within this many
+    # minutes; older ones get a line saying they failed and how to ask again
+    resume_within_minutes: float = Field(30.0, ge=0, le=10080)
 
     @field_validator("allowed_telegram_chats", mode="before")
     @classmethod

@@ -1,5 +1,8 @@
 """Bolt listeners: turn Slack payloads into `assistant.Request`s, nothing more.
 
+A 👍/👎 press on a deep dive (`block_actions`) is acknowledged at once, counted once per
+person, and the pressed message then shows the counts (chat.update).
+
 `/analyze` is acknowledged at once (the work runs after `ack()`, never inside it) with the
 flow's opening line; the analysis then goes into a thread of its own, and the result line is
 shown only to the requester (ephemeral, or the slash command's response_url). Any message in
@@ -14,16 +17,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from bot.assistant import ANALYZE, RESTARTING, Assistant, Request
+from bot.assistant import ANALYZE, RESTARTING, UNRECORDED, Assistant, Request
 from bot.channels.base import DeliveryError
 from bot.channels.slack import SlackChannel
-from digest_core.render.slack import escape
+from digest_core.render.slack import RATE_DOWN, RATE_UP, escape
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +72,22 @@ def build_slack_app(
         # the acknowledgement itself; the work runs after it, never inside it.
         req = _slash_request(body)
         opening = await assistant.opening(req)
+        key = f"slack-cmd:{req.message}"
+        response_url = body.get("response_url")
+        if opening.proceed:
+            # Recorded before the acknowledgement, so a crash after it leaves work to finish.
+            try:
+                fresh = await assistant.journal.admit(key, req, {"response_url": response_url})
+            except Exception:
+                log.exception("slack %s: request not recorded", req.chat)
+                await ack(escape(UNRECORDED))
+                return
+            if not fresh:
+                await ack()
+                return
         await ack(escape(opening.line))
         if opening.proceed:
-            spawn(_analyze(channel, assistant, req, body.get("response_url")))
+            spawn(assistant.journal.run(key, _analyze(channel, assistant, req, response_url)))
 
     @app.event("message")
     async def on_message(event: dict[str, Any], body: dict[str, Any]) -> None:
@@ -85,10 +102,6 @@ def build_slack_app(
         text = _MENTION.sub("", event.get("text") or "").strip()
         if not text or isinstance(assistant.parse(text), str):
             return
-        if not await assistant.chat.first_sight(
-            f"slack-msg:{event.get('channel')}:{event.get('ts')}"
-        ):
-            return
         req = Request(
             "slack",
             event["channel"],
@@ -99,9 +112,76 @@ def build_slack_app(
             team=body.get("team_id"),
             private=True,
         )
-        spawn(_analyze(channel, assistant, req, None))
+        key = f"slack-msg:{req.chat}:{req.message}"
+        try:
+            if not await assistant.journal.admit(key, req):
+                return
+        except Exception:
+            log.exception("slack %s: request not recorded", req.chat)
+            await _ephemeral(channel, req.chat, req.user, escape(UNRECORDED))
+            return
+        spawn(assistant.journal.run(key, _analyze(channel, assistant, req, None)))
+
+    @app.action(re.compile(f"^({RATE_UP}|{RATE_DOWN})$"))
+    async def on_rate(ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        # A 👍/👎 press (block_actions, HTTP or Socket Mode): acknowledged first, counted after.
+        await ack()
+        spawn(_rate(channel, assistant, body, action))
 
     return app
+
+
+def slack_resumers(channel: SlackChannel, assistant: Assistant) -> tuple[Any, Any]:
+    """How `serve` finishes, or reports, a Slack request cut off by a crash (bot.journal)."""
+
+    async def resume(req: Request, extra: dict[str, Any]) -> None:
+        if req.private:
+            await _analyze(channel, assistant, req, extra.get("response_url"))
+        else:
+            await assistant.handle(channel, req)
+
+    async def tell(req: Request, extra: dict[str, Any], line: str) -> None:
+        if req.private:
+            await _ephemeral(channel, req.chat, req.user, escape(line), extra.get("response_url"))
+        else:
+            await assistant.tell(channel, req, line)
+
+    return resume, tell
+
+
+async def _rate(
+    channel: SlackChannel, assistant: Assistant, body: dict[str, Any], action: dict[str, Any]
+) -> None:
+    """Count one press and show the new counts on the pressed message. The press is named by
+    its message, person and `action_ts`, so a redelivered envelope counts once."""
+    message = body.get("message") or {}
+    container = body.get("container") or {}
+    chat = (body.get("channel") or {}).get("id") or container.get("channel_id")
+    ts = message.get("ts") or container.get("message_ts")
+    user = (body.get("user") or {}).get("id")
+    arxiv_id = str(action.get("value") or "")
+    if not chat or not ts or not user or not arxiv_id:
+        log.warning("slack: a rating press without channel, message, user or paper was ignored")
+        return
+    vote = await assistant.press(
+        "slack",
+        chat,
+        user,
+        arxiv_id,
+        action.get("action_id") == RATE_UP,
+        event_key=f"slack-press:{chat}:{ts}:{user}:{action.get('action_ts')}",
+        team=(body.get("team") or {}).get("id"),
+    )
+    blocks = message.get("blocks")
+    if vote is None or not isinstance(blocks, list):
+        return
+
+    async def update(up: int, down: int) -> None:
+        await channel.set_rating_counts(
+            chat, ts, str(message.get("text") or ""), blocks, arxiv_id, up, down
+        )
+
+    await assistant.show_counts("slack", chat, ts, arxiv_id, update)
 
 
 def _slash_request(body: dict[str, Any]) -> Request:
@@ -110,7 +190,7 @@ def _slash_request(body: dict[str, Any]) -> Request:
         body.get("channel_id") or "",
         body.get("user_id") or "?",
         (body.get("text") or "").strip(),
-        message=str(body.get("trigger_id") or ""),
+        message=str(body.get("trigger_id") or uuid.uuid4().hex),
         command=ANALYZE,
         team=body.get("team_id"),
         private=True,  # Slack gives a slash command a line only the requester sees
@@ -124,8 +204,12 @@ async def _analyze(
     response_url: str | None,
 ) -> None:
     """Run the analysis; its lines go to the requester alone, with a link to the thread."""
+
+    async def tell(line: str) -> None:
+        await _ephemeral(channel, req.chat, req.user, escape(line), response_url)
+
     try:
-        done = await assistant.handle(channel, req, opened=True)
+        done = await assistant.handle(channel, req, opened=True, tell=tell)
     except asyncio.CancelledError:  # shutdown ran out of time: say so, then stop
         await asyncio.wait_for(
             _ephemeral(channel, req.chat, req.user, escape(RESTARTING), response_url), 5
@@ -160,9 +244,6 @@ async def _question(
     thread = await assistant.thread_of("slack", chat, thread_ts)
     if thread is None:
         return  # a thread the bot did not start
-    # One answer per user message, whatever Slack redelivers and whichever event names it.
-    if not await assistant.chat.first_sight(f"slack-msg:{chat}:{ts}"):
-        return
     req = Request(
         "slack",
         chat,
@@ -173,7 +254,16 @@ async def _question(
         thread=thread,
         team=body.get("team_id"),
     )
-    spawn(assistant.handle(channel, req))
+    # One answer per user message, whatever Slack redelivers and whichever event names it.
+    key = f"slack-msg:{chat}:{ts}"
+    try:
+        if not await assistant.journal.admit(key, req):
+            return
+    except Exception:
+        log.exception("slack %s: question not recorded", chat)
+        await assistant.say_directly(channel, req, UNRECORDED)
+        return
+    spawn(assistant.journal.run(key, assistant.handle(channel, req)))
 
 
 async def _ephemeral(

@@ -6,7 +6,9 @@ message and the deep dive as replies to it. A reply to one of the bot's messages
 about that thread's paper; in a forum topic the bot posts its digest to, any message in the
 topic is one. Every reply goes to the person's message, through the ledger. Every update is
 handled once (Telegram redelivers by `update_id`); edits and other bots are ignored. Handlers
-never block: slow work runs as a tracked task.
+never block: slow work runs as a tracked task. A 👍/👎 press under a deep dive arrives as a
+`callback_query`: counted once per press, answered at once (answerCallbackQuery), and the
+message's buttons then show the counts (editMessageReplyMarkup).
 """
 
 from __future__ import annotations
@@ -16,15 +18,36 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from telegram import Message, Update
-from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
+from telegram.error import TelegramError
+from telegram.ext import (
+    Application,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
 
-from bot.assistant import ANALYZE, Assistant, Request
+from bot.assistant import ANALYZE, UNRECORDED, Assistant, Request, vote_line
 from bot.channels.telegram import TelegramChannel
 from bot.chatstore import ThreadRecord
+from digest_core.render.telegram import RATE_PREFIX, parse_rating_data
 
 log = logging.getLogger(__name__)
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], Any]
+
+
+def telegram_resumers(channel: TelegramChannel, assistant: Assistant) -> tuple[Any, Any]:
+    """How `serve` finishes, or reports, a Telegram request cut off by a crash (bot.journal)."""
+
+    async def resume(req: Request, extra: dict[str, Any]) -> None:
+        await assistant.handle(channel, req)
+
+    async def tell(req: Request, extra: dict[str, Any], line: str) -> None:
+        await assistant.tell(channel, req, line)
+
+    return resume, tell
 
 
 def chat_key(message: Message) -> str:
@@ -41,12 +64,19 @@ def install_handlers(
     spawn: Spawn,
     digest_chats: tuple[str, ...],
 ) -> None:
+    # A request is recorded in the journal before its work is acknowledged ("Analysing…");
+    # if that fails (the database is full or read-only) the handler raises and `on_error`
+    # tells the person, so nobody is left without a reply.
+    async def admitted(update: Update, req: Request) -> None:
+        key = f"tg-update:{update.update_id}"
+        if await assistant.journal.admit(key, req):
+            spawn(assistant.journal.run(key, assistant.handle(channel, req)))
+
     async def on_analyze(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
-        if message is None or not await assistant.chat.first_sight(f"tg-update:{update.update_id}"):
+        if message is None:
             return
-        req = _request(message, " ".join(context.args or []), command=ANALYZE)
-        spawn(assistant.handle(channel, req))
+        await admitted(update, _request(message, " ".join(context.args or []), command=ANALYZE))
 
     async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.message  # not edited_message: edits are ignored
@@ -54,8 +84,6 @@ def install_handlers(
             return
         thread = await _thread_for(message, assistant, context.bot.id, digest_chats)
         if thread is None:
-            return
-        if not await assistant.chat.first_sight(f"tg-update:{update.update_id}"):
             return
         replied = message.reply_to_message
         req = _request(
@@ -68,11 +96,59 @@ def install_handlers(
                 else None
             ),
         )
-        spawn(assistant.handle(channel, req))
+        await admitted(update, req)
+
+    async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A handler failed before the request was recorded (PTB calls this instead of
+        logging "No error handlers are registered"): tell the person who asked, directly."""
+        log.error("telegram: a handler failed", exc_info=context.error)
+        message = update.effective_message if isinstance(update, Update) else None
+        if message is None or message.from_user is None or message.from_user.is_bot:
+            return
+        if not _addressed_to_bot(message, context.bot.id):
+            return  # a message in a group the bot would not have answered anyway
+        req = _request(message, "")
+        await assistant.say_directly(channel, req, UNRECORDED)
+
+    app.add_error_handler(on_error)
+
+    async def on_rate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        # A 👍/👎 press (callback_query): counted once per press (Telegram redelivers an update
+        # by its id; the query id names the press), answered at once, then the counts shown.
+        query = update.callback_query
+        if query is None:
+            return
+        parsed = parse_rating_data(query.data or "")
+        message = query.message
+        vote = None
+        if parsed is not None and message is not None and isinstance(message, Message):
+            arxiv_id, liked = parsed
+            chat = chat_key(message)
+            vote = await assistant.press(
+                "telegram",
+                chat,
+                str(query.from_user.id),
+                arxiv_id,
+                liked,
+                event_key=f"tg-callback:{query.id}",
+            )
+        try:
+            await query.answer(vote_line(vote) if vote is not None else None)
+        except TelegramError as exc:  # a redelivered press whose query was already answered
+            log.info("telegram: callback query not answered: %s", exc)
+        if vote is not None and parsed is not None and isinstance(message, Message):
+            arxiv_id = parsed[0]
+            chat, ref = chat_key(message), str(message.message_id)
+
+            async def show(up: int, down: int) -> None:
+                await channel.set_rating_counts(chat, ref, arxiv_id, up, down)
+
+            spawn(assistant.show_counts("telegram", chat, ref, arxiv_id, show))
 
     app.add_handler(
         CommandHandler("analyze", on_analyze, filters=filters.UpdateType.MESSAGE, block=False)
     )
+    app.add_handler(CallbackQueryHandler(on_rate, pattern=f"^{RATE_PREFIX}:", block=False))
     app.add_handler(
         MessageHandler(
             filters.UpdateType.MESSAGE & filters.TEXT & ~filters.COMMAND, on_text, block=False
@@ -100,6 +176,16 @@ def _request(
         thread=thread,
         replied_to=replied_to,
     )
+
+
+def _addressed_to_bot(message: Message, bot_id: int) -> bool:
+    """A command, or a reply to one of the bot's messages, or anything in a forum topic."""
+    target = message.reply_to_message
+    if (message.text or "").startswith("/analyze"):
+        return True
+    if target is not None and target.from_user is not None and target.from_user.id == bot_id:
+        return True
+    return bool(message.is_topic_message)
 
 
 async def _thread_for(

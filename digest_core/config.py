@@ -107,6 +107,13 @@ class DigestSettings(Section):
     wait_until: Hhmm = "20:00"  # local cut-off for waiting on HF's list to fill
     poll_minutes: float = Field(20.0, ge=1, le=240)
     empty_day_notice: bool = False
+    # A paper deep-dived in a destination within this many days is not deep-dived there
+    # again; the next paper takes its place (0: no such check).
+    seen_days: int = Field(30, ge=0, le=365)
+    # Rated papers (👍/👎) shown to the profile's scoring call as examples: the most recent,
+    # at most this many, and at most about this many tokens of titles.
+    rating_examples: int = Field(20, ge=0, le=200)
+    rating_example_tokens: int = Field(800, ge=0, le=20000)
 
     @field_validator("timezone")
     @classmethod

@@ -5,7 +5,9 @@ backoffs). Retries follow the one policy (digest_core.retry) and are the only la
 openai package's own retries are off, because its rules would wait out any 429 (even
 insufficient_quota, or a Retry-After of an hour) and hide the attempts we count and record. Structured output walks a ladder (json_schema → json_object → schema in the prompt)
 and remembers the rung an endpoint accepts. Whatever the server promises, the JSON is parsed
-and validated here. Errors carry a short reason safe to show in a chat message: never the key,
+and validated here. A plain completion can be streamed (`text(on_delta=…)`): the text reaches
+the caller as the model writes it, and the call still ends in one `LLMResult`; once text was
+shown, a failure is final (a retry would show a second, different beginning). Errors carry a short reason safe to show in a chat message: never the key,
 never a response body (OpenAI's 401 message echoes a masked key).
 
 This is the only module in the project that imports openai.
@@ -22,12 +24,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import openai
 
 from digest_core.config import LLMSettings
-from digest_core.retry import RetryPolicy, retry_after
+from digest_core.retry import RetryPolicy, retry_after, time_left
 
 log = logging.getLogger(__name__)
 
@@ -252,9 +255,14 @@ class LLMClient:
         purpose: str,
         prompt_version: str,
         max_tokens: int,
+        on_delta: Callable[[str], Awaitable[None]] | None = None,
     ) -> LLMResult:
         """A plain completion. `messages` are earlier turns (user/assistant) after the system
-        prompt; `user` is appended last. A reply cut at `max_tokens` is returned as it is."""
+        prompt; `user` is appended last. A reply cut at `max_tokens` is returned as it is.
+
+        With `on_delta` the completion is streamed and `on_delta` is awaited with each new
+        piece of visible text (reasoning in `<think>` is held back); the result is the same
+        as without it."""
         turns = [{"role": "system", "content": system}, *(messages or [])]
         if user is not None:
             turns.append({"role": "user", "content": user})
@@ -262,7 +270,12 @@ class LLMClient:
             raise ValueError("text() needs a user message or earlier turns")
 
         def request(note: str | None) -> dict[str, Any]:
-            return {"messages": turns, self._token_param: max_tokens}
+            params: dict[str, Any] = {"messages": turns, self._token_param: max_tokens}
+            if on_delta is not None:
+                # include_usage: the last chunk (choices: []) carries the token counts.
+                params["stream"] = True
+                params["stream_options"] = {"include_usage": True}
+            return params
 
         def parse(completion: Any) -> tuple[object, str]:
             return None, _text_content(completion)
@@ -274,6 +287,7 @@ class LLMClient:
             request=request,
             parse=parse,
             on_downgrade=lambda: False,
+            on_delta=on_delta,
         )
         return result
 
@@ -293,21 +307,25 @@ class LLMClient:
         request: Callable[[str | None], dict[str, Any]],
         parse: Callable[[Any], tuple[object, str]],
         on_downgrade: Callable[[], bool],
+        on_delta: Callable[[str], Awaitable[None]] | None = None,
     ) -> tuple[Any, LLMResult]:
         tally = _Tally(time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds"))
         validation_retried = False
         note: str | None = None
+        shown = _Shown(on_delta)
 
         async def attempt(_: int) -> tuple[Any, object, str]:
             nonlocal validation_retried, note
             while True:
                 tally.attempts += 1
                 try:
-                    completion = await self._attempt(request(note))
+                    completion = await self._attempt(request(note), shown)
                     tally.add_usage(completion)
                     data, content = parse(completion)
                     return completion, data, content
                 except _Failure as failure:
+                    if shown.any:
+                        failure.retry = False  # the person already reads this attempt's text
                     if self._adapted(failure, on_downgrade):
                         continue  # a different request, not a repeat: no retry budget spent
                     if failure.validation:
@@ -317,8 +335,12 @@ class LLMClient:
                     note = failure.note or note
                     raise
 
+        # A person's request bounds every attempt and wait by what is left of its deadline.
+        left = time_left()
         try:
-            completion, data, content = await self.policy.run(
+            if left is not None and left <= 0:
+                raise _Failure("timeout", "LLM not asked: the request's time ran out", retry=False)
+            completion, data, content = await self.policy.within(left).run(
                 attempt, what=f"LLM {purpose}", retryable=_retryable, sleep=self._sleep
             )
         except _Failure as failure:
@@ -348,12 +370,20 @@ class LLMClient:
             return True
         return False
 
-    async def _attempt(self, params: dict[str, Any]) -> Any:
-        """One HTTP request under the concurrency cap and a total deadline."""
+    async def _attempt(self, params: dict[str, Any], shown: _Shown | None = None) -> Any:
+        """One HTTP request under the concurrency cap and a total deadline (a streamed one:
+        the whole stream within it)."""
         client = self._openai()
         timeout = self.settings.timeout_seconds
+        left = time_left()
+        if left is not None:
+            timeout = max(0.001, min(timeout, left))
         async with self._semaphore:
             try:
+                if params.get("stream"):
+                    return await asyncio.wait_for(
+                        self._streamed(client, params, shown or _Shown(None)), timeout
+                    )
                 return await asyncio.wait_for(
                     client.chat.completions.create(model=self.settings.model, **params),
                     timeout,
@@ -373,6 +403,44 @@ class LLMClient:
                 raise _Failure(
                     "server", "LLM returned an unreadable response", retry=True
                 ) from None
+
+    async def _streamed(
+        self, client: openai.AsyncOpenAI, params: dict[str, Any], shown: _Shown
+    ) -> SimpleNamespace:
+        """Read a streamed completion, passing visible text on as it comes; returns an object
+        shaped like a completion (choices[0].message, finish_reason, usage, model), so the
+        same reading and accounting apply as to an unstreamed call."""
+        stream = await client.chat.completions.create(model=self.settings.model, **params)
+        content: list[str] = []
+        refusal: list[str] = []
+        finish_reason: str | None = None
+        usage: Any = None
+        model = ""
+        got_choice = False
+        async for chunk in stream:
+            model = getattr(chunk, "model", None) or model
+            if getattr(chunk, "usage", None) is not None:
+                usage = chunk.usage
+            # The usage-only last chunk has no choices: nothing to read but the counts.
+            if not chunk.choices:
+                continue
+            got_choice = True
+            choice = chunk.choices[0]
+            delta = choice.delta
+            if delta is not None and getattr(delta, "refusal", None):
+                refusal.append(delta.refusal)
+            if delta is not None and delta.content:
+                content.append(delta.content)
+                await shown.update("".join(content))
+            if choice.finish_reason:
+                finish_reason = choice.finish_reason
+        message = SimpleNamespace(
+            content="".join(content), refusal="".join(refusal) or None, role="assistant"
+        )
+        choices = [SimpleNamespace(message=message, finish_reason=finish_reason)]
+        return SimpleNamespace(
+            choices=choices if got_choice else [], usage=usage, model=model or None
+        )
 
     def _status_failure(self, exc: openai.APIStatusError) -> _Failure:
         """Map an HTTP error to a decision. Reads the body's code/param, never quotes it."""
@@ -512,6 +580,46 @@ class LLMClient:
 
 
 # -- reading a completion ------------------------------------------------------------------------
+
+
+class _Shown:
+    """Passes the visible part of a growing streamed text to `on_delta`, piece by piece.
+
+    A reasoning model's `<think>…</think>` preamble is held back (the finished answer drops it
+    too); a callback that fails is logged once and not called again: showing the text early
+    is a courtesy, the answer itself still comes back."""
+
+    def __init__(self, on_delta: Callable[[str], Awaitable[None]] | None) -> None:
+        self.on_delta = on_delta
+        self.sent = 0  # characters of the visible text passed on so far
+        self.any = False
+
+    async def update(self, raw: str) -> None:
+        if self.on_delta is None:
+            return
+        visible = _visible_while_streaming(raw)
+        if len(visible) <= self.sent:
+            return
+        piece, self.sent = visible[self.sent :], len(visible)
+        self.any = True
+        try:
+            await self.on_delta(piece)
+        except Exception as exc:
+            log.warning("showing a streamed answer failed: %s", type(exc).__name__)
+            self.on_delta = None
+
+
+def _visible_while_streaming(raw: str) -> str:
+    """The part of a partial reply a person may see: none of a `<think>` preamble, and no
+    leading whitespace."""
+    text = raw.lstrip()
+    lowered = text.lower()
+    if len(text) < len("<think>") and "<think>".startswith(lowered):
+        return ""  # could still become "<think>"
+    if lowered.startswith("<think>"):
+        end = lowered.find("</think>")
+        return "" if end < 0 else text[end + len("</think>") :].lstrip()
+    return text
 
 
 def _message(completion: Any) -> tuple[Any, str | None]:

@@ -127,10 +127,29 @@ class DeepDive:
 
 
 @dataclass(frozen=True)
+class Rating:
+    """A person's verdict on a paper for one profile, as plain values the core can use as a
+    scoring example: the bot reads them from chat state and hands them over."""
+
+    arxiv_id: str
+    title: str
+    liked: bool
+
+
+@dataclass(frozen=True)
+class SeenMark:
+    """A paper already deep-dived in this destination: when, and a link to that thread."""
+
+    date: str  # YYYY-MM-DD
+    link: str | None = None
+
+
+@dataclass(frozen=True)
 class DigestEntry:
     paper: Paper
     score: Score
     deep_dive: DeepDive | None = None
+    seen: SeenMark | None = None  # deep-dived here before: listed, not deep-dived again
 
     @property
     def picked(self) -> bool:
@@ -159,8 +178,9 @@ class Digest:
 
     @property
     def quiet(self) -> bool:
-        """No paper reached the threshold: nothing is deep-dived."""
-        return bool(self.entries) and not self.picked
+        """No paper reached the threshold: nothing is deep-dived (a day whose only papers
+        were deep-dived here before is not quiet: the table of contents links them)."""
+        return bool(self.entries) and not self.picked and not any(e.seen for e in self.entries)
 
     @property
     def empty(self) -> bool:

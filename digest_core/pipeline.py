@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import httpx
 from sqlite_utils import Migrations
@@ -18,20 +19,40 @@ from sqlite_utils import Migrations
 from digest_core.analysis import Analyst, analysis_cache_key
 from digest_core.arxiv_id import ArxivId, parse_arxiv_id
 from digest_core.config import Settings
+from digest_core.fallback import extractive_deep_dive
 from digest_core.llm import LLMClient
-from digest_core.models import SOURCE_ABSTRACT, Answer, DeepDive, Digest, DigestEntry, Paper, Score
+from digest_core.models import (
+    SOURCE_ABSTRACT,
+    Answer,
+    DeepDive,
+    Digest,
+    DigestEntry,
+    Paper,
+    Rating,
+    Score,
+    SeenMark,
+)
 from digest_core.qa import Answerer
 from digest_core.render.markdown import render_report
+from digest_core.retry import time_left
 from digest_core.scoring import Scorer
 from digest_core.sources import SourceError, make_http_client
 from digest_core.sources.arxiv import ArxivClient
 from digest_core.sources.fulltext import FULLTEXT_CACHE_VERSION, FullText, fetch_fulltext
 from digest_core.sources.hf import fetch_daily_papers, fetch_hf_paper
-from digest_core.store import Store
+from digest_core.store import Store, process_owner
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
+
+# A deep dive is claimed in the database while it is written, so two processes on one file
+# pay for it once. The writer renews its claim every CLAIM_LEASE_SECONDS / 3; a claim not
+# renewed for CLAIM_LEASE_SECONDS (or whose process is gone) is taken over by a waiter.
+CLAIM_LEASE_SECONDS = 30.0
+CLAIM_POLL_SECONDS = 0.25
+# How long a caller with no deadline of its own (the daily job) waits for another writer.
+CLAIM_MAX_WAIT_SECONDS = 900.0
 
 
 class PaperNotFound(LookupError):
@@ -76,6 +97,8 @@ class Pipeline:
             settings.digest.language,
             settings.llm.score_batch_size,
             no_llm_reason=why,
+            example_limit=settings.digest.rating_examples,
+            example_tokens=settings.digest.rating_example_tokens,
         )
         self.analyst = Analyst(
             settings.profile, self.llm, self.model, settings.llm.fulltext_token_budget, why
@@ -89,6 +112,9 @@ class Pipeline:
             terms_cache=store,
         )
         self._inflight: dict[str, asyncio.Future[DeepDive]] = {}
+        # This pipeline's name on analysis claims (two pipelines in one process are two owners).
+        self.owner = process_owner(f"{id(self):x}")
+        self.claim_lease = CLAIM_LEASE_SECONDS
 
     @classmethod
     async def open(
@@ -112,9 +138,14 @@ class Pipeline:
     # -- the daily digest ------------------------------------------------------------------------
 
     async def build_digest(
-        self, date: str, progress: Progress = _no_progress, papers: Sequence[Paper] | None = None
+        self,
+        date: str,
+        progress: Progress = _no_progress,
+        papers: Sequence[Paper] | None = None,
+        ratings: Sequence[Rating] = (),
     ) -> Digest:
-        """Fetch the day's list (unless given), score the top N, deep-dive the best K."""
+        """Fetch the day's list (unless given), score the top N, deep-dive the best K.
+        `ratings`: the profile's rated papers, most recent first (scoring examples)."""
         cfg = self.settings.digest
         if papers is None:
             progress("fetch", 0, 1)
@@ -135,7 +166,7 @@ class Pipeline:
         versions = asyncio.create_task(self._versions(top))
         try:
             progress("score", 0, len(top))
-            scoring = await self.scorer.score(top)
+            scoring = await self.scorer.score(top, ratings)
             progress("score", len(top), len(top))
         except BaseException:
             versions.cancel()
@@ -188,6 +219,32 @@ class Pipeline:
         await self.store.save_digest(digest)
         return digest
 
+    async def skip_seen(self, digest: Digest, seen: Mapping[str, SeenMark]) -> Digest:
+        """The digest as one destination gets it: a paper deep-dived there before (`seen`, by
+        arXiv ID) is listed with its mark and not deep-dived again; the next paper at or above
+        the threshold takes its place (its deep dive is cached or written now)."""
+        if not seen or not any(e.paper.arxiv_id in seen for e in digest.entries):
+            return digest
+        # The order build_digest picked in.
+        ranked = sorted(digest.entries, key=lambda e: (-e.score.score, -e.paper.upvotes))
+        want = len(digest.picked)
+        chosen = [
+            e for e in ranked if e.paper.arxiv_id not in seen and e.score.score >= digest.threshold
+        ][:want]
+        chosen_ids = {e.paper.arxiv_id for e in chosen}
+
+        async def dive(entry: DigestEntry) -> DeepDive:
+            return entry.deep_dive or await self.deep_dive(entry.paper)
+
+        dives = await asyncio.gather(*(dive(e) for e in chosen))
+        picked = [replace(e, deep_dive=d, seen=None) for e, d in zip(chosen, dives, strict=True)]
+        others = [
+            replace(e, deep_dive=None, seen=seen.get(e.paper.arxiv_id))
+            for e in ranked
+            if e.paper.arxiv_id not in chosen_ids
+        ]
+        return replace(digest, entries=tuple(picked + others))
+
     async def _versions(self, papers: Sequence[Paper]) -> dict[str, int]:
         """The latest arXiv version of each paper (HF lists none), so a new version gets a new
         analysis. One batched request; on failure the papers go on without versions."""
@@ -216,9 +273,10 @@ class Pipeline:
         future: asyncio.Future[DeepDive] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            text = await self.fulltext(paper)
-            dive = await self.analyst.write(paper, text, language)
-            await self.store.save_analysis(key, dive, paper.version)
+            if self.llm is None:
+                dive = await self._write(key, paper, language)
+            else:
+                dive = await self._claimed(key, paper, language)
             future.set_result(dive)
             return dive
         except BaseException as exc:
@@ -227,6 +285,66 @@ class Pipeline:
             raise
         finally:
             del self._inflight[key]
+
+    async def _write(self, key: str, paper: Paper, language: str) -> DeepDive:
+        text = await self.fulltext(paper)
+        dive = await self.analyst.write(paper, text, language)
+        await self.store.save_analysis(key, dive, paper.version)
+        return dive
+
+    async def _claimed(self, key: str, paper: Paper, language: str) -> DeepDive:
+        """Write the deep dive under a claim in the database, or wait for the process that
+        holds the claim: its stored analysis is the answer. A claim whose owner died is taken
+        over; when the holder failed while we waited, or our own deadline (a person's
+        request) runs out first, the labelled extractive analysis is the answer, with no call."""
+        since = datetime.now(UTC).isoformat(timespec="milliseconds")
+        left = time_left()
+        give_up = asyncio.get_running_loop().time() + (
+            CLAIM_MAX_WAIT_SECONDS if left is None else max(0.0, left)
+        )
+        waited = False
+        while True:
+            if await self.store.claim_analysis(key, self.owner, self.claim_lease):
+                if waited:
+                    log.info("deep dive %s: the other writer is gone; writing it here", key)
+                return await self._write_claimed(key, paper, language)
+            if not waited:
+                log.info("deep dive %s: another process is writing it; waiting", key)
+                waited = True
+            await asyncio.sleep(CLAIM_POLL_SECONDS)
+            cached = await self.store.get_analysis(key)
+            if cached is not None:
+                return cached
+            state = await self.store.claim_state(key)
+            if state is not None and state[0] == "failed" and (state[1] or "") >= since:
+                reason = "the model did not answer for another request just now"
+                return extractive_deep_dive(paper, self.settings.profile, language, reason)
+            if asyncio.get_running_loop().time() >= give_up:
+                reason = "the model is still busy with this paper"
+                return extractive_deep_dive(paper, self.settings.profile, language, reason)
+
+    async def _write_claimed(self, key: str, paper: Paper, language: str) -> DeepDive:
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.claim_lease / 3)
+                try:
+                    await self.store.renew_claim(key, self.owner)
+                except Exception:  # a waiter may take over: worse, but nobody is left waiting
+                    log.warning("deep dive %s: claim not renewed", key, exc_info=True)
+
+        renewing = asyncio.create_task(renew())
+        status = "failed"
+        try:
+            dive = await self._write(key, paper, language)
+            status = "done" if dive.llm_used else "failed"
+            return dive
+        finally:
+            renewing.cancel()
+            # Released even on cancellation, so a waiter takes over at once, not after a lease.
+            try:
+                await asyncio.shield(self.store.release_claim(key, self.owner, status))
+            except Exception:
+                log.warning("deep dive %s: claim not released", key, exc_info=True)
 
     async def fulltext(self, paper: Paper) -> FullText:
         if self.offline:
@@ -269,6 +387,11 @@ class Pipeline:
         await self.store.save_papers([paper])
         return paper
 
+    async def rescore(self, papers: Sequence[Paper]) -> dict[str, Score]:
+        """Scores of `papers` with the current prompt and model and no rated examples (the
+        regression check of `digestbot eval`: a paper's own rating must not answer for it)."""
+        return (await self.scorer.score(papers)).scores
+
     async def score_one(self, paper: Paper) -> Score:
         result = await self.scorer.score([paper])
         return result.scores[paper.arxiv_id]
@@ -295,15 +418,21 @@ class Pipeline:
     # -- questions -------------------------------------------------------------------------------
 
     async def answer(
-        self, id_or_url: str | ArxivId, question: str, history: Sequence[tuple[str, str]] = ()
+        self,
+        id_or_url: str | ArxivId,
+        question: str,
+        history: Sequence[tuple[str, str]] = (),
+        on_delta: Callable[[str], Awaitable[None]] | None = None,
     ) -> Answer:
+        """The answer to a question about a paper; `on_delta` sees the model's text as it is
+        written (see Answerer.answer)."""
         aid = id_or_url if isinstance(id_or_url, ArxivId) else parse_arxiv_id(id_or_url)
         paper = await self.store.get_paper(aid.base)
         if paper is None or (aid.version and paper.version != aid.version):
             paper = await self.resolve(aid)
         dive = await self.store.latest_analysis(paper.arxiv_id, self.settings.digest.language)
         text = await self.fulltext(paper)
-        return await self.answerer.answer(paper, dive, text, question, history)
+        return await self.answerer.answer(paper, dive, text, question, history, on_delta)
 
     # -- export ----------------------------------------------------------------------------------
 

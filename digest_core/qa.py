@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,6 +43,9 @@ from digest_core.models import SOURCE_ABSTRACT, Answer, DeepDive, Paper
 from digest_core.sources.fulltext import FullText, Passage, estimate_tokens
 
 log = logging.getLogger(__name__)
+# bm25s sets its own logger to DEBUG when imported, which would print "Building index from
+# tokens" on every question; its progress is no news to a user.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 MAX_QUESTION_CHARS = 2000
 EXTRACTIVE_PASSAGES = 3
@@ -76,10 +79,34 @@ def passage_label(passage: Passage) -> str:
     return passage.section or "Text"
 
 
-def _tokens(texts: list[str]) -> list[list[str]]:
+# Words of the question itself, not of its subject: "What are the main limitations?" is about
+# limitations, and "main" must not pull in every paragraph that says "main".
+_QUESTION_WORDS = frozenset(
+    """what which who whom whose why how when where does did done can could would should
+    main key major primary biggest important importance significant paper papers author
+    authors study work's propose proposed proposes describe described explain tell give list
+    mention mentioned discuss discussed summarize summarise overall please""".split()
+)
+# How much a passage whose heading (section, or paragraph title) carries the question's terms
+# gains over one that only mentions them: a "Limitations" paragraph answers "limitations".
+_HEADING_WEIGHT = 1.0
+_TITLE_LINE_CHARS = 80
+
+
+def _tokens(texts: list[str], stopwords: object = "en") -> list[list[str]]:
     return bm25s.tokenize(
-        texts, stopwords="en", stemmer=_STEMMER, return_ids=False, show_progress=False
+        texts, stopwords=stopwords, stemmer=_STEMMER, return_ids=False, show_progress=False
     )
+
+
+def _heading(passage: Passage) -> str:
+    """The section label and, when the passage opens with a short title line, that title."""
+    first, _, rest = passage.text.partition("\n")
+    title = first if rest and len(first) <= _TITLE_LINE_CHARS else ""
+    return f"{passage_label(passage)} {title}"
+
+
+_STEMMED_QUESTION_WORDS = frozenset(_STEMMER.stemWords(sorted(_QUESTION_WORDS)))
 
 
 class PassageIndex:
@@ -93,6 +120,7 @@ class PassageIndex:
             corpus = [f"{passage_label(p)}\n{p.text}" for p in self.passages]
             self._retriever = bm25s.BM25()
             self._retriever.index(_tokens(corpus), show_progress=False)
+            self._headings = [set(t) for t in _tokens([_heading(p) for p in self.passages])]
 
     def rank(self, query: str) -> list[Scored]:
         """Passages that share a term with `query`, best BM25 score first (ties in document
@@ -104,14 +132,20 @@ class PassageIndex:
         """
         if self._retriever is None:
             return []
-        query_tokens = _tokens([query])[0]
+        query_tokens = [
+            t for t in _tokens([query])[0] if t not in _STEMMED_QUESTION_WORDS
+        ] or _tokens([query])[0]
         if not query_tokens:
             return []
         scores = self._retriever.get_scores(query_tokens)
+        wanted = set(query_tokens)
         named = {f"{kind[:3].lower()} {num.lower()}" for kind, num in _REF.findall(query)}
         ranked: list[Scored] = []
         for i, passage in enumerate(self.passages):
             score = float(scores[i])
+            if score > 0:
+                in_heading = len(wanted & self._headings[i]) / len(wanted)
+                score *= 1.0 + _HEADING_WEIGHT * in_heading
             if named and _names(passage, named):
                 score += 1000.0  # an explicit reference beats any word overlap
             if score > 0:
@@ -253,13 +287,18 @@ class Answerer:
         text: FullText,
         question: str,
         history: Sequence[tuple[str, str]] = (),
+        on_delta: Callable[[str], Awaitable[None]] | None = None,
     ) -> Answer:
-        """`history` holds earlier (role, text) turns, oldest first, role "user"/"assistant"."""
+        """`history` holds earlier (role, text) turns, oldest first, role "user"/"assistant".
+
+        `on_delta`, when given, is awaited with the model's text as it is written (a preview:
+        the returned Answer, checked by the number guard, is what counts). An answer without
+        the model comes back at once and is not streamed."""
         question = question.strip()[:MAX_QUESTION_CHARS]
         passages = text.passages()
         if self.llm is None:
             best = rank_passages(passages, question)
-            return self._extractive(paper, best, text.source, self.no_llm_reason)
+            return self._extractive(paper, best, text.source, self.no_llm_reason, question)
         block, whole = self.paper_block(paper, dive, text)
         system = self.prompt.render(
             profile_name=self.profile.name, topics=", ".join(self.profile.topics)
@@ -281,12 +320,13 @@ class Answerer:
                 purpose="answer",
                 prompt_version=self.prompt.version,
                 max_tokens=1200,
+                on_delta=on_delta,
             )
         except LLMError as exc:
             log.warning("answer about %s fell back to passages: %s", paper.arxiv_id, exc)
             if whole:
                 ranked = rank_passages(passages, question)
-            return self._extractive(paper, ranked, text.source, str(exc))
+            return self._extractive(paper, ranked, text.source, str(exc), question)
         # The number guard: what the answer states must be in the context the model saw,
         # the passages of the thread's earlier questions included.
         retrieved = "\n\n".join(
@@ -337,7 +377,9 @@ class Answerer:
                 break
         return messages
 
-    def _extractive(self, paper: Paper, ranked: Sequence[Scored], source: str, why: str) -> Answer:
+    def _extractive(
+        self, paper: Paper, ranked: Sequence[Scored], source: str, why: str, question: str
+    ) -> Answer:
         note = (
             f"LLM unavailable ({why}): these are the passages of the paper that best match"
             " your question"
@@ -347,6 +389,14 @@ class Answerer:
             body = "\n\n".join(
                 f"**{passage_label(s.passage)}** ({source}):\n> {s.passage.text[:800]}"
                 for s in best
+            )
+        elif needs_search_terms(question):
+            # Without the model nothing turns the question into English search terms, and
+            # the paper's words are English: say so instead of "the paper does not say".
+            body = (
+                "Without the model, questions are matched word for word against the paper's"
+                " English text, and none of your question's words occur in it. Ask in English"
+                " (for example: which base models are used?) to see the passages that match."
             )
         else:
             body = "The paper text available here does not mention what you asked about."

@@ -28,7 +28,9 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -88,6 +90,34 @@ def retry_after(headers: Mapping[str, Any]) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+# The time (time.monotonic()) by which the current task's work must be over: a person's
+# request sets it once, and every call made for that request (LLM attempts and the waits
+# between them) shares what is left of it. None: each call is bounded by its own policy only.
+DEADLINE: ContextVar[float | None] = ContextVar("digestbot_deadline", default=None)
+
+
+@contextmanager
+def deadline_in(seconds: float | None) -> Iterator[None]:
+    """Give the work run inside this block (in this task and the tasks it starts) a total
+    deadline `seconds` from now; an earlier deadline already set stays."""
+    if seconds is None:
+        yield
+        return
+    at = time.monotonic() + seconds
+    current = DEADLINE.get()
+    token = DEADLINE.set(at if current is None else min(current, at))
+    try:
+        yield
+    finally:
+        DEADLINE.reset(token)
+
+
+def time_left() -> float | None:
+    """Seconds left before the current task's DEADLINE (may be <= 0), or None if none is set."""
+    at = DEADLINE.get()
+    return None if at is None else at - time.monotonic()
+
+
 def _is_try_again(exc: BaseException) -> bool:
     return isinstance(exc, TryAgain)
 
@@ -116,6 +146,13 @@ class RetryPolicy:
 
     def with_(self, **changes: Any) -> RetryPolicy:
         return replace(self, **changes)
+
+    def within(self, seconds: float | None) -> RetryPolicy:
+        """This policy with its total deadline cut to `seconds` when that is shorter (a
+        request's DEADLINE, see `time_left`)."""
+        if seconds is None or (self.deadline is not None and self.deadline <= seconds):
+            return self
+        return replace(self, deadline=max(0.0, seconds))
 
     def backoff(self, retry: int) -> float:
         """The jittered wait before retry number `retry` (1 for the first retry)."""

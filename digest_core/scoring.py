@@ -3,7 +3,11 @@
 One batched structured-output call scores every paper; the answer is validated item by item
 (scores out of range, duplicated, missing or unasked-for are not trusted). Papers left without
 a valid score get one more call, then the lexical fallback, so one bad paper never sinks the
-digest. LLM scores are cached per (paper, profile, prompt version, model).
+digest. LLM scores are cached per (paper, profile, prompt version, model, rated examples).
+
+Ratings (👍/👎 from chat) arrive as plain `Rating` values: the most recent ones, bounded in
+number and tokens, go into the user message as data (never into the system prompt), and
+their fingerprint into the cache key, so a new rating makes the next digest score afresh.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from digest_core import prompts
 from digest_core.config import Profile
 from digest_core.fallback import lexical_score
 from digest_core.llm import LLMClient, LLMError
-from digest_core.models import Paper, Score
+from digest_core.models import Paper, Rating, Score
+from digest_core.sources.fulltext import estimate_tokens
 from digest_core.store import Store
 
 log = logging.getLogger(__name__)
@@ -64,9 +69,49 @@ def profile_fingerprint(profile: Profile) -> str:
 
 
 def score_cache_key(
-    arxiv_id: str, profile: Profile, version: str, model: str, language: str
+    arxiv_id: str,
+    profile: Profile,
+    version: str,
+    model: str,
+    language: str,
+    examples: Sequence[Rating] = (),
 ) -> str:
-    return f"{arxiv_id}|{profile_fingerprint(profile)}|{version}|{model}|{language}"
+    key = f"{arxiv_id}|{profile_fingerprint(profile)}|{version}|{model}|{language}"
+    # Without examples the key is what it always was, so earlier cached scores stay valid.
+    return f"{key}|{examples_fingerprint(examples)}" if examples else key
+
+
+def select_examples(
+    ratings: Sequence[Rating], limit: int, token_budget: int, exclude: Sequence[str] = ()
+) -> tuple[Rating, ...]:
+    """The rated papers a scoring call sees: `ratings` come most recent first; keep at most
+    `limit` of them and about `token_budget` tokens of titles, one per paper, and none of
+    the papers being scored (`exclude`: its own verdict would answer the question)."""
+    skip = set(exclude)
+    out: list[Rating] = []
+    used = 0
+    for r in ratings:
+        if len(out) >= limit or r.arxiv_id in skip:
+            continue
+        title = " ".join(r.title.split())[:300]
+        cost = estimate_tokens(title) + 8  # the JSON around a title
+        if used + cost > token_budget:
+            break
+        skip.add(r.arxiv_id)
+        used += cost
+        out.append(Rating(r.arxiv_id, title, r.liked))
+    return tuple(out)
+
+
+def examples_fingerprint(examples: Sequence[Rating]) -> str:
+    raw = json.dumps([[r.arxiv_id, r.liked] for r in examples])
+    return hashlib.sha256(raw.encode()).hexdigest()[:12]
+
+
+def examples_block(examples: Sequence[Rating]) -> str:
+    """The rated papers as a data block for the user message (titles are untrusted text)."""
+    rows = [{"title": r.title, "verdict": "liked" if r.liked else "disliked"} for r in examples]
+    return prompts.data_block("rated_examples", json.dumps(rows, ensure_ascii=False, indent=1))
 
 
 def coerce_score(value: object) -> int | None:
@@ -124,6 +169,8 @@ class Scorer:
         language: str,
         batch_size: int,
         no_llm_reason: str,
+        example_limit: int = 20,
+        example_tokens: int = 800,
     ) -> None:
         self.profile = profile
         self.store = store
@@ -132,9 +179,13 @@ class Scorer:
         self.language = language
         self.batch_size = batch_size
         self.no_llm_reason = no_llm_reason
+        self.example_limit = example_limit
+        self.example_tokens = example_tokens
         self.prompt = prompts.load("score")
 
-    async def score(self, papers: Sequence[Paper]) -> ScoringResult:
+    async def score(self, papers: Sequence[Paper], ratings: Sequence[Rating] = ()) -> ScoringResult:
+        """Score `papers`; `ratings` (most recent first) are the profile's rated papers, of
+        which a bounded few are shown to the model as examples."""
         if not papers:
             return ScoringResult({}, None)
         if self.llm is None:
@@ -142,9 +193,15 @@ class Scorer:
                 {p.arxiv_id: lexical_score(p, self.profile) for p in papers},
                 f"LLM unavailable ({self.no_llm_reason}): ranked by keyword relevance",
             )
+        examples = select_examples(
+            ratings,
+            self.example_limit,
+            self.example_tokens,
+            exclude=[p.arxiv_id for p in papers],
+        )
         keys = {
             p.arxiv_id: score_cache_key(
-                p.arxiv_id, self.profile, self.prompt.version, self.model, self.language
+                p.arxiv_id, self.profile, self.prompt.version, self.model, self.language, examples
             )
             for p in papers
         }
@@ -157,7 +214,7 @@ class Scorer:
             for start in range(0, len(todo), self.batch_size):
                 batch = todo[start : start + self.batch_size]
                 try:
-                    got = await self._ask(batch, last_round=attempt == 1)
+                    got = await self._ask(batch, examples, last_round=attempt == 1)
                 except LLMError as exc:
                     failure = str(exc)
                     log.warning("scoring batch failed: %s", exc)
@@ -182,7 +239,9 @@ class Scorer:
                 note = f"{len(todo)} paper(s) ranked by keyword relevance ({why})"
         return ScoringResult(scores, note)
 
-    async def _ask(self, batch: Sequence[Paper], *, last_round: bool) -> dict[str, Score]:
+    async def _ask(
+        self, batch: Sequence[Paper], examples: Sequence[Rating], *, last_round: bool
+    ) -> dict[str, Score]:
         system = self.prompt.render(
             profile_name=self.profile.name,
             profile_focus=self.profile.focus,
@@ -194,6 +253,8 @@ class Scorer:
             for p in batch
         ]
         user = prompts.data_block("papers", json.dumps(papers, ensure_ascii=False, indent=1))
+        if examples:
+            user = examples_block(examples) + "\n\n" + user
         asked = [p.arxiv_id for p in batch]
 
         def validate(data: object) -> dict[str, Score]:

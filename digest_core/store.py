@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
@@ -166,6 +169,64 @@ def m007_search_terms(db: Database) -> None:
     db["search_terms"].create(
         {"key": str, "terms": str, "created_at": str}, pk="key", if_not_exists=True
     )
+
+
+@migrations()
+def m020_analysis_claims(db: Database) -> None:
+    # Who is writing a deep dive right now, so two processes on one file pay for it once.
+    # `heartbeat_at` is renewed while the work runs; a claim whose owner stopped renewing (or
+    # whose process is gone) can be taken over. `status`: running, done or failed.
+    db["analysis_claims"].create(
+        {
+            "cache_key": str,
+            "owner": str,
+            "status": str,
+            "claimed_at": str,
+            "heartbeat_at": str,
+            "finished_at": str,
+        },
+        pk="cache_key",
+        if_not_exists=True,
+    )
+
+
+# -- who holds a claim ------------------------------------------------------------------------
+
+# One name per process incarnation: host, pid and a nonce (a container restarted with the
+# same hostname and pid 1 is a new incarnation, not the old owner).
+_INCARNATION = uuid.uuid4().hex[:8]
+
+
+def process_owner(suffix: str = "") -> str:
+    """This process's name as a lease owner: `host:pid:nonce[:suffix]`."""
+    base = f"{socket.gethostname()}:{os.getpid()}:{_INCARNATION}"
+    return f"{base}:{suffix}" if suffix else base
+
+
+def owner_gone(owner: str) -> bool:
+    """Whether a lease owner is known to be dead: an earlier incarnation of this very process
+    slot, or a process of this host that no longer runs. Owners on other hosts are only ever
+    judged by their lease."""
+    parts = owner.split(":")
+    if len(parts) < 3 or parts[0] != socket.gethostname():
+        return False
+    try:
+        pid = int(parts[1])
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return parts[2] != _INCARNATION
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def _stamp(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
 
 
 class Store:
@@ -352,6 +413,84 @@ class Store:
             "created_at": _now(),
         }
         await self._run(lambda: self.db["analyses"].upsert(record, pk="cache_key"))
+
+    # -- analysis claims (one writer of a deep dive across processes) --------------------------
+
+    async def claim_analysis(self, cache_key: str, owner: str, lease_seconds: float) -> bool:
+        """Claim the writing of one deep dive. True for exactly one caller at a time; a claim
+        that is done or failed, or whose owner is gone or stopped renewing it for
+        `lease_seconds`, can be taken."""
+
+        # The read and the write must not interleave with another process's: sqlite3's
+        # implicit transaction would only start at the write, so take the write lock first.
+        def locked() -> bool:
+            conn = self.db.conn
+            conn.execute("begin immediate")
+            try:
+                won = claim_in_tx(conn)
+            except BaseException:
+                conn.execute("rollback")
+                raise
+            conn.execute("commit")
+            return won
+
+        def claim_in_tx(conn: sqlite3.Connection) -> bool:
+            now = time.time()
+            row = conn.execute(
+                "select owner, status, heartbeat_at from analysis_claims where cache_key = ?",
+                [cache_key],
+            ).fetchone()
+            if row is not None and row[1] == "running" and row[0] != owner:
+                fresh = row[2] >= _stamp(now - lease_seconds)
+                if fresh and not owner_gone(row[0]):
+                    return False
+            conn.execute(
+                "insert into analysis_claims(cache_key, owner, status, claimed_at, "
+                "heartbeat_at) values (?, ?, 'running', ?, ?) on conflict(cache_key) do "
+                "update set owner = excluded.owner, status = 'running', "
+                "claimed_at = excluded.claimed_at, heartbeat_at = excluded.heartbeat_at, "
+                "finished_at = null",
+                [cache_key, owner, _stamp(now), _stamp(now)],
+            )
+            return True
+
+        return await self._run(locked)
+
+    async def renew_claim(self, cache_key: str, owner: str) -> None:
+        def write() -> None:
+            with self.db.conn:
+                self.db.conn.execute(
+                    "update analysis_claims set heartbeat_at = ? where cache_key = ? "
+                    "and owner = ? and status = 'running'",
+                    [_stamp(time.time()), cache_key, owner],
+                )
+
+        await self._run(write)
+
+    async def release_claim(self, cache_key: str, owner: str, status: str) -> None:
+        """End a claim as `done` (the analysis is stored) or `failed` (none was written)."""
+
+        def write() -> None:
+            with self.db.conn:
+                self.db.conn.execute(
+                    "update analysis_claims set status = ?, finished_at = ? "
+                    "where cache_key = ? and owner = ?",
+                    [status, _stamp(time.time()), cache_key, owner],
+                )
+
+        await self._run(write)
+
+    async def claim_state(self, cache_key: str) -> tuple[str, str | None] | None:
+        """(status, finished_at) of a deep dive's claim, or None when nobody claimed it."""
+
+        def read() -> tuple[str, str | None] | None:
+            row = self.db.conn.execute(
+                "select status, finished_at from analysis_claims where cache_key = ?",
+                [cache_key],
+            ).fetchone()
+            return (row[0], row[1]) if row else None
+
+        return await self._run(read)
 
     async def latest_analysis(
         self,

@@ -16,7 +16,6 @@ from bot.chatstore import ChatStore, PostRecord, PostStatus, ThreadRecord, open_
 from digest_core.store import Store, StoreError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "db" / "digestbot_v1.sqlite"
-_OLD_REQUESTS_AT = "2026-11-29T06:38:26+00:00"  # when the fixture's `requests` rows were made
 CHAT_TABLES = ("runs", "posts", "threads", "turns", "events", "requests")
 
 
@@ -96,8 +95,9 @@ async def test_a_migrated_database_works_as_before(old_db: Path) -> None:
         assert turns[0].text == "它的局限？" and turns[0].arxiv_id == "2601.16208"
         assert not await chat.first_sight("tg-update:9001")
         assert await chat.first_sight("tg-update:9003")
-        # (the window reaches back to when the fixture's two requests were recorded)
-        window = datetime.now(UTC) - datetime.fromisoformat(_OLD_REQUESTS_AT) + timedelta(hours=1)
+        # The fixture's rate rows are as old as the fixture: a window that reaches back to them.
+        made = datetime.fromisoformat(_rows(old_db, "requests")[0]["at"])
+        window = datetime.now(UTC) - made + timedelta(hours=1)
         assert await chat.count_request("slack:U1", window, 2) is not None
         assert await chat.count_request("slack:U1", window, 3) is None
         # the core's data is still there for the core

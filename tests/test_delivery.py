@@ -224,7 +224,7 @@ class Live:
 
     @staticmethod
     def visible(platform: str, out: Outgoing) -> str:
-        return out.payload.text if platform == "slack" else parse_html(out.payload)[0]
+        return out.payload.text if platform == "slack" else parse_html(str(out.payload))[0]
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from digest_core.sources.fulltext import (
 PAGES = Path(__file__).parent / "fixtures" / "arxiv_html"
 BEHAVIORS = "2501.11120v1.html"  # numbered sections, appendices, tables, flex figures
 COGNITIVE = "cognitive_type_2024.html"  # no ltx_abstract; abstract is subsection 1.1
+PHYSICS = "2401.00596.html"  # REVTeX: roman sections "III.2", rowspan table, appendices A-B
 
 
 @cache
@@ -201,6 +202,110 @@ def test_labels_from_real_structure() -> None:
         assert absent not in labels, absent
     assert "section 1.5" in page(COGNITIVE).labels()
     assert "table 1" not in page(COGNITIVE).labels()  # the page has no tables
+
+
+def test_revtex_table_keeps_every_row_with_its_rowspan_group() -> None:
+    table = passage(PHYSICS, "Table 1")
+    assert table.kind == "table"
+    assert table.section == "I Introduction"
+    lines = table.text.splitlines()
+    assert lines[0].startswith("Table 1: Measurements of identified particle yields")
+    assert lines[1] == "$\\sqrt{s_{\\mathrm{NN}}}$ | Collision system | Observable | Collaboration"
+    assert len(lines) == 2 + 16  # caption, header, one line per <tr> of the body
+    # "8.8 GeV" and "Pb+Pb" span two rows: the second row still says which energy it is.
+    assert lines[3] == (
+        "8.8 GeV | Pb+Pb | $dN/dy$ of $p$ and $\\bar{p}$ [38] and of $\\pi^{+}$ and $K^{+}$ [39]"
+        " | NA49"
+    )
+    assert lines[4] == "8.8 GeV | Pb+Pb | $dN/d\\eta$ of charged particles [40] | NA50"
+    # A rowspan in the last column ("BRAHMS" over two 200 GeV rows) is carried as well.
+    assert lines[16] == "200 GeV | Au+Au | $dN/d\\eta$ of charged particles [53] | BRAHMS"
+    assert lines[17].startswith("200 GeV | Au+Au | $dN/dy|_{|y|<0.1}$ of $\\pi^{+}$")
+    assert lines[17].endswith("[35] | STAR")
+
+
+def test_revtex_figure_captions_keep_their_panel_descriptions() -> None:
+    figures = [p for p in page(PHYSICS).passages() if p.kind == "figure"]
+    assert [p.label for p in figures] == [f"Figure {n}" for n in range(1, 11)] + [
+        "Figure A1",
+        "Figure A2",
+    ]
+    # One image with panels (a)-(d): the whole caption, panel letters and all, is kept.
+    six = passage(PHYSICS, "Figure 6")
+    assert six.section == "III.2 Nuclear remnants and string junction"
+    assert six.text.startswith(
+        "Figure 6: The charged particle multiplicity in pseudo-rapidity $\\eta$ and identified"
+        " particle yields in rapidity $y$ for (a, b) 0-5% and (c, d) 30-40% Au+Au collisions"
+        " at 19.6 GeV."
+    )
+    assert six.text.endswith("are not plotted in (c).")
+    ten = passage(PHYSICS, "Figure 10")
+    assert ten.text.startswith(
+        "Figure 10: Freeze-out (a) temperature $T$ and (b) baryon chemical potential $\\mu_{B}$"
+    )
+    assert passage(PHYSICS, "Figure A1").section.startswith("Appendix A Performance of")
+
+
+def test_revtex_roman_sections_roles_and_appendix_ranked_last() -> None:
+    full = page(PHYSICS)
+    assert [(s.heading, s.role) for s in full.sections] == [
+        ("Abstract", "abstract"),
+        ("I Introduction", "introduction"),
+        ("II Model and setup", "method"),
+        ("III Results and discussion", "results"),  # not "conclusion" for its "discussion"
+        ("IV Summary and conclusions", "conclusion"),
+        ("Acknowledgments", "drop"),
+        ("Appendix A Performance of iS3D at nonzero chemical potential", "appendix"),
+        ("Appendix B Multisystem charged particle multiplicity", "appendix"),
+    ]
+    appendix_b = full.sections[-1].text
+    assert "participant number ratios" in appendix_b
+    assert "## Appendix B Multisystem charged particle multiplicity" in full.text(10**6)
+    body = sum(estimate_tokens(s.text) for s in full.sections if s.role not in ("appendix", "drop"))
+    cut = full.text(body)
+    assert "## Appendix" not in cut
+    assert "## IV Summary and conclusions" in cut
+    assert "## III Results and discussion" in cut
+
+
+def test_revtex_labels_include_roman_subsections() -> None:
+    labels = page(PHYSICS).labels()
+    for present in (
+        "section i",
+        "section iii",
+        "section ii.2",
+        "section iii.4",
+        "section iv",
+        "table 1",
+        "figure 10",
+        "figure a2",
+        "appendix a",
+        "appendix b",
+    ):
+        assert present in labels, present
+    for absent in ("table 2", "figure 11", "section v", "section iii.5", "appendix c"):
+        assert absent not in labels, absent
+
+
+def test_revtex_page_chrome_footnotes_and_bibliography_dropped() -> None:
+    raw = (PAGES / PHYSICS).read_text(encoding="utf-8")
+    whole = page(PHYSICS).whole()
+    for chrome in (
+        "Back to arXiv",
+        "Report Issue",
+        "License: arXiv.org perpetual",
+        "arXiv is now an independent nonprofit",
+        "Instructions for reporting errors",
+        "We gratefully acknowledge support",
+    ):
+        assert chrome in raw and chrome not in whole, chrome
+    # A bibitem and a footnote: both on the page, neither in the text.
+    assert "Mapping the phases of Quantum Chromodynamics" in raw
+    assert "Mapping the phases of Quantum Chromodynamics" not in whole
+    assert "Both particle samplers are utilized in this study" in raw
+    assert "Both particle samplers are utilized in this study" not in whole
+    assert "Kavli Institute" not in whole  # acknowledgments are dropped too
+    assert "I introduce a method to reconstruct full rapidity distributions" in whole
 
 
 def test_cache_round_trip_keeps_structure() -> None:

@@ -385,6 +385,30 @@ def test_without_an_llm_the_three_best_passages_are_shown_with_their_sections() 
     assert "text-embedding-3-large" in answer.text
 
 
+async def test_question_words_do_not_outweigh_the_subject_of_the_question() -> None:
+    """ "What are the main limitations?" on a real page: the paragraph titled "Limitations and
+    future work" comes first, not paragraphs that only share "what" or "main"."""
+    paper, text = qa_paper.paper_and_text("selfaware")
+    answerer = Answerer(PROFILE, None, 24000, "no OPENAI_API_KEY set")
+    answer = await answerer.answer(paper, None, text, "What are the main limitations?")
+    first = answer.text.split("\n\n")[0]
+    assert first.startswith("**7 Discussion**") and "Limitations and future work" in first
+
+
+async def test_without_an_llm_a_chinese_question_is_told_to_ask_in_english() -> None:
+    paper, text = qa_paper.paper_and_text("selfaware")
+    answerer = Answerer(PROFILE, None, 24000, "no OPENAI_API_KEY set")
+    answer = await answerer.answer(paper, None, text, "这篇论文用了哪些基座模型？")
+    assert not answer.llm_used
+    assert "Ask in English" in answer.text and "does not mention" not in answer.text
+
+
+def test_bm25s_does_not_print_its_progress() -> None:
+    import logging
+
+    assert logging.getLogger("bm25s").getEffectiveLevel() >= logging.WARNING
+
+
 # -- the CLI ------------------------------------------------------------------------------------
 
 

@@ -177,7 +177,7 @@ def slack_texts(messages: list[slack.SlackMessage]) -> list[str]:
     out = []
     for m in messages:
         out.append(m.text)
-        out += [b["text"]["text"] for b in m.blocks]
+        out += [b["text"]["text"] for b in m.blocks if "text" in b]
     return out
 
 
@@ -198,6 +198,9 @@ def assert_slack_limits(messages: list[slack.SlackMessage]) -> None:
         assert len(m.text) <= 300
         total = 0
         for block in m.blocks:
+            if block["type"] == "actions":  # the 👍/👎 buttons: plain-text labels only
+                assert block["block_id"] == slack.RATE_BLOCK_ID
+                continue
             assert block["type"] == "section"
             text = block["text"]["text"]
             assert 0 < len(text) <= 3000
@@ -502,8 +505,12 @@ def test_long_deep_dive_splits_into_slack_messages_within_limits():
         slack_texts(messages),
         {paper(0).abs_url} | {f"https://arxiv.org/abs/{n}" for n in range(2000)},
     )
-    text = "\n".join(b["text"]["text"] for m in messages for b in m.blocks)
+    text = "\n".join(b["text"]["text"] for m in messages for b in m.blocks if "text" in b)
     assert words(text) == words(body)
+    # The 👍/👎 buttons close the deep dive, once, carrying its paper ID.
+    actions = [b for m in messages for b in m.blocks if b["type"] == "actions"]
+    assert actions == [messages[-1].blocks[-1]]
+    assert {el["value"] for el in actions[0]["elements"]} == {e.paper.arxiv_id}
     assert messages[0].blocks[0]["text"]["text"].startswith(f"*1. <{paper(0).abs_url}|")
     assert messages[0].text.endswith(f"(1/{len(messages)})")
 

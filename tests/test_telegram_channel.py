@@ -187,7 +187,7 @@ async def test_analysis_and_answer_keys(channel: TelegramChannel) -> None:
     assert [o.key for o in answer] == [f"answer#{j}" for j in range(len(answer))]
     assert len(answer) >= 2
     for o in answer:
-        parse_html(o.payload)  # each piece is valid Telegram HTML on its own
+        parse_html(str(o.payload))  # each piece is valid Telegram HTML on its own
 
 
 # ------------------------------------------------------------------------- fallbacks

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from slack_sdk.errors import SlackApiError, SlackClientError
@@ -36,6 +36,9 @@ from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.channels.base import DeliveryError, Outgoing
+
+if TYPE_CHECKING:
+    from bot.channels.streaming import AnswerStream
 from digest_core.models import Answer, Digest, DigestEntry
 from digest_core.render.slack import SlackMessage, escape
 from digest_core.retry import retry_after
@@ -250,6 +253,8 @@ class SlackChannel:
     def __init__(self, client: AsyncWebClient, language: str = "zh") -> None:
         self.client = client
         self.language = language
+        # Thread answers are streamed (chat.startStream…) until Slack refuses the methods.
+        self.streaming = True
 
     async def aclose(self) -> None:
         """Close the client's HTTP session (one-shot use from the CLI)."""
@@ -381,6 +386,23 @@ class SlackChannel:
         """A "Reading the paper…" placeholder in the thread; its ts, for `replace`."""
         return await self.send(chat, line_message(THINKING), thread)
 
+    def answer_stream(
+        self,
+        chat: str,
+        thread: str | None,
+        *,
+        placeholder: str | None,
+        user: str | None = None,
+        team: str | None = None,
+    ) -> AnswerStream | None:
+        """A poster that streams a thread answer as it is written (bot.channels.streaming),
+        or None where it cannot: outside a thread, or once Slack refused streaming."""
+        if not self.streaming or not thread:
+            return None
+        from bot.channels.streaming import SlackAnswerStream
+
+        return SlackAnswerStream(self, chat, thread, placeholder=placeholder, user=user, team=team)
+
     async def replace(self, chat: str, ts: str, payload: SlackMessage) -> None:
         """Replace message `ts` (e.g. a "working on it…" placeholder) with `payload`."""
         kwargs: dict[str, Any] = {"channel": chat, "ts": ts, "text": payload.text}
@@ -390,6 +412,32 @@ class SlackChannel:
             await self.client.chat_update(**kwargs)
         except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
             raise self._fail("chat.update", exc) from None
+
+    async def permalink(self, chat: str, ts: str) -> str | None:
+        """A link to message `ts` (chat.getPermalink), or None when Slack cannot give one."""
+        try:
+            answer = await self.client.chat_getPermalink(channel=chat, message_ts=ts)
+        except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
+            log.info(
+                "slack %s: no permalink for %s: %s",
+                chat,
+                ts,
+                self._fail("chat.getPermalink", exc).reason,
+            )
+            return None
+        link = answer.get("permalink")
+        return link if isinstance(link, str) else None
+
+    async def set_rating_counts(
+        self, chat: str, ts: str, text: str, blocks: list[dict], arxiv_id: str, up: int, down: int
+    ) -> None:
+        """Show a deep dive's current 👍/👎 counts on its buttons: the pressed message's own
+        blocks (as the press delivered them) with the buttons re-rendered (chat.update)."""
+        from digest_core.render.slack import with_rating_counts
+
+        await self.replace(
+            chat, ts, SlackMessage(text, with_rating_counts(blocks, arxiv_id, up, down))
+        )
 
     async def post_ephemeral(self, chat: str, user: str, text: str) -> None:
         """A message only `user` sees (refusals, usage hints). `text` must be escaped mrkdwn."""

@@ -26,10 +26,10 @@ import re
 import warnings
 from collections.abc import Awaitable, Callable
 from functools import lru_cache, partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import telegram
-from telegram import LinkPreviewOptions, ReplyParameters
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions, ReplyParameters
 from telegram.constants import ChatAction, FloodLimit, ParseMode
 from telegram.error import (
     BadRequest,
@@ -50,6 +50,9 @@ from digest_core.models import Answer, Digest, DigestEntry
 from digest_core.render.telegram import utf16_len
 from digest_core.retry import RetryPolicy, TryAgain
 from digest_core.sources import quiet_http_logs
+
+if TYPE_CHECKING:
+    from bot.channels.streaming import AnswerStream
 
 _log = logging.getLogger(__name__)
 
@@ -286,6 +289,15 @@ def _split_smaller(text: str, limit: int, is_html: bool) -> list[str]:
     return pieces or [text]
 
 
+def _markup(keyboard: Any) -> InlineKeyboardMarkup | None:
+    """PTB's inline keyboard from the renderer's rows of (text, callback_data)."""
+    if not keyboard:
+        return None
+    return InlineKeyboardMarkup(
+        [[InlineKeyboardButton(text, callback_data=data) for text, data in row] for row in keyboard]
+    )
+
+
 def _retry_seconds(exc: RetryAfter) -> float:
     # retry_after is an int (deprecated, with a warning) or a timedelta under PTB_TIMEDELTA.
     with warnings.catch_warnings():
@@ -327,6 +339,10 @@ class TelegramChannel:
             retry_after_cap=max_flood_wait + 1.0,  # the longer waits are refused in `_call`
         )
         self._migrated: dict[int | str, int] = {}
+        # Thread answers are shown as they are written; in private chats with sendMessageDraft,
+        # until the Bot API refuses it.
+        self.streaming = True
+        self.drafts = True
 
     async def aclose(self) -> None:
         """Close the bot's HTTP client (one-shot use from the CLI)."""
@@ -365,8 +381,12 @@ class TelegramChannel:
         return Outgoing("line", _render().escape(text), text.splitlines()[0][:80])
 
     def _deep_dive(self, entry: DigestEntry, index: int, language: str) -> list[Outgoing]:
-        parts = _render().render_deep_dive(entry, index, language)
+        render = _render()
+        parts: list[Any] = list(render.render_deep_dive(entry, index, language))
         arxiv_id = entry.paper.arxiv_id
+        keyboard = render.rating_keyboard(arxiv_id)
+        if parts and keyboard:  # 👍/👎 under the end of the deep dive
+            parts[-1] = render.TelegramMessage(str(parts[-1]), keyboard)
         return [
             Outgoing(f"{arxiv_id}#{j}", part, _summary(arxiv_id, j, len(parts)))
             for j, part in enumerate(parts)
@@ -380,7 +400,41 @@ class TelegramChannel:
         """Post one HTML message (a reply to message `thread` when given); returns its id."""
         chat_id, topic = parse_chat(chat)
         reply_to = int(thread) if thread else None
-        return await self._deliver(chat_id, topic, reply_to, str(payload), ParseMode.HTML, 0)
+        markup = _markup(getattr(payload, "keyboard", ()))
+        return await self._deliver(
+            chat_id, topic, reply_to, str(payload), ParseMode.HTML, 0, markup=markup
+        )
+
+    async def permalink(self, chat: str, message_id: str) -> str | None:
+        """A t.me link to a message, where Telegram has one: supergroups and channels
+        (ids -100…) as https://t.me/c/<id>/<message>; none for basic groups and private chats."""
+        chat_id, _ = parse_chat(chat)
+        chat_id = self._migrated.get(chat_id, chat_id)
+        text = str(chat_id)
+        if not text.startswith("-100") or not message_id.isdigit():
+            return None
+        return f"https://t.me/c/{text.removeprefix('-100')}/{message_id}"
+
+    async def set_rating_counts(
+        self, chat: str, message_id: str, arxiv_id: str, up: int, down: int
+    ) -> None:
+        """Show a deep dive's current 👍/👎 counts on its buttons (editMessageReplyMarkup)."""
+        chat_id, _ = parse_chat(chat)
+        keyboard = _render().rating_keyboard(arxiv_id, up, down)
+        try:
+            await self._call(
+                partial(
+                    self.bot.edit_message_reply_markup,
+                    chat_id=self._migrated.get(chat_id, chat_id),
+                    message_id=int(message_id),
+                    reply_markup=_markup(keyboard),
+                )
+            )
+        except BadRequest as exc:
+            if "message is not modified" not in exc.message.lower():
+                raise self._failure(exc, chat_id) from None
+        except TelegramError as exc:
+            raise self._failure(exc, chat_id) from None
 
     async def find_posted(self, chat: str, thread: str | None, key: str) -> str | None:
         """Never found: a sent message cannot be looked up (see `searchable`)."""
@@ -393,6 +447,31 @@ class TelegramChannel:
 
     async def replace(self, chat: str, ref: str, payload: Any) -> None:
         await self.edit(chat, ref, str(payload))
+
+    def target(self, chat: str) -> tuple[int | str, int | None]:
+        """The chat id to address (followed through a migration) and the forum topic."""
+        chat_id, topic = parse_chat(chat)
+        return self._migrated.get(chat_id, chat_id), topic
+
+    def answer_stream(
+        self,
+        chat: str,
+        thread: str | None,
+        *,
+        placeholder: str | None,
+        user: str | None = None,
+        team: str | None = None,
+    ) -> AnswerStream | None:
+        """A poster that shows a thread answer as it is written (bot.channels.streaming):
+        a draft in a private chat (a positive chat id), else one message edited as it grows."""
+        from bot.channels.streaming import TelegramDraftStream, TelegramEditStream
+
+        if not self.streaming:
+            return None
+        chat_id, topic = self.target(chat)
+        if isinstance(chat_id, int) and chat_id > 0:
+            return TelegramDraftStream(self, chat_id, topic) if self.drafts else None
+        return TelegramEditStream(self, chat, thread)
 
     async def send_typing(self, chat: str) -> None:
         """Show "typing…" while an answer is prepared. Cosmetic: failures are only logged."""
@@ -456,6 +535,8 @@ class TelegramChannel:
         text: str,
         mode: ParseMode | None,
         depth: int,
+        *,
+        markup: InlineKeyboardMarkup | None = None,
     ) -> str:
         migrated = False
         while True:
@@ -474,6 +555,7 @@ class TelegramChannel:
                             else None
                         ),
                         link_preview_options=LinkPreviewOptions(is_disabled=True),
+                        reply_markup=markup,
                     )
                 )
                 return str(message.message_id)
@@ -488,7 +570,9 @@ class TelegramChannel:
                     text, mode = _render().html_to_plain(text), None
                     continue
                 if "message is too long" in desc and depth < 3:
-                    return await self._send_pieces(chat_id, topic, reply_to, text, mode, depth)
+                    return await self._send_pieces(
+                        chat_id, topic, reply_to, text, mode, depth, markup=markup
+                    )
                 if reply_to is not None and "replied" in desc and "not found" in desc:
                     _log.warning(
                         "telegram %s: reply target %s gone; sending unthreaded", target, reply_to
@@ -523,11 +607,16 @@ class TelegramChannel:
         text: str,
         mode: ParseMode | None,
         depth: int,
+        *,
+        markup: InlineKeyboardMarkup | None = None,
     ) -> str:
-        """Too long for one message: send it in pieces, in order, in the same thread."""
+        """Too long for one message: send it in pieces, in order, in the same thread (the
+        buttons, if any, go under the first piece: the ledger knows only its id)."""
         pieces = _split_smaller(text, SPLIT_LIMIT >> depth, mode is not None)
         _log.info("telegram %s: message too long, sending %d pieces", chat_id, len(pieces))
-        first = await self._deliver(chat_id, topic, reply_to, pieces[0], mode, depth + 1)
+        first = await self._deliver(
+            chat_id, topic, reply_to, pieces[0], mode, depth + 1, markup=markup
+        )
         # Without a thread, the later pieces hang under the first so they stay together.
         follow = reply_to if reply_to is not None else int(first)
         for piece in pieces[1:]:

@@ -24,6 +24,8 @@ LABELS: dict[str, dict[str, str]] = {
         "relevance": "🎯 与研究方向的相关度",
         "in_thread": "👇 每篇论文的深度解读见本帖回复",
         "keyword_note": "LLM 不可用：按关键词相关度评分",
+        "seen": "👁 已于 {date} 在此解读",
+        "earlier_thread": "此前的讨论",
     },
     "en": {
         "title": "🚀 Paper digest | {date}",
@@ -42,6 +44,8 @@ LABELS: dict[str, dict[str, str]] = {
         "relevance": "🎯 Relevance to your profile",
         "in_thread": "👇 Deep dives are in the thread",
         "keyword_note": "LLM unavailable: ranked by keyword relevance",
+        "seen": "👁 deep-dived here on {date}",
+        "earlier_thread": "earlier thread",
     },
 }
 

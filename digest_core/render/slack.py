@@ -34,6 +34,12 @@ MESSAGE_BLOCKS = 50
 MESSAGE_CHARS = 12000
 FALLBACK_LIMIT = 300
 
+# The 👍/👎 buttons under every deep dive: one `actions` block; each button's `value` is the
+# paper's arXiv ID (the channel and the message come with the press itself).
+RATE_BLOCK_ID = "digestbot-rate"
+RATE_UP = "rate_up"
+RATE_DOWN = "rate_down"
+
 ZWSP = "\u200b"
 _MARK = {"b": "*", "i": "_", "s": "~"}
 
@@ -296,6 +302,43 @@ def _score_note(entry: DigestEntry, language: str) -> str | None:
     return None if entry.score.by_llm else "⚠️ " + label(language, "keyword_note")
 
 
+def rating_block(arxiv_id: str, up: int = 0, down: int = 0) -> dict[str, Any]:
+    """The 👍/👎 buttons of a deep dive, showing the current counts once there are any."""
+
+    def button(action: str, emoji: str, count: int) -> dict[str, Any]:
+        return {
+            "type": "button",
+            "action_id": action,
+            "value": arxiv_id,
+            "text": {"type": "plain_text", "text": f"{emoji} {count}" if count else emoji},
+        }
+
+    return {
+        "type": "actions",
+        "block_id": RATE_BLOCK_ID,
+        "elements": [button(RATE_UP, "👍", up), button(RATE_DOWN, "👎", down)],
+    }
+
+
+def with_rating_counts(blocks: list[dict], arxiv_id: str, up: int, down: int) -> list[dict]:
+    """A message's blocks with its rating buttons showing new counts (for chat.update)."""
+    return [
+        rating_block(arxiv_id, up, down) if b.get("block_id") == RATE_BLOCK_ID else b
+        for b in blocks
+    ]
+
+
+def _seen_note(entry: DigestEntry, language: str) -> str:
+    """ " · 👁 deep-dived here on DATE (earlier thread)": a paper not deep-dived again."""
+    if entry.seen is None:
+        return ""
+    note = " · " + escape(label(language, "seen", date=entry.seen.date))
+    link = entry.seen.link
+    if link and is_safe_url(link):
+        note += f" ({_link(link, label(language, 'earlier_thread'))})"
+    return note
+
+
 def _toc_blocks(
     digest: Digest, title_max: int, reason_max: int, other_max: int, link_others: bool
 ) -> list[dict]:
@@ -326,7 +369,7 @@ def _toc_blocks(
             name = _paper_link(entry.paper, other_max)
         else:
             name = _text(truncate(one_line(entry.paper.title), other_max))
-        others.append(f"• {name} · {entry.score.score}")
+        others.append(f"• {name} · {entry.score.score}{_seen_note(entry, lang)}")
     if others:
         blocks += _sections([_bold(escape(label(lang, "others")))] + others)
     return blocks
@@ -359,8 +402,11 @@ def _score_line(entry: DigestEntry, language: str, with_reason: bool) -> str:
     return line
 
 
-def render_deep_dive(entry: DigestEntry, index: int, language: str) -> list[SlackMessage]:
-    """One picked paper as thread replies: `index. <url|title>` and score, then the deep dive.
+def render_deep_dive(
+    entry: DigestEntry, index: int, language: str, *, rating: bool = True
+) -> list[SlackMessage]:
+    """One picked paper as thread replies: `index. <url|title>` and score, then the deep dive,
+    and (with `rating`) the 👍/👎 buttons at its end.
 
     `index` is the 1-based number shown in the table of contents.
     """
@@ -376,6 +422,8 @@ def render_deep_dive(entry: DigestEntry, index: int, language: str) -> list[Slac
         blocks += markdown_to_blocks(entry.deep_dive.body_markdown())
     else:
         blocks += _sections([_text(one_line(entry.score.reason)) or "—"])
+    if rating:
+        blocks.append(rating_block(entry.paper.arxiv_id))
     fallback = f"{index}. {one_line(entry.paper.title)} — {entry.score.score}/100"
     return split_messages(blocks, fallback)
 

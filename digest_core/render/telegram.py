@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from digest_core.models import Answer, Digest, DigestEntry, Paper
 from digest_core.render.labels import authors_line, label
@@ -20,6 +21,11 @@ from digest_core.render.parse import Line, Run, is_safe_url, one_line, pack, to_
 
 MESSAGE_LIMIT = 4096
 DEFAULT_LIMIT = 4000  # headroom under 4,096 for anything a channel may add
+
+# The 👍/👎 buttons: callback_data "rate:up:<arXiv ID>" (Telegram allows 1-64 bytes; the
+# chat and the message come with the press itself).
+RATE_PREFIX = "rate"
+CALLBACK_DATA_LIMIT = 64
 
 _TAG = re.compile(r"<[^>]*>")
 _STYLE_TAG = {"b": "b", "i": "i", "s": "s"}
@@ -43,6 +49,50 @@ def html_to_plain(html_text: str) -> str:
 def visible_len(html_text: str) -> int:
     """The length Telegram checks: UTF-16 units of the text after entity parsing."""
     return utf16_len(html_to_plain(html_text))
+
+
+# --- rating buttons -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TelegramMessage:
+    """An HTML message with an inline keyboard: rows of {"text", "callback_data"} buttons."""
+
+    html: str
+    keyboard: tuple[tuple[tuple[str, str], ...], ...] = ()  # rows of (text, callback_data)
+
+    def __str__(self) -> str:
+        return self.html
+
+
+def rating_data(arxiv_id: str, liked: bool) -> str | None:
+    """The callback_data of a 👍 or 👎 button, or None if it would not fit Telegram's limit."""
+    data = f"{RATE_PREFIX}:{'up' if liked else 'down'}:{arxiv_id}"
+    return data if len(data.encode()) <= CALLBACK_DATA_LIMIT else None
+
+
+def parse_rating_data(data: str) -> tuple[str, bool] | None:
+    """(arXiv ID, liked) from a button's callback_data; None for anything else."""
+    prefix, _, rest = data.partition(":")
+    verdict, _, arxiv_id = rest.partition(":")
+    if prefix != RATE_PREFIX or verdict not in ("up", "down") or not arxiv_id:
+        return None
+    return arxiv_id, verdict == "up"
+
+
+def rating_keyboard(
+    arxiv_id: str, up: int = 0, down: int = 0
+) -> tuple[tuple[tuple[str, str], ...], ...]:
+    """One row: 👍 and 👎, with the current counts once there are any."""
+    up_data, down_data = rating_data(arxiv_id, True), rating_data(arxiv_id, False)
+    if up_data is None or down_data is None:
+        return ()
+    return (
+        (
+            (f"👍 {up}" if up else "👍", up_data),
+            (f"👎 {down}" if down else "👎", down_data),
+        ),
+    )
 
 
 # --- rendering ----------------------------------------------------------------------------
@@ -184,12 +234,24 @@ def render_toc(digest: Digest) -> list[str]:
             line = f"<b>{escape(label(lang, 'quick_view'))}</b>\n{line}"
         parts.append(("\n\n", line))
     for i, entry in enumerate(digest.others):
-        line = f"• {_paper_link(entry.paper, 80)} · {entry.score.score}"
+        line = f"• {_paper_link(entry.paper, 80)} · {entry.score.score}" + _seen_note(entry, lang)
         if i == 0:
             parts.append(("\n\n", f"<b>{escape(label(lang, 'others'))}</b>\n{line}"))
         else:
             parts.append(("\n", line))
     return _join_parts(parts)
+
+
+def _seen_note(entry: DigestEntry, language: str) -> str:
+    """ " · 👁 deep-dived here on DATE (earlier thread)": a paper not deep-dived again."""
+    if entry.seen is None:
+        return ""
+    note = " · " + escape(label(language, "seen", date=entry.seen.date))
+    link = entry.seen.link
+    if link and is_safe_url(link):
+        url = escape(link, quote=True)
+        note += f' (<a href="{url}">{escape(label(language, "earlier_thread"))}</a>)'
+    return note
 
 
 def _score_line(entry: DigestEntry, language: str) -> str:

@@ -85,12 +85,16 @@ _ROLE_WORDS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("related", re.compile(r"related\s+work|prior\s+work|previous\s+work|literature", re.I)),
     (
         "conclusion",
-        re.compile(r"conclu|limitation|discussion|future\s+work|broader\s+impact|^summary$", re.I),
+        re.compile(r"conclu|limitation|future\s+work|broader\s+impact|^summary$", re.I),
     ),
     (
         "results",
         re.compile(r"experiment|result|evaluat|benchmark|ablation|empirical|case\s+stud", re.I),
     ),
+    # "Discussion" alone closes the paper, but "Results and discussion" (the usual
+    # physics-journal heading, e.g. arXiv 2401.00596 "III Results and discussion") is the
+    # results section: so it is matched only after the results words.
+    ("conclusion", re.compile(r"discussion", re.I)),
     ("method", re.compile(r"method|approach|preliminar|background|formulation", re.I)),
 )
 # A leading section number: "3", "3.2", "A", "B.1", roman "IV" (IEEE style).
@@ -356,10 +360,20 @@ class FullText:
                 room -= place(piece, room)
         room += reserve
 
-        # The rest strictly in role order: a later role gets only what earlier ones left.
+        def whole(piece: _Piece) -> bool:
+            return chosen.get(piece.index) == piece.render()
+
+        # The rest strictly in role order: a later role gets only what earlier ones left,
+        # and nothing once an earlier section was cut. (A cut at a paragraph boundary
+        # leaves a few hundred tokens over; on arXiv 2401.00596 they went to the first
+        # lines of Appendix A while "III Results and discussion" was cut short.)
+        cut_above = not all(whole(p) for p in pieces if p.rank < conclusion)
         rest = sorted((p for p in pieces if p.rank >= conclusion), key=lambda p: (p.rank, p.index))
         for piece in rest:
+            if cut_above and piece.rank > conclusion:
+                break
             room -= place(piece, room)
+            cut_above = cut_above or not whole(piece)
 
         return "\n\n".join(chosen[i] for i in sorted(chosen))
 
@@ -370,10 +384,11 @@ def _render(heading: str, body: str) -> str:
 
 def _heading_labels(heading: str, appendix: bool) -> set[str]:
     """ "section 3.2" for "3.2 Ablations"; "appendix b" (and "appendix b.1", "section b.1")
-    in an appendix; "section iv" for IEEE-style "IV Results"."""
+    in an appendix; "section iv" for IEEE-style "IV Results", "section iii.2" for a
+    REVTeX subsection "III.2 Nuclear remnants"."""
     out: set[str] = set()
     match = re.match(
-        r"\s*(?:appendix\s+)?([0-9]+(?:\.[0-9]+)*|[A-Z](?:\.[0-9]+)*|[IVX]+)(?=\s|$)",
+        r"\s*(?:appendix\s+)?([0-9]+(?:\.[0-9]+)*|[IVX]+(?:\.[0-9]+)*|[A-Z](?:\.[0-9]+)*)(?=\s|$)",
         heading,
         re.I if appendix else 0,
     )
@@ -386,8 +401,8 @@ def _heading_labels(heading: str, appendix: bool) -> set[str]:
         out.add(f"appendix {number}")
         if "." in number:
             out.add(f"section {number}")
-    elif re.fullmatch(r"[ivx]+", number) and not appendix:
-        out.add(f"section {number}")
+    elif re.fullmatch(r"[ivx]+(?:\.[0-9]+)*", number) and not appendix:
+        out.add(f"section {number}")  # REVTeX subsections too: "II.2", "III.4"
     return out
 
 
@@ -757,16 +772,51 @@ def _tabulars(node: LexborNode, own_only: bool = False) -> list[LexborNode]:
     return out
 
 
+def _span(cell: LexborNode, name: str) -> int:
+    value = (cell.attributes.get(name) or "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
+def _take_carried(carried: dict[int, tuple[str, int, int]], column: int, cells: list[str]) -> int:
+    """Append the cells that rows above span into `column` onwards; the next free column."""
+    while column in carried:
+        text, width, left = carried[column]
+        cells.append(text)
+        if left > 1:
+            carried[column] = (text, width, left - 1)
+        else:
+            del carried[column]
+        column += width
+    return column
+
+
 def _table_rows(table: LexborNode) -> list[str]:
-    """`a | b | c` per row of a tabular, every cell's text (formulas as alttext) kept."""
+    """`a | b | c` per row of a tabular, every cell's text (formulas as alttext) kept.
+
+    A cell spanning several rows (`rowspan`, e.g. the beam energy "8.8 GeV" grouping two
+    measurements in arXiv 2401.00596's Table 1) is repeated in each row it covers, so a
+    row read alone still says which group its numbers belong to."""
     rows = []
+    carried: dict[int, tuple[str, int, int]] = {}  # column -> (text, width, rows left)
     for row in table.css("tr"):
         parent = row.parent
         while parent is not None and parent.tag != "table":
             parent = parent.parent
         if parent is None or parent.mem_id != table.mem_id:
             continue  # a row of a table nested in a cell
-        cells = [_collapse(_inline(cell)) for cell in row.iter() if cell.tag in ("td", "th")]
+        cells: list[str] = []
+        column = 0
+        for cell in row.iter():
+            if cell.tag not in ("td", "th"):
+                continue
+            column = _take_carried(carried, column, cells)
+            text = _collapse(_inline(cell))
+            width, height = _span(cell, "colspan"), _span(cell, "rowspan")
+            cells.append(text)
+            if height > 1:
+                carried[column] = (text, width, height - 1)
+            column += width
+        _take_carried(carried, column, cells)
         if any(cells):
             rows.append(" | ".join(cells))
     return rows

@@ -10,6 +10,13 @@ dict for anything else:
   {"content": str | None, "refusal": str | None, "finish_reason": str}  a completion
   {"status": int, "json": obj} or {"status": int, "text": str}, optional "headers"  an error
   {"raw": obj}  served verbatim as a 200 JSON body (e.g. a recorded fixture)
+
+Streaming: a request with `"stream": true` is answered as Server-Sent Events shaped like the
+recorded `tests/fixtures/openai/stream_*.sse.txt` (a role chunk, content chunks, a finish
+chunk, then, with `stream_options.include_usage`, a usage-only chunk with `choices: []`, and
+`data: [DONE]`). `stream_first_token` delays the first content chunk; the rest are spread
+over `stream_duration` seconds, like a model writing. `stream_body` serves recorded SSE bytes
+verbatim instead. `content_chunks_at` records when each content chunk left (loop time).
 """
 
 from __future__ import annotations
@@ -17,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -84,6 +93,11 @@ class FakeLLM(FakeServer):
     require_json_word: bool = True  # json_object needs "json" in the messages, as on OpenAI
     latency: float = 0.0
     model: str = "gpt-4o-2024-08-06"
+    # Streamed answers: seconds to the first content chunk, and over which the rest are spread.
+    stream_first_token: float = 0.0
+    stream_duration: float = 0.0
+    stream_body: bytes | None = None  # recorded SSE served verbatim to a streamed request
+    content_chunks_at: list[float] = field(default_factory=list)
     # Prompt caching as OpenAI reports it: the longest prefix shared with an earlier request,
     # in tokens (~4 chars each), counted only from cache_min_tokens up and in whole blocks
     # (OpenAI: 1024 and 128). The defaults count any shared prefix, so small tests see it.
@@ -139,6 +153,8 @@ class FakeLLM(FakeServer):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._hurry.wait(), self.latency)
             response = await self._answer(body, request.headers.get("Authorization", ""))
+            if isinstance(response, _Deferred):
+                response = await response.writer(request)
             self.answered += 1
             return response
         finally:
@@ -237,7 +253,7 @@ class FakeLLM(FakeServer):
         content = reply if isinstance(reply, str) else str(reply.get("content") or "")
         return self._reply(body, {"content": f"```json\n{content}\n```"})
 
-    def _reply(self, body: dict[str, Any], reply: str | dict[str, Any]) -> web.Response:
+    def _reply(self, body: dict[str, Any], reply: str | dict[str, Any]) -> web.StreamResponse:
         if isinstance(reply, str):
             reply = {"content": reply}
         if "raw" in reply:
@@ -247,7 +263,54 @@ class FakeLLM(FakeServer):
             if "json" in reply:
                 return web.json_response(reply["json"], status=reply["status"], headers=headers)
             return web.Response(text=reply.get("text", ""), status=reply["status"], headers=headers)
-        return web.json_response(self._completion(body, reply))
+        completion = self._completion(body, reply)
+        if body.get("stream"):
+            return _Deferred(lambda request: self._stream(request, body, completion))
+        return web.json_response(completion)
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], completion: dict[str, Any]
+    ) -> web.StreamResponse:
+        """The completion as SSE chunks, written over time like a model writes."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        if self.stream_body is not None:
+            await response.write(self.stream_body)
+            await response.write_eof()
+            return response
+        choice = completion["choices"][0]
+        message = choice["message"]
+        head = {k: completion[k] for k in ("id", "created", "model", "system_fingerprint")}
+        head["object"] = "chat.completion.chunk"
+
+        async def send(choices: list[dict[str, Any]], **extra: Any) -> None:
+            chunk = {**head, "choices": choices, **extra}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+
+        def delta(d: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
+            return [{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}]
+
+        await send(delta({"role": "assistant", "content": "", "refusal": None}))
+        pieces = re.findall(r"\s*\S+", message["content"] or "") or []
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        if self.stream_first_token:
+            await asyncio.sleep(self.stream_first_token)
+        step = self.stream_duration / max(1, len(pieces) - 1) if self.stream_duration else 0.0
+        for i, piece in enumerate(pieces):
+            due = start + self.stream_first_token + i * step
+            if due > loop.time():
+                await asyncio.sleep(due - loop.time())
+            self.content_chunks_at.append(loop.time())
+            await send(delta({"content": piece}))
+        if message.get("refusal"):
+            await send(delta({"refusal": message["refusal"]}))
+        await send(delta({}, choice["finish_reason"]))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await send([], usage=completion["usage"])
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
     def _completion(self, body: dict[str, Any], reply: dict[str, Any]) -> dict[str, Any]:
         content = reply.get("content")
@@ -312,6 +375,14 @@ def _prompt(body: dict[str, Any]) -> str:
         elif isinstance(content, list):  # content parts
             parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
     return "\n".join(parts)
+
+
+class _Deferred(web.Response):
+    """A streamed answer, written by the handler after `_reply` chose it."""
+
+    def __init__(self, writer: Any) -> None:
+        super().__init__()
+        self.writer = writer
 
 
 def _reject_format(fmt: str) -> web.Response:

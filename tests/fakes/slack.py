@@ -8,6 +8,13 @@ delivery: 429 with Retry-After, 5xx, permanent channel errors and "accepted, the
 connection dropped" (the post exists but the client saw a failure). `latency` adds a fixed
 delay to every Web API answer, for benchmarks.
 
+Chat streaming: `chat.startStream` / `chat.appendStream` / `chat.stopStream` keep a streamed
+message (its text grows with every `markdown_text` chunk) and record every call, in order, in
+`stream_calls`; `refuse_streaming = "unknown_method"` (or "missing_scope", "not_allowed")
+makes all three answer that error, as an older workspace or a token without the scope would.
+`chat.delete` and `assistant.threads.setStatus` (recorded in `statuses`; `refuse_status`
+likewise) complete the set.
+
 Socket Mode: `apps.connections.open` hands out `ws://127.0.0.1:PORT/socket`; the socket says
 `hello`, a test pushes envelopes with `push_envelope()`, and every ack the app sends back is
 recorded in `acks`.
@@ -133,6 +140,13 @@ class FakeSlack(FakeServer):
     app_id: str = "A0APP0001"
     # Seconds added before every Web API answer (not the socket), like a far-away Slack.
     latency: float = 0.0
+
+    # Chat streaming: every call as (method, params, loop time), and the refusal knob.
+    stream_calls: list[tuple[str, dict[str, Any], float]] = field(default_factory=list)
+    refuse_streaming: str | None = None
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    refuse_status: str | None = None
+    deleted: list[str] = field(default_factory=list)
 
     acks: list[dict[str, Any]] = field(default_factory=list)
     ephemerals: list[dict[str, Any]] = field(default_factory=list)
@@ -358,6 +372,12 @@ class FakeSlack(FakeServer):
             "chat.postEphemeral": self._post_ephemeral,
             "conversations.replies": self._replies,
             "conversations.history": self._history,
+            "chat.startStream": self._start_stream,
+            "chat.appendStream": self._append_stream,
+            "chat.stopStream": self._stop_stream,
+            "chat.delete": self._delete,
+            "assistant.threads.setStatus": self._set_status,
+            "chat.getPermalink": self._permalink,
         }.get(method)
         if handler is None:
             return self._error("unknown_method")
@@ -470,6 +490,115 @@ class FakeSlack(FakeServer):
             text=message["text"],
             message=self._as_api(message, True),
         )
+
+    @staticmethod
+    def _stream_text(params: dict[str, Any]) -> str:
+        """The markdown a streaming call adds: `markdown_text` and markdown_text chunks."""
+        text = str(params.get("markdown_text") or "")
+        for chunk in params.get("chunks") or []:
+            if isinstance(chunk, dict) and chunk.get("type") == "markdown_text":
+                text += str(chunk.get("text") or "")
+        return text
+
+    def _streaming_call(self, method: str, params: dict[str, Any]) -> web.Response | None:
+        self.stream_calls.append((method, params, asyncio.get_running_loop().time()))
+        if self.refuse_streaming:
+            return self._error(self.refuse_streaming)
+        error = self._channel_error(params.get("channel"))
+        return self._error(error) if error else None
+
+    async def _start_stream(self, request: web.Request, params: dict[str, Any]) -> web.Response:
+        refused = self._streaming_call("chat.startStream", params)
+        if refused is not None:
+            return refused
+        channel = params["channel"]
+        if not str(channel).startswith("D") and not (
+            params.get("recipient_user_id") and params.get("recipient_team_id")
+        ):
+            return self._error("invalid_arguments")  # required when streaming in a channel
+        parent = self._find(channel, str(params.get("thread_ts", "")))
+        if parent is None:
+            return self._error("thread_not_found")
+        ts = self._new_ts()
+        message = {
+            "type": "message",
+            "user": self.user_id,
+            "bot_id": self.bot_id,
+            "app_id": self.app_id,
+            "ts": ts,
+            "thread_ts": parent.get("thread_ts") or parent["ts"],
+            "text": self._stream_text(params),
+            "blocks": None,
+            "metadata": None,
+            "streaming": True,
+        }
+        self._store.setdefault(channel, []).append(message)
+        return self._ok(channel=channel, ts=ts)
+
+    def _streamed(self, params: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+        message = self._find(params["channel"], str(params.get("ts", "")))
+        if message is None:
+            return None, "message_not_found"
+        if not message.get("streaming"):
+            return None, "message_not_in_streaming_state"
+        return message, None
+
+    async def _append_stream(self, request: web.Request, params: dict[str, Any]) -> web.Response:
+        refused = self._streaming_call("chat.appendStream", params)
+        if refused is not None:
+            return refused
+        message, error = self._streamed(params)
+        if message is None:
+            return self._error(error or "message_not_found")
+        message["text"] += self._stream_text(params)
+        return self._ok(channel=params["channel"], ts=message["ts"])
+
+    async def _stop_stream(self, request: web.Request, params: dict[str, Any]) -> web.Response:
+        refused = self._streaming_call("chat.stopStream", params)
+        if refused is not None:
+            return refused
+        message, error = self._streamed(params)
+        if message is None:
+            return self._error(error or "message_not_found")
+        message["text"] += self._stream_text(params)
+        message["streaming"] = False
+        if isinstance(params.get("blocks"), list):
+            message["blocks"] = params["blocks"]
+        if isinstance(params.get("metadata"), dict):
+            message["metadata"] = params["metadata"]
+        return self._ok(
+            channel=params["channel"], ts=message["ts"], message=self._as_api(message, True)
+        )
+
+    async def _delete(self, request: web.Request, params: dict[str, Any]) -> web.Response:
+        channel = params.get("channel")
+        error = self._channel_error(channel)
+        if error:
+            return self._error(error)
+        message = self._find(channel, str(params.get("ts", "")))
+        if message is None:
+            return self._error("message_not_found")
+        self._store[channel].remove(message)
+        self.deleted.append(message["ts"])
+        return self._ok(channel=channel, ts=message["ts"])
+
+    async def _set_status(self, request: web.Request, params: dict[str, Any]) -> web.Response:
+        self.statuses.append(dict(params))
+        if self.refuse_status:
+            return self._error(self.refuse_status)
+        error = self._channel_error(params.get("channel_id"))
+        return self._error(error) if error else self._ok()
+
+    def streamed(self, method: str | None = None) -> list[dict[str, Any]]:
+        """The parameters of every streaming call (of `method`), in order."""
+        return [p for m, p, _ in self.stream_calls if method is None or m == method]
+
+    async def _permalink(self, request: web.Request, params: dict[str, Any]) -> web.Response:
+        channel, ts = str(params.get("channel")), str(params.get("message_ts", ""))
+        if self._find(channel, ts) is None:
+            return self._error("message_not_found")
+        link = f"https://fake-workspace.slack.com/archives/{channel}/p{ts.replace('.', '')}"
+        return self._ok(channel=channel, permalink=link)
 
     async def _post_ephemeral(self, request: web.Request, params: dict[str, Any]) -> web.Response:
         channel = params.get("channel")

@@ -12,6 +12,10 @@ a webhook URL must be HTTPS, and knobs inject 429 flood control, 5xx errors and 
 (delivered-but-timed-out) responses; `latency` adds a fixed delay to every answer, for
 benchmarks.
 
+`sendMessageDraft` (private chats only, as the Bot API) records every draft with its time in
+`drafts`; `refuse_drafts` makes it answer 404 like a Bot API server without the method.
+`call_times(method)` gives the loop time of every call, e.g. to count edits per second.
+
 Message ids are per chat and increase; every accepted message is kept so tests can read the
 thread back with `sent(chat_id)`. Response objects copy the shapes of the real `getUpdates`
 samples in `tests/fixtures/telegram/`.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import itertools
 import json
 import re
 import time
@@ -274,6 +279,11 @@ class FakeTelegram(FakeServer):
         self.too_early: list[tuple[str, float]] = []
         self._server_errors: list[_Fault] = []
         self._delays: list[_Fault] = []
+        self.drafts: list[dict[str, Any]] = []
+        self.refuse_drafts = False
+        self._callbacks: set[str] = set()  # callback query ids handed out by push_callback
+        # Answered callback queries: id -> {"text", "at" (time.monotonic())}.
+        self.answered: dict[str, dict[str, Any]] = {}
         for chat_id in chats:
             self.add_chat(chat_id)
 
@@ -407,6 +417,10 @@ class FakeTelegram(FakeServer):
         """
         return [dict(r) for r in self._sent.get(int(chat_id), [])]
 
+    def call_times(self, name: str) -> list[float]:
+        """The loop time at which each call of `name` arrived."""
+        return [r.at for r in self.requests if r.path.endswith(f"/{name}")]
+
     def method_calls(self, name: str) -> list[dict[str, Any]]:
         """The decoded parameters of every call of `name`, including rejected ones."""
         return [params for method, params in self.calls if method == name]
@@ -529,6 +543,12 @@ class FakeTelegram(FakeServer):
         preview = _obj(params.get("link_preview_options"))
         if preview:
             message["link_preview_options"] = preview
+        markup = _obj(params.get("reply_markup"))
+        problem = _check_inline_keyboard(markup)
+        if problem:
+            return _error(400, f"Bad Request: {problem}")
+        if markup:
+            message["reply_markup"] = markup
         messages[message_id] = message
         self._sent[chat.id].append(
             {
@@ -540,6 +560,7 @@ class FakeTelegram(FakeServer):
                 "reply_to_message_id": reply_to,
                 "entities": entities,
                 "edited": False,
+                "reply_markup": markup or None,
             }
         )
         return _ok(message)
@@ -578,6 +599,104 @@ class FakeTelegram(FakeServer):
                 record.update(text=text, visible=visible, parse_mode=parse_mode, entities=entities)
                 record["edited"] = True
         return _ok(message)
+
+    async def _m_sendMessageDraft(self, params: dict[str, Any]) -> web.Response:
+        if self.refuse_drafts:
+            return _error(404, "Not Found")
+        chat, failure = self._writable_chat(params.get("chat_id"))
+        if failure is not None:
+            return failure
+        assert chat is not None
+        if chat.type != "private":
+            return _error(400, "Bad Request: drafts can be sent only to private chats")
+        if not _int(params.get("draft_id")):
+            return _error(400, "Bad Request: draft_id must be non-zero")
+        parsed = _parse_text(str(params.get("text") or ""), params.get("parse_mode"), None)
+        if isinstance(parsed, web.Response):
+            return parsed
+        self.drafts.append(
+            {
+                "chat_id": chat.id,
+                "draft_id": _int(params.get("draft_id")),
+                "text": params.get("text"),
+                "visible": parsed[0],
+                "at": asyncio.get_running_loop().time(),
+            }
+        )
+        return _ok(True)
+
+    async def _m_editMessageReplyMarkup(self, params: dict[str, Any]) -> web.Response:
+        chat, failure = self._writable_chat(params.get("chat_id"))
+        if failure is not None:
+            return failure
+        assert chat is not None
+        message_id = _int(params.get("message_id"))
+        message = self._messages[chat.id].get(message_id or -1)
+        if message is None:
+            return _error(400, "Bad Request: message to edit not found")
+        markup = _obj(params.get("reply_markup")) or None
+        problem = _check_inline_keyboard(markup)
+        if problem:
+            return _error(400, f"Bad Request: {problem}")
+        if markup == message.get("reply_markup"):
+            return _error(
+                400,
+                "Bad Request: message is not modified: specified new message content and reply "
+                "markup are exactly the same as a current content and reply markup of the message",
+            )
+        if markup:
+            message["reply_markup"] = markup
+        else:
+            message.pop("reply_markup", None)
+        for row in self._sent[chat.id]:
+            if row["message_id"] == message_id:
+                row["reply_markup"] = markup
+        return _ok(message)
+
+    async def _m_answerCallbackQuery(self, params: dict[str, Any]) -> web.Response:
+        query_id = str(params.get("callback_query_id") or "")
+        if query_id not in self._callbacks:
+            return _error(
+                400,
+                "Bad Request: query is too old and response timeout expired or query ID is invalid",
+            )
+        if query_id in self.answered:
+            return _error(
+                400,
+                "Bad Request: query is too old and response timeout expired or query ID is invalid",
+            )
+        self.answered[query_id] = {"text": params.get("text"), "at": time.monotonic()}
+        return _ok(True)
+
+    def push_callback(
+        self,
+        chat_id: int,
+        message_id: int,
+        data: str,
+        *,
+        user: dict[str, Any] | None = None,
+        query_id: str | None = None,
+        update_id: int | None = None,
+    ) -> dict[str, Any]:
+        """Queue a button press on the bot's message `message_id`: a `callback_query` update in
+        the shape of the recorded one (tests/fixtures/telegram/callback_query_*), carrying the
+        pressed message as the chat holds it. The same `update_id` again is a redelivery."""
+        message = self._messages[chat_id][message_id]
+        query_id = query_id or str(next(_callback_ids))
+        self._callbacks.add(query_id)
+        query = {
+            "id": query_id,
+            "from": user
+            or {"id": 4242, "is_bot": False, "first_name": "Ann", "username": "ann_cv"},
+            "message": _one_level(message)
+            | ({"reply_markup": message["reply_markup"]} if "reply_markup" in message else {}),
+            "chat_instance": "-2955349629926715065",
+            "data": data,
+        }
+        update: dict[str, Any] = {"callback_query": query}
+        if update_id is not None:
+            update["update_id"] = update_id
+        return self.push_update(update)
 
     async def _m_sendChatAction(self, params: dict[str, Any]) -> web.Response:
         chat, failure = self._writable_chat(params.get("chat_id"))
@@ -707,6 +826,26 @@ def _parse_text(
     if utf16_len(visible) > MAX_TEXT_UTF16:
         return _error(400, "Bad Request: message is too long")
     return visible, entities
+
+
+_callback_ids = itertools.count(586534174085442072)
+
+
+def _check_inline_keyboard(markup: Any) -> str | None:
+    """Why the Bot API would refuse this inline keyboard, or None (callback_data 1-64 bytes)."""
+    if not markup:
+        return None
+    rows = markup.get("inline_keyboard") if isinstance(markup, dict) else None
+    if not isinstance(rows, list):
+        return "can't parse reply keyboard markup JSON object"
+    for row in rows:
+        for button in row:
+            data = button.get("callback_data")
+            if data is not None and not 1 <= len(str(data).encode()) <= 64:
+                return "BUTTON_DATA_INVALID"
+            if not button.get("text"):
+                return "text buttons are unallowed in the inline keyboard"
+    return None
 
 
 def _one_level(message: dict[str, Any]) -> dict[str, Any]:
