@@ -129,8 +129,7 @@ class World:
 
 
 def fast_config(**replace: str) -> str:
-    """The committed config with test timings: arXiv spacing, deadlines, retries and backoff
-    kept short.
+    """The committed config with test timings: arXiv spacing, deadlines and retries kept short.
     `replace` maps a key line's start (e.g. "threshold =") to its new, uncommented text."""
     text = CONFIG.read_text(encoding="utf-8")
     changes = {
@@ -139,10 +138,6 @@ def fast_config(**replace: str) -> str:
         "timeout_seconds = 30": "timeout_seconds = 5",
         "max_retries = 2": "max_retries = 1",
         "retries = 2": "retries = 1",
-        # The one retry policy's waits, in hundredths of a second (its shape is pinned by
-        # test_retry.py with its own settings); a server's Retry-After is still honoured.
-        "backoff_base_seconds =": "backoff_base_seconds = 0.02",
-        "backoff_max_seconds =": "backoff_max_seconds = 0.2",
         # Tests state the schedule they reason about: 09:00 in Shanghai, waiting until 13:00.
         "time =": 'time = "09:00"',
         "wait_until =": 'wait_until = "13:00"',
