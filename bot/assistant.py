@@ -31,7 +31,7 @@ from bot.channels.base import Channel, Outgoing
 from bot.channels.streaming import AnswerStream
 from bot.chatstore import ChatStore, PostStatus, ThreadRecord, Vote
 from bot.journal import Journal
-from bot.service import Delivered, Destination, destination_profile, post_thread
+from bot.service import Delivered, Destination, destination_profile, post_figure, post_thread
 from bot.settings import AppSettings as Settings
 from digest_core.arxiv_id import ArxivId, InvalidArxivId, parse_arxiv_id
 from digest_core.models import Answer
@@ -505,7 +505,8 @@ class Assistant:
                     True, f"Already analysed here: arXiv:{aid.base}", thread=root.message_ref
                 )
             try:
-                entry = await self.pipeline.analyze(aid)
+                # The key figure is fetched while the analysis runs, posted after its text.
+                entry, figure = await self.pipeline.analyze_with_figure(aid)
             except PaperNotFound as exc:
                 return Outcome(False, str(exc))
             except SourceError as exc:
@@ -513,20 +514,26 @@ class Assistant:
                 return Outcome(
                     False, "arXiv cannot be reached right now; try again in a few minutes."
                 )
-            messages = dest.channel.render_analysis(entry)
-            # A person asking again is the retry of an earlier failure (the bot invited since).
-            delivered = await post_thread(
-                self.chat,
-                dest,
-                scope,
-                messages,
-                kind="analysis",
-                papers=[entry.paper.arxiv_id],
-                retry_permanent=True,
-            )
-            state = await self.chat.post_state(scope, dest.channel.platform, dest.chat)
-            root = state.get("root")
-            thread = root.message_ref if root else None
+            try:
+                messages = dest.channel.render_analysis(entry)
+                # A person asking again is the retry of an earlier failure (the bot invited
+                # since).
+                delivered = await post_thread(
+                    self.chat,
+                    dest,
+                    scope,
+                    messages,
+                    kind="analysis",
+                    papers=[entry.paper.arxiv_id],
+                    retry_permanent=True,
+                )
+                state = await self.chat.post_state(scope, dest.channel.platform, dest.chat)
+                root = state.get("root")
+                thread = root.message_ref if root else None
+                if delivered.ok and thread:
+                    await post_figure(self.chat, dest, scope, thread, aid.base, figure)
+            finally:
+                figure.cancel()  # no-op once it finished; stops it when the text failed
         if not delivered.ok:
             return Outcome(
                 False, f"Could not post the analysis: {delivered.error}", thread, delivered

@@ -8,8 +8,10 @@ platforms that can be searched). One destination's failure never stops the other
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -17,13 +19,15 @@ from bot.channels.base import Channel, DeliveryError, ErrorKind, Outgoing
 from bot.chatstore import ChatStore, PostRecord, PostStatus, ThreadRecord
 from bot.settings import AppSettings as Settings
 from digest_core.config import Profile, RetrySettings
-from digest_core.models import Digest, Rating, SeenMark
+from digest_core.models import Digest, FigureImage, Paper, Rating, SeenMark
 from digest_core.pipeline import Pipeline
 from digest_core.retry import RetryPolicy, TryAgain
 
 log = logging.getLogger(__name__)
 
 LOCAL_PLATFORMS = ("console", "markdown")
+# Fetches a paper's key figure (Pipeline.key_figure): None when there is none to post.
+FigureSource = Callable[[Paper], Awaitable[FigureImage | None]]
 SEND_ATTEMPTS = 3
 # Sends of one post whose outcome was unknown (a timeout after Telegram may have stored it),
 # over all runs, on a platform that cannot be searched: at most one duplicate, ever.
@@ -196,10 +200,16 @@ async def deliver(
     *,
     pipeline: Pipeline | None = None,
     retry_permanent: bool = False,
+    figures: FigureSource | None = None,
 ) -> Delivered:
     """Deliver a digest to one destination through the ledger. With `pipeline`, papers
-    deep-dived there recently are not deep-dived again (`for_destination`)."""
+    deep-dived there recently are not deep-dived again (`for_destination`). Then each picked
+    paper's key figure is posted at the end of the thread (after all the text: a slow or
+    missing image never holds up a deep dive), fetched by `figures` (default: the pipeline's
+    `key_figure`)."""
     channel = dest.channel
+    if figures is None and pipeline is not None:
+        figures = pipeline.key_figure
     if pipeline is not None:
         digest = await for_destination(pipeline, store, dest, digest)
     if (
@@ -214,15 +224,32 @@ async def deliver(
         for out in messages:
             await channel.send(dest.chat, out.payload, None, key=out.key)
         return Delivered(dest.label, True, len(messages), 0)
-    return await post_thread(
+    scope = f"digest:{digest.date}"
+    delivered = await post_thread(
         store,
         dest,
-        f"digest:{digest.date}",
+        scope,
         messages,
         kind="digest",
         papers=[e.paper.arxiv_id for e in digest.entries],
         retry_permanent=retry_permanent,
     )
+    root = (await store.post_state(scope, channel.platform, dest.chat)).get(messages[0].key)
+    if figures is not None and delivered.ok and root is not None and root.message_ref:
+        # Fetched together, posted in the digest's order, each named by its number and title.
+        fetches = [asyncio.ensure_future(figures(e.paper)) for e in digest.picked]
+        for i, (entry, fetch) in enumerate(zip(digest.picked, fetches, strict=True), start=1):
+            prefix = f"{i}. {' '.join(entry.paper.title.split())[:200]} — "
+            await post_figure(
+                store,
+                dest,
+                scope,
+                root.message_ref,
+                entry.paper.arxiv_id,
+                fetch,
+                caption_prefix=prefix,
+            )
+    return delivered
 
 
 async def post_thread(
@@ -360,6 +387,73 @@ async def post_thread(
     if refused:
         return Delivered(dest.label, False, posted, skipped, "; ".join(refused))
     return Delivered(dest.label, True, posted, skipped)
+
+
+FIGURE_ATTEMPTS = 2  # sends of one figure, over all runs, after transient failures
+
+
+async def post_figure(
+    store: ChatStore,
+    dest: Destination,
+    scope: str,
+    thread: str,
+    arxiv_id: str,
+    fetch: Awaitable[FigureImage | None],
+    *,
+    caption_prefix: str = "",
+) -> bool:
+    """Post a paper's key figure into `thread` once, through the ledger, after its text.
+
+    The ledger row lives in `figure:<scope>` (key = the arXiv ID), so the text's own
+    bookkeeping ("already analysed here") never waits on it. A figure already sent, or whose
+    send may have landed (an intent without an outcome: an upload cannot be looked up
+    again), is not sent again and `fetch` is not even awaited; nor after FIGURE_ATTEMPTS
+    transient failures or one refusal. A figure that cannot be had (`fetch` gives None) was
+    logged where it failed and is simply not posted. Returns whether a figure was posted.
+    Never raises DeliveryError."""
+    channel, chat = dest.channel, dest.chat
+    figure_scope = f"figure:{scope}"
+    prior = (await store.post_state(figure_scope, channel.platform, chat)).get(arxiv_id)
+    if prior is not None and (
+        prior.status is not PostStatus.FAILED
+        or prior.error_kind is not ErrorKind.TRANSIENT
+        or prior.attempts >= FIGURE_ATTEMPTS
+    ):
+        if asyncio.iscoroutine(fetch):
+            fetch.close()
+        elif isinstance(fetch, asyncio.Future):
+            fetch.cancel()
+        return False
+    image = await fetch
+    if image is None:
+        return False
+    attempts = (prior.attempts if prior else 0) + 1
+
+    def row(status: PostStatus, **extra: object) -> PostRecord:
+        return PostRecord(
+            figure_scope,
+            channel.platform,
+            chat,
+            arxiv_id,
+            0,
+            status,
+            thread_ref=thread,
+            attempts=attempts,
+            **extra,  # type: ignore[arg-type]
+        )
+
+    await store.record_post(row(PostStatus.INTENT))
+    caption = f"{caption_prefix}{image.caption}".strip()
+    try:
+        ref = await channel.send_image(
+            chat, image, caption, thread, key=f"{figure_scope}/{arxiv_id}"
+        )
+    except DeliveryError as exc:
+        await store.record_post(row(PostStatus.FAILED, error_kind=exc.kind, error=exc.reason))
+        log.warning("%s: key figure of %s not posted: %s", dest.label, arxiv_id, exc.reason)
+        return False
+    await store.record_post(row(PostStatus.SENT, message_ref=ref))
+    return True
 
 
 async def _send_once(

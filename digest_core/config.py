@@ -174,6 +174,12 @@ class SourceSettings(Section):
     timeout_seconds: float = Field(30.0, gt=0, le=300)
     arxiv_min_interval_seconds: float = Field(3.0, ge=0, le=60)
     retries: int = Field(2, ge=0, le=10)
+    # Extras of a deep dive, never worth delaying it: the links (code, project, Hugging Face
+    # models/datasets/Spaces) and the key figure each get this long, and the figure at most
+    # this many bytes.
+    extras_timeout_seconds: float = Field(8.0, gt=0, le=60)
+    figure_max_bytes: int = Field(5_000_000, ge=10_000, le=50_000_000)
+    links_per_kind: int = Field(3, ge=0, le=10)
     retry: RetrySettings = RetrySettings()  # the [retry] table, handed down by Settings
 
     @field_validator("hf_endpoint", "arxiv_url")

@@ -11,6 +11,9 @@ that the tree names every exception class in `digest_core` and `bot`, and only t
      ├── _Failure ............... digest_core.llm       one attempt failed (internal: the retry
      │                                                  policy run by llm.py catches it)
      ├── SourceError ............ digest_core.sources   Hugging Face or arXiv gave no answer
+     ├── _Refused ............... digest_core.sources.figure  the key figure's image may not
+     │                                                  or cannot be posted (internal: logged
+     │                                                  once, the figure is skipped)
      ├── TryAgain ............... digest_core.retry     one attempt failed for now (internal:
      │                                                  the retry policy catches it; `.wait`
      │                                                  is what Retry-After asked for)

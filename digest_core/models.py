@@ -126,6 +126,33 @@ class DeepDive:
         )
 
 
+# What a deep dive's header links to, in this order.
+LINK_KINDS: tuple[str, ...] = ("code", "project", "model", "dataset", "space")
+
+
+@dataclass(frozen=True)
+class Link:
+    """One link in a deep dive's header: the code, the project page, or a Hugging Face
+    model, dataset or Space that cites the paper. `url` is http(s); `label` is short text
+    (a repo name such as "org/model")."""
+
+    kind: str  # one of LINK_KINDS
+    url: str
+    label: str
+
+
+@dataclass(frozen=True)
+class FigureImage:
+    """A paper's key figure, fetched and ready to post: the image bytes and their caption."""
+
+    arxiv_id: str
+    data: bytes
+    filename: str  # e.g. "x1.png"
+    mime: str  # image/png, image/jpeg, image/gif or image/webp
+    caption: str  # plain text, e.g. "Figure 1: Overview of …"
+    source_url: str
+
+
 @dataclass(frozen=True)
 class Rating:
     """A person's verdict on a paper for one profile, as plain values the core can use as a
@@ -149,6 +176,7 @@ class DigestEntry:
     paper: Paper
     score: Score
     deep_dive: DeepDive | None = None
+    links: tuple[Link, ...] = ()  # the header's links (see LINK_KINDS); () when none known
     seen: SeenMark | None = None  # deep-dived here before: listed, not deep-dived again
 
     @property

@@ -27,6 +27,8 @@ from digest_core.models import (
     DeepDive,
     Digest,
     DigestEntry,
+    FigureImage,
+    Link,
     Paper,
     Rating,
     Score,
@@ -38,8 +40,9 @@ from digest_core.retry import time_left
 from digest_core.scoring import Scorer
 from digest_core.sources import SourceError, make_http_client
 from digest_core.sources.arxiv import ArxivClient
+from digest_core.sources.figure import fetch_figure_image
 from digest_core.sources.fulltext import FULLTEXT_CACHE_VERSION, FullText, fetch_fulltext
-from digest_core.sources.hf import fetch_daily_papers, fetch_hf_paper
+from digest_core.sources.hf import fetch_daily_papers, fetch_hf_paper, fetch_paper_links
 from digest_core.store import Store, process_owner
 
 log = logging.getLogger(__name__)
@@ -112,6 +115,8 @@ class Pipeline:
             terms_cache=store,
         )
         self._inflight: dict[str, asyncio.Future[DeepDive]] = {}
+        # One download of a paper's full text for the analysis and the key figure alike.
+        self._fulltext_inflight: dict[str, asyncio.Future[FullText]] = {}
         # This pipeline's name on analysis claims (two pipelines in one process are two owners).
         self.owner = process_owner(f"{id(self):x}")
         self.claim_lease = CLAIM_LEASE_SECONDS
@@ -190,18 +195,19 @@ class Pipeline:
         progress("analyse", 0, len(picked))
         done = 0
 
-        async def one(paper: Paper) -> DeepDive:
+        async def one(paper: Paper) -> tuple[DeepDive, tuple[Link, ...]]:
             nonlocal done
-            dive = await self.deep_dive(paper)
+            # The links are looked up while the analysis runs, within their own short deadline.
+            dive, links = await asyncio.gather(self.deep_dive(paper), self.links(paper))
             done += 1
             progress("analyse", done, len(picked))
-            return dive
+            return dive, links
 
         dives = await asyncio.gather(*(one(p) for p in picked))
         picked_ids = {p.arxiv_id for p in picked}
         entries = [
-            DigestEntry(p, scoring.scores[p.arxiv_id], d)
-            for p, d in zip(picked, dives, strict=True)
+            DigestEntry(p, scoring.scores[p.arxiv_id], d, links)
+            for p, (d, links) in zip(picked, dives, strict=True)
         ] + [
             DigestEntry(p, scoring.scores[p.arxiv_id])
             for p in ranked
@@ -297,7 +303,9 @@ class Pipeline:
         holds the claim: its stored analysis is the answer. A claim whose owner died is taken
         over; when the holder failed while we waited, or our own deadline (a person's
         request) runs out first, the labelled extractive analysis is the answer, with no call."""
-        since = datetime.now(UTC).isoformat(timespec="milliseconds")
+        # Claim times are stored to the second: compare at that precision (a failure within
+        # the second we started counts as one we waited for, which costs no call).
+        since = datetime.now(UTC).replace(microsecond=0)
         left = time_left()
         give_up = asyncio.get_running_loop().time() + (
             CLAIM_MAX_WAIT_SECONDS if left is None else max(0.0, left)
@@ -316,7 +324,12 @@ class Pipeline:
             if cached is not None:
                 return cached
             state = await self.store.claim_state(key)
-            if state is not None and state[0] == "failed" and (state[1] or "") >= since:
+            if (
+                state is not None
+                and state[0] == "failed"
+                and state[1]
+                and datetime.fromisoformat(state[1]) >= since
+            ):
                 reason = "the model did not answer for another request just now"
                 return extractive_deep_dive(paper, self.settings.profile, language, reason)
             if asyncio.get_running_loop().time() >= give_up:
@@ -351,6 +364,23 @@ class Pipeline:
             return FullText(SOURCE_ABSTRACT, (("Abstract", paper.abstract),))
         # The key names the stored format: rows from an older extractor are not reused.
         key = f"{FULLTEXT_CACHE_VERSION}:{paper.versioned_id}"
+        running = self._fulltext_inflight.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[FullText] = asyncio.get_running_loop().create_future()
+        self._fulltext_inflight[key] = future
+        try:
+            text = await self._fulltext(paper, key)
+            future.set_result(text)
+            return text
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters get it, nobody else must
+            raise
+        finally:
+            del self._fulltext_inflight[key]
+
+    async def _fulltext(self, paper: Paper, key: str) -> FullText:
         cached = await self.store.get_fulltext(key)
         if cached is not None:
             try:
@@ -363,6 +393,38 @@ class Pipeline:
         if text.source != SOURCE_ABSTRACT:  # the HTML may appear later: don't cache a miss
             await self.store.save_fulltext(key, text.source, text.dump())
         return text
+
+    async def links(self, paper: Paper) -> tuple[Link, ...]:
+        """The deep dive header's links (code, project page, Hugging Face models, datasets and
+        Spaces citing the paper). Bounded by `sources.extras_timeout_seconds`; never raises."""
+        if self.offline:
+            return ()
+        try:
+            return await fetch_paper_links(self.http, self.settings.sources, paper)
+        except Exception:  # an extra: never the reason a deep dive fails
+            log.warning("links of %s: lookup failed", paper.arxiv_id, exc_info=True)
+            return ()
+
+    async def key_figure(self, paper: Paper | str | ArxivId) -> FigureImage | None:
+        """The paper's key figure (the first raster figure of its arXiv HTML) with its caption,
+        fetched from the arXiv host within the size cap; None (logged once) when there is none
+        or it cannot be had. Shares the full-text download with a running analysis."""
+        if self.offline:
+            return None
+        try:
+            if not isinstance(paper, Paper):
+                aid = paper if isinstance(paper, ArxivId) else parse_arxiv_id(paper)
+                paper = await self.store.get_paper(aid.base) or await self.resolve(aid)
+            text = await self.fulltext(paper)
+            if text.figure is None:
+                log.info("key figure %s: the arXiv HTML has none; nothing posted", paper.arxiv_id)
+                return None
+            return await fetch_figure_image(
+                self.http, self.settings.sources, paper.arxiv_id, text.figure
+            )
+        except Exception as exc:  # an extra: never the reason a deep dive fails
+            log.warning("key figure: %s; not posted", type(exc).__name__)
+            return None
 
     async def resolve(self, id_or_url: str | ArxivId) -> Paper:
         """The paper an ID names, from arXiv (HF's paper API when arXiv cannot answer).
@@ -398,9 +460,26 @@ class Pipeline:
 
     async def analyze(self, id_or_url: str | ArxivId) -> DigestEntry:
         """A deep dive of any arXiv paper, with its score against the profile."""
+        return await self._analyze_paper(await self.resolve(id_or_url))
+
+    async def analyze_with_figure(
+        self, id_or_url: str | ArxivId
+    ) -> tuple[DigestEntry, asyncio.Future[FigureImage | None]]:
+        """`analyze`, and the paper's key figure being fetched beside it (see `key_figure`):
+        the caller posts the text first, then awaits the figure, or cancels it."""
         paper = await self.resolve(id_or_url)
-        score, dive = await asyncio.gather(self.score_one(paper), self.deep_dive(paper))
-        return DigestEntry(paper, score, dive)
+        figure = asyncio.ensure_future(self.key_figure(paper))
+        try:
+            return await self._analyze_paper(paper), figure
+        except BaseException:
+            figure.cancel()
+            raise
+
+    async def _analyze_paper(self, paper: Paper) -> DigestEntry:
+        score, dive, links = await asyncio.gather(
+            self.score_one(paper), self.deep_dive(paper), self.links(paper)
+        )
+        return DigestEntry(paper, score, dive, links)
 
     async def cached_analysis(self, id_or_url: str | ArxivId) -> DeepDive | None:
         """An analysis already in the store that a new request would reuse (same model, prompt

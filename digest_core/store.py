@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from sqlite_utils import Database, Migrations
 
-from digest_core.models import DeepDive, Digest, DigestEntry, Paper, Score
+from digest_core.models import DeepDive, Digest, DigestEntry, Link, Paper, Score
 
 T = TypeVar("T")
 
@@ -682,6 +682,7 @@ def _digest_from_dict(data: dict[str, Any]) -> Digest:
                 paper=Paper(**p),
                 score=Score(**e["score"]),
                 deep_dive=DeepDive(**dive) if dive else None,
+                links=tuple(Link(**link) for link in e.get("links") or ()),
             )
         )
     rest = {k: v for k, v in data.items() if k != "entries"}

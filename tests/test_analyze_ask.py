@@ -142,7 +142,18 @@ async def test_analyze_accepts_every_pasted_form(world: World, tmp_path: Path) -
         assert "read: abstract only" in out and "Model: gpt-4o" in out, pasted
     asked = sorted(q.query["id_list"] for q in world.arxiv.queries())
     assert asked == sorted(expected for _, expected, _ in FORMS)
-    assert world.hf.requests == []  # arXiv answered: no fallback asked
+    # arXiv answered: no fallback asked. HF sees only the deep dive's link lookups (issue 9):
+    # one paper request and one list per kind for each new-style ID, nothing more.
+    lists = {"/api/models", "/api/datasets", "/api/spaces"}
+    assert {r.path for r in world.hf.requests} - lists <= {
+        f"/api/papers/{re.sub(r'v[0-9]+$', '', i)}" for i in asked
+    }
+    for r in world.hf.requests:
+        if r.path.startswith("/api/papers/"):  # never more than the links asked for it
+            pid = r.path.removeprefix("/api/papers/")
+            gets = [x for x in world.hf.requests if x.path == r.path]
+            listed = [x for x in world.hf.requests if x.query.get("filter") == f"arxiv:{pid}"]
+            assert len(gets) * 3 == len(listed), pid
 
 
 # -- analyze: input that names no paper ------------------------------------------------------------

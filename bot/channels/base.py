@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from digest_core.models import Answer, Digest, DigestEntry
+from digest_core.models import Answer, Digest, DigestEntry, FigureImage
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,14 @@ class Channel(Protocol):
         """Post one message, as a reply in `thread` when given. `key` is the ledger's mark of
         this post, unique per scope, that `find_posted` looks for. Returns the message's
         reference (Slack `ts`, Telegram `message_id` as a string). Raises DeliveryError."""
+        ...
+
+    async def send_image(
+        self, chat: str, image: FigureImage, caption: str, thread: str | None, *, key: str
+    ) -> str:
+        """Post an image (a paper's key figure) with a plain-text `caption`, as a reply in
+        `thread` when given; the channel escapes and shortens the caption to its platform's
+        limit. Returns a reference to the post. Raises DeliveryError."""
         ...
 
     async def find_posted(self, chat: str, thread: str | None, key: str) -> str | None:

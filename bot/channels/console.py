@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bot.channels.base import Outgoing
-from digest_core.models import Answer, Digest, DigestEntry
+from digest_core.models import Answer, Digest, DigestEntry, FigureImage
 from digest_core.render.markdown import (
     answer_markdown,
     render_analysis_markdown,
@@ -43,6 +43,13 @@ class ConsoleChannel:
 
     async def find_posted(self, chat: str, thread: str | None, key: str) -> str | None:
         return None
+
+    async def send_image(
+        self, chat: str, image: FigureImage, caption: str, thread: str | None, *, key: str
+    ) -> str:
+        """A terminal shows no image: one line naming it and its caption."""
+        line = f"[{image.filename}, {len(image.data) // 1024} kB] {caption}".strip()
+        return await ConsoleChannel.send(self, chat, line, thread)
 
     async def working(self, chat: str, thread: str | None) -> str | None:
         return None

@@ -36,11 +36,11 @@ from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.channels.base import DeliveryError, Outgoing
+from digest_core.models import Answer, Digest, DigestEntry, FigureImage
+from digest_core.render.slack import SlackMessage, escape, figure_comment
 
 if TYPE_CHECKING:
     from bot.channels.streaming import AnswerStream
-from digest_core.models import Answer, Digest, DigestEntry
-from digest_core.render.slack import SlackMessage, escape
 from digest_core.retry import retry_after
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,15 @@ PERMANENT_ERRORS = frozenset(
 
 # Methods whose request may have taken effect even though the client saw a connection error;
 # repeating them blindly can post the same message twice.
-NOT_SAFE_TO_REPEAT = frozenset({"chat.postMessage", "chat.postEphemeral", "chat.scheduleMessage"})
+NOT_SAFE_TO_REPEAT = frozenset(
+    {
+        "chat.postMessage",
+        "chat.postEphemeral",
+        "chat.scheduleMessage",
+        # Shares the uploaded file into the channel: repeated, the figure shows twice.
+        "files.completeUploadExternal",
+    }
+)
 
 # How long a 429 may ask us to wait before we give up and report a transient failure instead
 # of parking the whole digest (Slack has answered with Retry-After of many minutes).
@@ -344,6 +352,28 @@ class SlackChannel:
         except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
             raise self._fail("chat.postMessage", exc) from None
         return str(response["ts"])
+
+    async def send_image(
+        self, chat: str, image: FigureImage, caption: str, thread: str | None, *, key: str
+    ) -> str:
+        """Upload an image into the thread with Slack's external upload (slack_sdk's
+        `files_upload_v2`: files.getUploadURLExternal, the upload, then
+        files.completeUploadExternal with `channel_id` and `thread_ts`); the caption is the
+        file's comment. Needs the `files:write` scope. Returns the file's id."""
+        try:
+            response = await self.client.files_upload_v2(
+                content=image.data,
+                filename=image.filename,
+                title=image.filename,
+                alt_txt=caption[:1000] or image.filename,
+                channel=chat,
+                thread_ts=thread,
+                initial_comment=figure_comment(caption) or None,
+            )
+        except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
+            raise self._fail("files.upload", exc) from None
+        file = response.get("file") or {}
+        return str(file.get("id") or "")
 
     async def find_posted(self, chat: str, thread: str | None, key: str) -> str | None:
         """The ts of an earlier post carrying `key`, or None if Slack has no such message.

@@ -29,7 +29,13 @@ from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import telegram
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions, ReplyParameters
+from telegram import (
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InputFile,
+    LinkPreviewOptions,
+    ReplyParameters,
+)
 from telegram.constants import ChatAction, FloodLimit, ParseMode
 from telegram.error import (
     BadRequest,
@@ -46,7 +52,7 @@ from telegram.request import HTTPXRequest
 
 from bot.channels.base import DeliveryError, Outgoing
 from digest_core.config import RetrySettings
-from digest_core.models import Answer, Digest, DigestEntry
+from digest_core.models import Answer, Digest, DigestEntry, FigureImage
 from digest_core.render.telegram import utf16_len
 from digest_core.retry import RetryPolicy, TryAgain
 from digest_core.sources import quiet_http_logs
@@ -435,6 +441,34 @@ class TelegramChannel:
                 raise self._failure(exc, chat_id) from None
         except TelegramError as exc:
             raise self._failure(exc, chat_id) from None
+
+    async def send_image(
+        self, chat: str, image: FigureImage, caption: str, thread: str | None, *, key: str
+    ) -> str:
+        """`sendPhoto` (multipart) as a reply to message `thread`, with the caption as plain
+        text within Telegram's 1,024 characters. Returns the message id."""
+        from digest_core.render.telegram import figure_caption
+
+        chat_id, topic = parse_chat(chat)
+        target = self._migrated.get(chat_id, chat_id)
+        try:
+            message = await self._call(
+                partial(
+                    self.bot.send_photo,
+                    chat_id=target,
+                    photo=InputFile(image.data, filename=image.filename),
+                    caption=figure_caption(caption) or None,
+                    message_thread_id=topic,
+                    reply_parameters=(
+                        ReplyParameters(message_id=int(thread), allow_sending_without_reply=True)
+                        if thread
+                        else None
+                    ),
+                )
+            )
+        except TelegramError as exc:
+            raise self._failure(exc, target) from None
+        return str(message.message_id)
 
     async def find_posted(self, chat: str, thread: str | None, key: str) -> str | None:
         """Never found: a sent message cannot be looked up (see `searchable`)."""

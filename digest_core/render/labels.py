@@ -6,6 +6,11 @@ Renderers look labels up here so Slack, Telegram and the Markdown export say the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from digest_core.models import LINK_KINDS, Link
+from digest_core.render.parse import is_safe_url
+
 LABELS: dict[str, dict[str, str]] = {
     "zh": {
         "title": "🚀 CV 论文日报 | {date}",
@@ -24,6 +29,12 @@ LABELS: dict[str, dict[str, str]] = {
         "relevance": "🎯 与研究方向的相关度",
         "in_thread": "👇 每篇论文的深度解读见本帖回复",
         "keyword_note": "LLM 不可用：按关键词相关度评分",
+        "links": "🔗 相关链接",
+        "link_code": "代码",
+        "link_project": "项目主页",
+        "link_model": "🤗 模型",
+        "link_dataset": "🤗 数据集",
+        "link_space": "🤗 Spaces",
         "seen": "👁 已于 {date} 在此解读",
         "earlier_thread": "此前的讨论",
     },
@@ -44,6 +55,12 @@ LABELS: dict[str, dict[str, str]] = {
         "relevance": "🎯 Relevance to your profile",
         "in_thread": "👇 Deep dives are in the thread",
         "keyword_note": "LLM unavailable: ranked by keyword relevance",
+        "links": "🔗 Links",
+        "link_code": "Code",
+        "link_project": "Project page",
+        "link_model": "🤗 Models",
+        "link_dataset": "🤗 Datasets",
+        "link_space": "🤗 Spaces",
         "seen": "👁 deep-dived here on {date}",
         "earlier_thread": "earlier thread",
     },
@@ -58,6 +75,17 @@ def label(language: str, key: str, **fields: object) -> str:
     """The label `key` in `language` (English when the language is unknown), formatted."""
     table = LABELS.get(language, LABELS["en"])
     return table[key].format(**fields) if fields else table[key]
+
+
+def link_groups(links: Sequence[Link], language: str) -> list[tuple[str, list[Link]]]:
+    """A deep dive's header links grouped for display, in LINK_KINDS order: (label, links).
+    Only http(s) links are kept; renderers format each group as `label: a, b`."""
+    groups = []
+    for kind in LINK_KINDS:
+        found = [link for link in links if link.kind == kind and is_safe_url(link.url)]
+        if found:
+            groups.append((label(language, f"link_{kind}"), found))
+    return groups
 
 
 def source_name(source: str) -> str:

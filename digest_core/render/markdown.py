@@ -10,7 +10,7 @@ here.
 from __future__ import annotations
 
 from digest_core.models import Answer, Digest, DigestEntry
-from digest_core.render.labels import authors_line, label, source_name
+from digest_core.render.labels import authors_line, label, link_groups, source_name
 from digest_core.render.parse import MD, is_safe_url, one_line
 
 __all__ = ["MD", "answer_markdown", "render_analysis_markdown", "render_report"]
@@ -39,6 +39,18 @@ def _url_line(language: str, url: str) -> str | None:
     if not is_safe_url(url):
         return None
     return f"**{label(language, 'link')}**: [{link_text(url)}]({_destination(url)})"
+
+
+def _links_line(entry: DigestEntry, language: str) -> str | None:
+    """`**🔗 Links**: Code: [github.com/a/b](…) · 🤗 Models: [a/m](…)`, or None without links."""
+    groups = link_groups(entry.links, language)
+    if not groups:
+        return None
+    body = " · ".join(
+        f"{name}: " + ", ".join(_link(link.label, link.url) for link in links)
+        for name, links in groups
+    )
+    return f"**{label(language, 'links')}**: {body}"
 
 
 def render_report(digest: Digest) -> str:
@@ -83,6 +95,9 @@ def render_report(digest: Digest) -> str:
             url_line = _url_line(lang, paper.abs_url)
             if url_line:
                 out.append(url_line)
+            links_line = _links_line(entry, lang)
+            if links_line:
+                out.append(links_line)
             out.append("")
             if entry.deep_dive is not None:
                 out += [entry.deep_dive.body_markdown(heading_level=4), ""]
@@ -99,6 +114,9 @@ def render_analysis_markdown(entry: DigestEntry, language: str) -> str:
     url_line = _url_line(language, paper.abs_url)
     if url_line:
         head.append(url_line)
+    links_line = _links_line(entry, language)
+    if links_line:
+        head.append(links_line)
     score = f"**{label(language, 'relevance')}**: {entry.score.score}/100"
     reason = one_line(entry.score.reason)
     head.append(score + (f" — {reason}" if reason else ""))

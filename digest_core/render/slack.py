@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from digest_core.models import Answer, Digest, DigestEntry, Paper
-from digest_core.render.labels import authors_line, label
+from digest_core.render.labels import authors_line, label, link_groups
 from digest_core.render.markdown import answer_markdown
 from digest_core.render.parse import (
     Line,
@@ -402,6 +402,17 @@ def _score_line(entry: DigestEntry, language: str, with_reason: bool) -> str:
     return line
 
 
+def _links_line(entry: DigestEntry, language: str) -> str | None:
+    """`🔗 Code: <url|label> · 🤗 Models: <url|a>, <url|b> …`, or None without links."""
+    groups = link_groups(entry.links, language)
+    if not groups:
+        return None
+    return " · ".join(
+        f"{escape(name)}: " + ", ".join(_link(link.url, truncate(link.label, 80)) for link in links)
+        for name, links in groups
+    )
+
+
 def render_deep_dive(
     entry: DigestEntry, index: int, language: str, *, rating: bool = True
 ) -> list[SlackMessage]:
@@ -414,6 +425,9 @@ def render_deep_dive(
         _bold(f"{index}. {_paper_link(entry.paper, 300)}"),
         _score_line(entry, language, False),
     ]
+    links = _links_line(entry, language)
+    if links:
+        header.append(links)
     note = _score_note(entry, language)
     if note:
         header.append(escape(note))
@@ -445,6 +459,11 @@ def render_paper_root(entry: DigestEntry, language: str) -> SlackMessage:
         lines.append(_text(note))
     fallback = f"{one_line(paper.title)} — {entry.score.score}/100"
     return SlackMessage(_fallback(fallback), _clip_blocks(_sections(lines)))
+
+
+def figure_comment(caption: str, limit: int = 1000) -> str:
+    """A key figure's caption as the escaped comment of its file upload (plain text)."""
+    return _clip(_text(one_line(caption)), limit) if caption.strip() else ""
 
 
 def render_answer(answer: Answer) -> list[SlackMessage]:

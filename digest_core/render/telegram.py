@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from digest_core.models import Answer, Digest, DigestEntry, Paper
-from digest_core.render.labels import authors_line, label
+from digest_core.render.labels import authors_line, label, link_groups
 from digest_core.render.markdown import answer_markdown
 from digest_core.render.parse import Line, Run, is_safe_url, one_line, pack, to_blocks, truncate
 
@@ -258,12 +258,30 @@ def _score_line(entry: DigestEntry, language: str) -> str:
     return f"{escape(label(language, 'score'))}: <b>{entry.score.score}</b>/100"
 
 
+def _links_line(entry: DigestEntry, language: str) -> str | None:
+    """`🔗 Code: <a>…</a> · 🤗 Models: <a>a</a>, <a>b</a> …`, or None without links."""
+    groups = link_groups(entry.links, language)
+    if not groups:
+        return None
+    return " · ".join(
+        f"{escape(name)}: "
+        + ", ".join(
+            f'<a href="{escape(link.url, quote=True)}">{escape(truncate(link.label, 80))}</a>'
+            for link in links
+        )
+        for name, links in groups
+    )
+
+
 def render_deep_dive(entry: DigestEntry, index: int, language: str) -> list[str]:
     """One picked paper as replies: `index. title` (linked) and score, then the deep dive.
 
     `index` is the 1-based number shown in the table of contents.
     """
     header = [f"<b>{index}. {_paper_link(entry.paper, 300)}</b>", _score_line(entry, language)]
+    links = _links_line(entry, language)
+    if links:
+        header.append(links)
     note = _score_note(entry, language)
     if note:
         header.append(note)
@@ -297,6 +315,15 @@ def render_paper_root(entry: DigestEntry, language: str) -> str:
     if note:
         lines.append(note)
     return "\n".join(lines)
+
+
+CAPTION_LIMIT = 1024  # Telegram's limit on a photo caption
+
+
+def figure_caption(caption: str, limit: int = CAPTION_LIMIT) -> str:
+    """A key figure's caption for sendPhoto: plain text (sent without a parse mode), one
+    paragraph, at most `limit` characters."""
+    return truncate(one_line(caption), limit)
 
 
 def render_answer(answer: Answer) -> list[str]:

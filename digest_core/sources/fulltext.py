@@ -42,7 +42,7 @@ MIN_PIECE_TOKENS = 64
 
 TRUNCATION_MARKER = "[…]"
 # Bumped whenever the stored shape of a FullText (see FullText.dump) changes.
-FULLTEXT_CACHE_VERSION = "ft2"
+FULLTEXT_CACHE_VERSION = "ft3"  # ft3: the key figure is kept with the sections
 
 # Hiragana, Katakana, CJK punctuation, ideographs (incl. extension A/B+), Hangul, full-width
 # forms: roughly one token per character in common tokenizers.
@@ -225,6 +225,16 @@ _LABEL_KINDS = {"table": "table", "figure": "figure"}
 
 
 @dataclass(frozen=True)
+class KeyFigure:
+    """The paper's key figure as its arXiv HTML page shows it (usually the teaser, Figure 1):
+    where the image is (an absolute URL, not yet checked or fetched) and its caption."""
+
+    image_url: str
+    caption: str
+    label: str | None = None
+
+
+@dataclass(frozen=True)
 class FullText:
     """What a deep dive reads: where it came from and the paper's sections in order.
 
@@ -233,6 +243,8 @@ class FullText:
 
     source: str  # models.SOURCE_HTML / SOURCE_PDF / SOURCE_ABSTRACT
     sections: tuple[Section, ...]
+    # The first figure with a raster image, from the arXiv HTML only (see key_figure_of).
+    figure: KeyFigure | None = None
 
     def __post_init__(self) -> None:
         given = tuple(
@@ -273,25 +285,24 @@ class FullText:
         return frozenset(found)
 
     def dump(self) -> list[tuple[str, str]]:
-        """(heading, JSON) pairs for the full-text cache; `load` reads them back."""
-        return [
-            (
-                s.heading,
-                json.dumps(
-                    {
-                        "role": s.role,
-                        "blocks": [[b.kind, b.label, b.section, b.text] for b in s.blocks],
-                    },
-                    ensure_ascii=False,
-                ),
-            )
-            for s in self.sections
-        ]
+        """(heading, JSON) pairs for the full-text cache; `load` reads them back. The key
+        figure rides in the first section's JSON."""
+        rows = []
+        for n, s in enumerate(self.sections):
+            data: dict[str, Any] = {
+                "role": s.role,
+                "blocks": [[b.kind, b.label, b.section, b.text] for b in s.blocks],
+            }
+            if n == 0 and self.figure is not None:
+                data["figure"] = [self.figure.image_url, self.figure.caption, self.figure.label]
+            rows.append((s.heading, json.dumps(data, ensure_ascii=False)))
+        return rows
 
     @classmethod
     def load(cls, source: str, rows: Iterable[Sequence[str]]) -> FullText:
         """The inverse of `dump`; ValueError on a row it did not write."""
         sections = []
+        figure = None
         try:
             for heading, data in rows:
                 parsed = json.loads(data)
@@ -300,9 +311,14 @@ class FullText:
                     for kind, label, sub, text in parsed["blocks"]
                 )
                 sections.append(Section(str(heading), blocks, str(parsed["role"])))
-        except (TypeError, KeyError, json.JSONDecodeError) as exc:
+                if "figure" in parsed:
+                    url, caption, label = parsed["figure"]
+                    figure = KeyFigure(
+                        str(url), str(caption), None if label is None else str(label)
+                    )
+        except (TypeError, KeyError, ValueError) as exc:
             raise ValueError(f"not a cached full text ({type(exc).__name__})") from exc
-        return cls(source, tuple(sections))
+        return cls(source, tuple(sections), figure)
 
     def text(self, token_budget: int) -> str:
         """The paper as Markdown-ish text within `token_budget` (see `estimate_tokens`).
@@ -514,6 +530,70 @@ def parse_arxiv_html(html: str) -> tuple[Section, ...]:
     if sum(len(b.text) for s in kept for b in s.blocks) < MIN_TEXT_CHARS:
         return ()
     return kept
+
+
+# Images a chat can show inline. LaTeXML also emits SVG (`<object data=…svg>`), which
+# Telegram's sendPhoto refuses and Slack shows as a file: those figures are passed over.
+RASTER_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+}
+RASTER_TYPES[".webp"] = "image/webp"
+
+
+def key_figure_of(html: str, page_url: str) -> KeyFigure | None:
+    """The first figure of an arXiv LaTeXML page that has a raster image, with its caption:
+    usually the teaser (Figure 1). The image URL is made absolute against the page's
+    `<base href>` when it has one, else against `page_url` (the URL the page came from), as a
+    browser would. Tables and figures nested in another figure (panels) are not candidates
+    of their own. None when there is no such figure or the page cannot be parsed."""
+    try:
+        tree = LexborHTMLParser(html)
+        document = tree.css_first(".ltx_document")
+        if document is None:
+            return None
+        base = httpx.URL(page_url)
+        base_tag = tree.css_first("base[href]")
+        if base_tag is not None:
+            base = base.join(base_tag.attributes.get("href") or "")
+        for figure in document.css("figure"):
+            classes = _classes(figure)
+            if "ltx_table" in classes or _inside_figure(figure):
+                continue
+            src = next(
+                (
+                    img.attributes.get("src") or ""
+                    for img in figure.css("img")
+                    if _raster(img.attributes.get("src") or "")
+                ),
+                "",
+            )
+            if not src:
+                continue
+            captions = _own(figure, "figcaption")
+            caption, label = _caption(captions[0]) if captions else ("", None)
+            if label and label.lower().startswith("table"):
+                continue
+            return KeyFigure(str(base.join(src.strip())), caption, label)
+    except Exception:  # hostile markup or a bad URL: no figure, never a failed deep dive
+        log.warning("arXiv HTML: key figure could not be read", exc_info=True)
+    return None
+
+
+def _raster(src: str) -> bool:
+    path = src.split("?", 1)[0].split("#", 1)[0].lower()
+    return bool(src) and not path.startswith("data:") and path.endswith(tuple(RASTER_TYPES))
+
+
+def _inside_figure(node: LexborNode) -> bool:
+    parent = node.parent
+    while parent is not None:
+        if parent.tag == "figure":
+            return True
+        parent = parent.parent
+    return False
 
 
 def _document_sections(document: LexborNode) -> list[Section]:
@@ -991,15 +1071,15 @@ async def fetch_fulltext(
     deadline = total_deadline(settings)
     try:
         async with asyncio.timeout(deadline):
-            html = await _download(
+            html, page_url = await _download_from(
                 client, settings, f"{settings.arxiv_url}/html/{path}", HTML_MAX_BYTES, "html"
             )
             if html is not None:
-                sections = await asyncio.to_thread(
-                    parse_arxiv_html, html.decode("utf-8", "replace")
-                )
+                page = html.decode("utf-8", "replace")
+                sections = await asyncio.to_thread(parse_arxiv_html, page)
                 if sections:
-                    return FullText(SOURCE_HTML, _with_abstract(sections, paper))
+                    figure = await asyncio.to_thread(key_figure_of, page, page_url)
+                    return FullText(SOURCE_HTML, _with_abstract(sections, paper), figure)
                 log.info("full text %s: arXiv HTML had no usable text", arxiv_id)
             pdf = await _download(
                 client, settings, f"{settings.arxiv_url}/pdf/{path}", PDF_MAX_BYTES, "pdf"
@@ -1027,6 +1107,13 @@ async def _download(
     client: httpx.AsyncClient, settings: SourceSettings, url: str, max_bytes: int, kind: str
 ) -> bytes | None:
     """The body of a 200 answer, or None. Redirects are followed only within arXiv's origin."""
+    return (await _download_from(client, settings, url, max_bytes, kind))[0]
+
+
+async def _download_from(
+    client: httpx.AsyncClient, settings: SourceSettings, url: str, max_bytes: int, kind: str
+) -> tuple[bytes | None, str]:
+    """`_download`, and the URL the body finally came from (after same-origin redirects)."""
     origin = httpx.URL(settings.arxiv_url)
     target = httpx.URL(url)
     try:
@@ -1041,16 +1128,16 @@ async def _download(
                         origin.port,
                     ):
                         log.warning("full text: arXiv redirected %s off arXiv; not following", kind)
-                        return None
+                        return None, str(target)
                     continue
                 if response.status_code != 200:
                     log.info("full text: arXiv %s answered %s", kind, response.status_code)
-                    return None
+                    return None, str(target)
                 if (
                     kind == "html"
                     and "html" not in response.headers.get("content-type", "").lower()
                 ):
-                    return None
+                    return None, str(target)
                 body = bytearray()
                 async for chunk in response.aiter_bytes():
                     body += chunk
@@ -1058,8 +1145,8 @@ async def _download(
                         log.warning(
                             "full text: arXiv %s is over %d MB; skipped", kind, max_bytes >> 20
                         )
-                        return None
-                return bytes(body)
+                        return None, str(target)
+                return bytes(body), str(target)
     except httpx.HTTPError as exc:
         log.info("full text: arXiv %s failed (%s)", kind, type(exc).__name__)
-    return None
+    return None, str(target)

@@ -17,7 +17,7 @@ import httpx
 
 from ..arxiv_id import InvalidArxivId, parse_arxiv_id
 from ..config import SourceSettings
-from ..models import Paper
+from ..models import Link, Paper
 from . import Sleep, SourceError, get_with_retries, total_deadline
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,101 @@ async def fetch_hf_paper(
         log.warning("Hugging Face paper %s: answered for %s instead", parsed.base, paper.arxiv_id)
         return None
     return paper
+
+
+# The Hub lists repos that cite a paper by their `arxiv:<id>` tag (HF's paper-pages docs:
+# `/api/models?filter=arxiv:ID`, and the same for datasets and spaces). Kind -> (API path,
+# page prefix).
+HUB_LISTS = {
+    "model": ("models", ""),
+    "dataset": ("datasets", "datasets/"),
+    "space": ("spaces", "spaces/"),
+}
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+", re.ASCII)
+
+
+async def fetch_paper_links(
+    client: httpx.AsyncClient, settings: SourceSettings, paper: Paper
+) -> tuple[Link, ...]:
+    """The links of a deep dive's header: the code repository and project page (from the
+    paper, else from HF's paper API) and up to `links_per_kind` Hugging Face models, datasets
+    and Spaces that cite it, most liked first.
+
+    All requests run at once, one attempt each, within `extras_timeout_seconds`: what did not
+    answer in time is left out. Never raises; what failed is logged in one line."""
+    try:
+        parsed = parse_arxiv_id(paper.arxiv_id)
+    except InvalidArxivId:
+        return ()
+    hub = settings.hf_endpoint
+    failed: list[str] = []
+
+    async def get(what: str, url: str, params: dict[str, str] | None) -> object:
+        try:
+            async with asyncio.timeout(settings.extras_timeout_seconds):
+                response = await client.get(url, params=params)
+        except TimeoutError:
+            failed.append(f"{what} timed out")
+            return None
+        except httpx.HTTPError as exc:
+            failed.append(f"{what} {type(exc).__name__}")
+            return None
+        if response.status_code != 200:
+            if response.status_code != 404:  # 404: HF has not indexed the paper
+                failed.append(f"{what} {response.status_code}")
+            return None
+        return _json_body(response)
+
+    async def hf_paper() -> Paper | None:
+        if paper.github_repo and paper.project_page:
+            return paper
+        if parsed.old_style:
+            return None  # HF only indexes new-style IDs
+        found = parse_hf_paper(
+            await get("paper", f"{hub}/api/papers/{parsed.base}", None), settings.arxiv_url
+        )
+        return found if found is not None and found.arxiv_id == parsed.base else None
+
+    async def repos(kind: str) -> list[Link]:
+        path, prefix = HUB_LISTS[kind]
+        if settings.links_per_kind == 0:
+            return []
+        params = {
+            "filter": f"arxiv:{parsed.base}",
+            "sort": "likes",
+            "direction": "-1",
+            "limit": str(settings.links_per_kind),
+        }
+        payload = await get(path, f"{hub}/api/{path}", params)
+        out: list[Link] = []
+        for item in payload if isinstance(payload, list) else []:
+            repo = item.get("id") if isinstance(item, dict) else None
+            if (
+                isinstance(repo, str)
+                and _REPO_ID.fullmatch(repo)
+                and len(out) < settings.links_per_kind
+            ):
+                out.append(Link(kind, f"{hub}/{prefix}{repo}", repo))
+        return out
+
+    meta, models, datasets, spaces = await asyncio.gather(
+        hf_paper(), repos("model"), repos("dataset"), repos("space")
+    )
+    if failed:
+        log.warning("links of %s: Hugging Face %s; left out", parsed.base, ", ".join(failed))
+    links: list[Link] = []
+    code = paper.github_repo or (meta.github_repo if meta else None)
+    project = paper.project_page or (meta.project_page if meta else None)
+    if code:
+        links.append(Link("code", code, _short(code)))
+    if project and project != code:
+        links.append(Link("project", project, _short(project)))
+    return (*links, *models, *datasets, *spaces)
+
+
+def _short(url: str) -> str:
+    """A link's label: the URL without its scheme, `www.` and trailing slash."""
+    return re.sub(r"^https?://(www\.)?", "", url).rstrip("/") or url
 
 
 def _paper_from(paper: object, outer: object, arxiv_url: str) -> Paper | None:

@@ -74,6 +74,10 @@ class FakeHF(FakeServer):
 
     days: dict[str, Any] = field(default_factory=dict)
     papers: dict[str, Any] = field(default_factory=dict)
+    # (kind, arXiv ID) -> the list `/api/{models,datasets,spaces}?filter=arxiv:ID` returns
+    # (kind: "models", "datasets", "spaces"); unknown: `[]`, as the Hub answers.
+    repos: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
+    repos_status: int | None = None  # answer the repo lists with this status instead
     status: int | None = None
     html_body: bool = False
     hang: bool = False
@@ -91,6 +95,8 @@ class FakeHF(FakeServer):
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/api/daily_papers", self._daily_papers)
         app.router.add_get("/api/papers/{paper_id:.+}", self._paper)
+        for kind in ("models", "datasets", "spaces"):
+            app.router.add_get(f"/api/{kind}", self._repo_list)
 
     async def stop(self) -> None:
         self._release.set()  # let hanging handlers finish so shutdown does not wait on them
@@ -118,6 +124,19 @@ class FakeHF(FakeServer):
         if isinstance(payload, bytes):
             return web.Response(body=payload, content_type="application/json")
         return web.json_response(payload)
+
+    async def _repo_list(self, request: web.Request) -> web.StreamResponse:
+        if self.repos_status is not None:
+            return web.json_response({"error": "nope"}, status=self.repos_status)
+        kind = request.path.rsplit("/", 1)[-1]
+        wanted = request.query.get("filter", "")
+        items = (
+            self.repos.get((kind, wanted.removeprefix("arxiv:")), [])
+            if wanted.startswith("arxiv:")
+            else []
+        )
+        limit = request.query.get("limit", "")
+        return web.json_response(items[: int(limit)] if limit.isdigit() else items)
 
     async def _paper(self, request: web.Request) -> web.StreamResponse:
         paper = self.papers.get(request.match_info["paper_id"])
@@ -196,6 +215,9 @@ class FakeArxiv(FakeServer):
     html: dict[str, str] = field(default_factory=dict)
     pdf: dict[str, bytes] = field(default_factory=dict)
     redirects: dict[str, str] = field(default_factory=dict)
+    # Files under a paper's HTML page, by path after /html/ ("2501.11120v1/x1.png"): the
+    # figures the page's <img src> points at.
+    images: dict[str, bytes] = field(default_factory=dict)
     status: int | None = None
     fail_times: int = 0
     empty_times: int = 0
@@ -266,6 +288,10 @@ class FakeArxiv(FakeServer):
     async def _html(self, request: web.Request) -> web.StreamResponse:
         if request.path in self.redirects:
             raise web.HTTPFound(self.redirects[request.path])
+        image = self.images.get(request.match_info["paper_id"])
+        if image is not None:
+            kind = "image/png" if image.startswith(b"\x89PNG") else "application/octet-stream"
+            return web.Response(body=image, content_type=kind)
         page = self._lookup(self.html, request.match_info["paper_id"])
         if page is None:
             return web.Response(

@@ -55,6 +55,13 @@ class RecordingChannel:
         self.sent.append(Sent(chat, ref, thread, key, str(payload)))
         return ref
 
+    async def send_image(
+        self, chat: str, image: Any, caption: str, thread: str | None, *, key: str
+    ) -> str:
+        ref = f"m{next(self._refs)}"
+        self.sent.append(Sent(chat, ref, thread, key, f"[image {image.filename}] {caption}"))
+        return ref
+
     async def find_posted(self, chat: str, thread: str | None, key: str) -> str | None:
         if not self.searchable:
             return None

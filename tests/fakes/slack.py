@@ -162,6 +162,12 @@ class FakeSlack(FakeServer):
     _permanent: dict[str, str] = field(default_factory=dict)
     _drops: list[str] = field(default_factory=list)
     _sockets: list[web.WebSocketResponse] = field(default_factory=list)
+    # The external file upload: files.getUploadURLExternal hands out /upload/<file_id> on
+    # this fake, the client POSTs the bytes there, files.completeUploadExternal shares them.
+    # `uploads` holds each shared file: id, bytes, title, channel_id, thread_ts,
+    # initial_comment, and a `ts` from the same clock as messages (to compare the order).
+    uploads: list[dict[str, Any]] = field(default_factory=list)
+    _pending_files: dict[str, dict[str, Any]] = field(default_factory=dict)
     _ack_event: asyncio.Event = field(default_factory=asyncio.Event)
     _connected: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -275,6 +281,7 @@ class FakeSlack(FakeServer):
     # ----------------------------------------------------------------- routes
 
     def routes(self, app: web.Application) -> None:
+        app.router.add_post("/upload/{file_id}", self._upload)
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_get("/socket", self._socket)
 
@@ -377,11 +384,63 @@ class FakeSlack(FakeServer):
             "chat.stopStream": self._stop_stream,
             "chat.delete": self._delete,
             "assistant.threads.setStatus": self._set_status,
+            "files.getUploadURLExternal": self._upload_url,
+            "files.completeUploadExternal": self._complete_upload,
             "chat.getPermalink": self._permalink,
         }.get(method)
         if handler is None:
             return self._error("unknown_method")
         return await handler(request, params)
+
+    async def _upload_url(self, request: web.Request, params: dict[str, Any]) -> web.Response:
+        filename, length = params.get("filename"), str(params.get("length") or "")
+        if not filename or not length.isdigit():
+            return self._error("invalid_arguments")
+        file_id = f"F{len(self._pending_files) + len(self.uploads) + 1:09d}"
+        self._pending_files[file_id] = {"id": file_id, "filename": filename, "length": int(length)}
+        return self._ok(upload_url=f"http://{request.host}/upload/{file_id}", file_id=file_id)
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        pending = self._pending_files.get(request.match_info["file_id"])
+        if pending is None:
+            return web.Response(status=404, text="unknown upload")
+        pending["data"] = await request.read()
+        return web.Response(text=f"OK - {len(pending['data'])}")
+
+    async def _complete_upload(self, request: web.Request, params: dict[str, Any]) -> web.Response:
+        files = params.get("files")
+        if not isinstance(files, list) or not files:
+            return self._error("invalid_arguments")
+        channel = params.get("channel_id")
+        if channel is not None:
+            error = self._channel_error(channel)
+            if error:
+                return self._error(error)
+        thread_ts = params.get("thread_ts") or None
+        if thread_ts is not None and (
+            channel is None or self._find(channel, str(thread_ts)) is None
+        ):
+            return self._error("invalid_thread_ts")
+        done = []
+        for item in files:
+            pending = self._pending_files.pop(str(item.get("id")), None)
+            if pending is None or "data" not in pending:
+                return self._error("file_not_found")
+            if len(pending["data"]) != pending["length"]:
+                return self._error("file_upload_size_mismatch")
+            self.uploads.append(
+                {
+                    "id": pending["id"],
+                    "data": pending["data"],
+                    "title": item.get("title"),
+                    "channel_id": channel,
+                    "thread_ts": thread_ts,
+                    "initial_comment": params.get("initial_comment"),
+                    "ts": self._new_ts(),
+                }
+            )
+            done.append({"id": pending["id"], "title": item.get("title") or pending["filename"]})
+        return self._ok(files=done)
 
     def _channel_error(self, channel: Any) -> str | None:
         if not channel:

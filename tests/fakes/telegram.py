@@ -565,6 +565,69 @@ class FakeTelegram(FakeServer):
         )
         return _ok(message)
 
+    async def _m_sendPhoto(self, params: dict[str, Any]) -> web.Response:
+        """A photo uploaded as multipart (field `photo`, or `attach://name`), with an
+        optional plain caption of at most 1,024 characters; recorded in `sent` with
+        `photo` (the bytes) and `caption`."""
+        chat, failure = self._writable_chat(params.get("chat_id"))
+        if failure is not None:
+            return failure
+        assert chat is not None
+        files = params.get("_files") or {}
+        ref = str(params.get("photo") or "")
+        data = files.get(ref.removeprefix("attach://")) if ref else files.get("photo")
+        if data is None:
+            data = files.get("photo")
+        if not data:
+            return _error(400, "Bad Request: there is no photo in the request")
+        caption = str(params.get("caption") or "")
+        if len(caption) > 1024:
+            return _error(400, "Bad Request: message caption is too long")
+        reply = _obj(params.get("reply_parameters")) or {}
+        reply_to = _int(reply.get("message_id")) or _int(params.get("reply_to_message_id"))
+        messages = self._messages[chat.id]
+        if reply_to is not None and reply_to not in messages:
+            if not _bool(reply.get("allow_sending_without_reply")) or self.strict_replies:
+                return _error(400, "Bad Request: message to be replied not found")
+            reply_to = None
+        thread = _int(params.get("message_thread_id"))
+        message_id = self._take_id(chat.id)
+        message: dict[str, Any] = {
+            "message_id": message_id,
+            "from": self.bot_user,
+            "chat": chat.as_json(),
+            "date": int(time.time()),
+            "photo": [
+                {
+                    "file_id": f"photo{message_id}",
+                    "file_unique_id": f"u{message_id}",
+                    "width": 640,
+                    "height": 480,
+                    "file_size": len(data),
+                }
+            ],
+        }
+        if caption:
+            message["caption"] = caption
+        if reply_to is not None:
+            message["reply_to_message"] = _one_level(messages[reply_to])
+        messages[message_id] = message
+        self._sent[chat.id].append(
+            {
+                "message_id": message_id,
+                "text": "",
+                "visible": "",
+                "parse_mode": params.get("parse_mode"),
+                "message_thread_id": thread,
+                "reply_to_message_id": reply_to,
+                "entities": [],
+                "edited": False,
+                "photo": bytes(data),
+                "caption": caption,
+            }
+        )
+        return _ok(message)
+
     async def _m_editMessageText(self, params: dict[str, Any]) -> web.Response:
         chat, failure = self._writable_chat(params.get("chat_id"))
         if failure is not None:
@@ -862,10 +925,38 @@ async def _read_params(request: web.Request) -> dict[str, Any]:
         data = json.loads(body)
         if isinstance(data, dict):
             params.update(data)
-    elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+    elif request.content_type == "multipart/form-data":
+        # The recording middleware already read the body, so parse the bytes themselves.
+        fields, files = _multipart(request.headers.get("Content-Type", ""), body)
+        params.update(fields)
+        if files:
+            params["_files"] = files  # uploads (sendPhoto's photo), as bytes by field name
+    elif request.content_type == "application/x-www-form-urlencoded":
         form = await request.post()
         params.update({k: v for k, v in form.items() if isinstance(v, str)})
     return params
+
+
+def _multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, bytes]]:
+    """(text fields, file fields) of a multipart/form-data body."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    message = BytesParser(policy=HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body
+    )
+    fields: dict[str, str] = {}
+    files: dict[str, bytes] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        data = part.get_payload(decode=True) or b""
+        if part.get_filename() is not None:
+            files[name] = data
+        else:
+            fields[name] = data.decode("utf-8", "replace")
+    return fields, files
 
 
 def _int(value: Any) -> int | None:
