@@ -28,8 +28,14 @@ Four figures, each printed beside its goal (PASS/FAIL where the issue sets one):
     the new process's start to the analysis thread being posted (the request journal finishes
     it). The fake LLM answers each call after LLM_SECONDS; goal < 10 s plus that LLM time.
 
-Usage: python bench/deliver.py [--latency SECONDS]. Always exits 0: it reports, it does not
-judge. Linux only for (b) (/proc).
+(f) `/healthz` under a slowloris flood: 1,000 clients on 127.0.0.1 each send half a request
+    head and then one header line every 0.5 s (reconnecting when closed), against a `serve`
+    (Slack HTTP mode) whose descriptor limit is 1,024, as in issue 10. 200 health checks, one
+    new connection each; goal p99 < 0.2 s with the server still up. The benchmark raises its
+    own soft descriptor limit to the hard limit to hold the 1,000 connections (it says so).
+
+Usage: python bench/deliver.py [--latency SECONDS] [--only healthz]. Always exits 0: it
+reports, it does not judge. Linux only for (b) (/proc).
 """
 
 from __future__ import annotations
@@ -332,6 +338,149 @@ async def main(latency: float) -> None:
     bench_help()
     await bench_rate_limits()
     await bench_restart()
+    await bench_healthz_under_flood()
+
+
+# ------------------------------------------------------- (f) /healthz under slow connections
+
+FLOOD = 1000
+CHECKS = 200
+HEALTHZ_P99_GOAL = 0.2
+SERVE_NOFILE = 1024
+
+
+async def bench_healthz_under_flood() -> None:
+    import resource
+
+    import httpx
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, FLOOD * 2 + 512) if hard != resource.RLIM_INFINITY else FLOOD * 2 + 512
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    print()
+    print(f"(f) /healthz while {FLOOD} slow connections are held open (loopback only)")
+    print(
+        f"    this benchmark's soft descriptor limit: {soft} -> "
+        f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}; serve's: {SERVE_NOFILE}"
+    )
+
+    def limit_serve() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (SERVE_NOFILE, max(SERVE_NOFILE, hard)))
+
+    with tempfile.TemporaryDirectory(prefix="digestbot-bench-") as tmp:
+        async with World(Path(tmp)) as world:
+            slack = FakeSlack(channels={"C0BENCH001"})
+            await slack.start()
+            port = free_port()
+            env = world.env(
+                PORT=str(port),
+                HOST="127.0.0.1",
+                DIGEST_TIME="off",
+                SLACK_BOT_TOKEN=slack.token,
+                SLACK_SIGNING_SECRET="bench-signing-secret-0123456789",
+                SLACK_API_URL=f"{slack.url}/api/",
+            )
+            full = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")}
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bot.cli",
+                "serve",
+                env={**full, **env},
+                cwd=str(ROOT),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                preexec_fn=limit_serve,
+            )
+            assert proc.stderr is not None
+            err = bytearray()
+            stop = asyncio.Event()
+            held = [0]
+            try:
+                while b"serving" not in err:
+                    line = await asyncio.wait_for(proc.stderr.readline(), 60)
+                    if not line:
+                        raise RuntimeError("serve exited before serving:\n" + err.decode())
+                    err.extend(line)
+
+                async def pump() -> None:
+                    while chunk := await proc.stderr.read(65536):  # type: ignore[union-attr]
+                        err.extend(chunk)
+
+                pumping = asyncio.create_task(pump())  # noqa: RUF006 - awaited below
+
+                async def slow_client() -> None:
+                    while not stop.is_set():
+                        try:
+                            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                        except OSError:
+                            await asyncio.sleep(0.2)
+                            continue
+                        held[0] += 1
+                        try:
+                            writer.write(b"POST /slack/events HTTP/1.1\r\nHost: x\r\n")
+                            while not stop.is_set() and not reader.at_eof():
+                                writer.write(b"X-Slow: 1\r\n")
+                                await writer.drain()
+                                try:
+                                    await asyncio.wait_for(reader.read(1), 0.5)
+                                except TimeoutError:
+                                    pass
+                        except OSError:
+                            pass
+                        finally:
+                            held[0] -= 1
+                            writer.close()
+
+                clients = [asyncio.create_task(slow_client()) for _ in range(FLOOD)]
+                await asyncio.sleep(3.0)
+                latencies: list[float] = []
+                failures = 0
+                url = f"http://127.0.0.1:{port}/healthz"
+                limits = httpx.Limits(max_keepalive_connections=0)
+                async with httpx.AsyncClient(trust_env=False, timeout=10, limits=limits) as http:
+                    for _ in range(CHECKS):
+                        started = time.perf_counter()
+                        try:
+                            answer = await http.get(url)
+                            if answer.status_code != 200:
+                                failures += 1
+                        except httpx.HTTPError:
+                            failures += 1
+                        latencies.append(time.perf_counter() - started)
+                        await asyncio.sleep(0.02)
+                open_now = held[0]
+                stop.set()
+                await asyncio.wait(clients, timeout=30)
+                up = proc.returncode is None
+                pumping.cancel()
+            finally:
+                stop.set()
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        await asyncio.wait_for(proc.wait(), 30)
+                    except TimeoutError:
+                        proc.kill()
+                        await proc.wait()
+                await slack.stop()
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2]
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    text = err.decode("utf-8", "replace")
+    print(f"    slow connections open on the client side at the end: {open_now}")
+    print(
+        f"    {CHECKS} checks: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
+        f"max {latencies[-1] * 1000:.1f} ms, failed {failures}"
+        f"   goal p99 < {HEALTHZ_P99_GOAL * 1000:.0f} ms, server up   "
+        f"{verdict(p99 < HEALTHZ_P99_GOAL and up and not failures)}"
+    )
+    print(
+        f"    serve up during the flood: {up}; its log: {len(text.splitlines())} lines, "
+        f"{text.count('out of system resource')} accept() errors"
+    )
 
 
 # ------------------------------------------------------------------- (d) rate limits, polling
@@ -513,6 +662,10 @@ if __name__ == "__main__":
     parser.add_argument(
         "--latency", type=float, default=0.05, help="seconds added to every Slack/Telegram request"
     )
+    parser.add_argument("--only", choices=["healthz"], help="run one measurement alone")
     args = parser.parse_args()
-    asyncio.run(main(args.latency))
+    if args.only == "healthz":
+        asyncio.run(bench_healthz_under_flood())
+    else:
+        asyncio.run(main(args.latency))
     sys.exit(0)

@@ -131,7 +131,11 @@ async def _dispatch(args: argparse.Namespace) -> int:
         settings = load_settings()
     except ConfigError as exc:
         raise UserError(str(exc)) from None
-    configure_logging(settings.secrets(), logging.INFO if args.verbose else logging.WARNING)
+    configure_logging(
+        settings.secrets(),
+        logging.INFO if args.verbose else logging.WARNING,
+        repeat_seconds=settings.serve.log_repeat_seconds,
+    )
     try:
         if args.command == "demo":
             return await _demo(settings)

@@ -1,10 +1,18 @@
 """`digestbot serve`: the scheduler, Slack, Telegram and the HTTP server in one asyncio loop.
 
-Start-up checks every configured token (`auth.test`, `getMe`) and stops with one line on a bad
-one; only platforms with credentials start. SIGTERM and SIGINT stop intake first (Socket Mode,
-polling, the HTTP server), let in-flight work finish (a digest, an analysis, an answer), then
-close every client. Nothing here decides what to post: that is the assistant's and the
-scheduler's job.
+Start-up checks every configured token (`auth.test`, `apps.connections.open`, `getMe`); only
+platforms with credentials start. Every start-up failure is one line and exit code 2: a token
+the platform refuses stops at once; an outage (5xx, an answer that is not JSON, a host that
+cannot be reached) is retried with the [retry] backoff for `serve.startup_retry_seconds`, then
+stops naming the outage. SIGTERM and SIGINT are honoured at every moment: during start-up they
+abandon it and exit 0; once serving, they stop intake first (Socket Mode, polling, the HTTP
+server), let in-flight work finish (a digest, an analysis, an answer), then close every client.
+
+Health is judged here (`/healthz`): the database must take a write, Socket Mode must not have
+been down longer than `serve.unhealthy_after_seconds`, and Telegram polling must not be stuck
+in 409 conflicts. A process that meets another poller of the same bot token within that time
+of starting to poll says so in one line and stops polling (the one already running keeps it).
+Nothing here decides what to post: that is the assistant's and the scheduler's job.
 """
 
 from __future__ import annotations
@@ -26,14 +34,116 @@ from bot.scheduler import DailyJob, start_scheduler
 from bot.service import Destination
 from bot.settings import AppSettings as Settings
 from digest_core.pipeline import Pipeline
+from digest_core.retry import RetryPolicy, TryAgain
+from digest_core.store import StoreError
 
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 60.0
+CLOSE_SECONDS = 10.0  # each shutdown step; a client that hangs on close cannot hold the exit
+CONFLICTS_STUCK = 3  # 409s from getUpdates in a row: the poller is stuck
+POLL_BACKOFF_MAX = 30.0  # PTB's longest wait between failed getUpdates
+POLL_SLACK = 2.0
+DB_PROBE_SECONDS = 2.0
+
+# Slack error codes that mean Slack itself is in trouble, not the credentials.
+SLACK_OUTAGE_CODES = frozenset(
+    {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"}
+)
 
 
 class StartupError(RuntimeError):
     """A platform cannot be started; the message is one line naming the variable."""
+
+
+def startup_policy(settings: Settings) -> RetryPolicy:
+    """The [retry] backoff, bounded by `serve.startup_retry_seconds` rather than a count."""
+    deadline = settings.serve.startup_retry_seconds
+    return RetryPolicy.from_settings(settings.retry, attempts=10_000, deadline=deadline)
+
+
+async def _with_policy(
+    attempt: Callable[[int], Awaitable[Any]], policy: RetryPolicy, outage: str, what: str
+) -> Any:
+    """Run `attempt` under the start-up policy: TryAgain is an outage, retried until the
+    deadline, then one line naming it; StartupError (refused credentials) passes at once."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        return await policy.run(attempt, what=what)
+    except TryAgain as exc:
+        waited = loop.time() - started
+        raise StartupError(
+            f"{outage} is unavailable ({exc.reason}); gave up after {waited:.0f} s "
+            "(serve.startup_retry_seconds)"
+        ) from None
+
+
+async def _startup_call(
+    call: Callable[[], Awaitable[Any]], policy: RetryPolicy, *, refused: str, outage: str
+) -> Any:
+    """One Slack Web API call at start-up: `refused` (a credential Slack turned down) stops at
+    once with the error code; an outage is retried, then named."""
+
+    async def attempt(n: int) -> Any:
+        try:
+            return await call()
+        except Exception as exc:
+            kind, detail = slack_failure(exc)
+            if kind == "refused":
+                raise StartupError(f"{refused} ({detail})") from None
+            raise TryAgain(detail) from None
+
+    return await _with_policy(attempt, policy, outage, "Slack start-up check")
+
+
+def slack_failure(exc: BaseException) -> tuple[str, str]:
+    """("refused", code) when Slack turned the credentials or request down, ("outage", what)
+    when Slack could not answer properly: a 5xx, a 429, an error code that names Slack's own
+    trouble, an answer that is not JSON (an HTML error page, an empty body), or no answer."""
+    from slack_sdk.errors import SlackApiError
+
+    if isinstance(exc, SlackApiError):
+        response = exc.response
+        # A JSON answer is a SlackResponse (status_code, data); a body that would not parse
+        # leaves the raw aiohttp response (status) in its place.
+        status = getattr(response, "status_code", None) or getattr(response, "status", 0) or 0
+        data = getattr(response, "data", None)
+        code = data.get("error") if isinstance(data, dict) else None
+        if not isinstance(code, str) or not code:
+            return "outage", f"an answer that is not Slack's JSON, http {status}"
+        if status == 429 or status >= 500 or code in SLACK_OUTAGE_CODES:
+            return "outage", f"{code}, http {status}"
+        return "refused", code if code.replace("_", "").isalnum() else "error"
+    if isinstance(exc, TimeoutError):
+        return "outage", "no answer in time"
+    # Connection refused, DNS, TLS, resets: only the class name (texts carry addresses).
+    return "outage", f"cannot be reached, {type(exc).__name__}"
+
+
+def _bare_client(client: Any) -> Any:
+    """A copy of the channel's Slack client without its retry handlers, sharing its session,
+    address and proxy: start-up checks run under the start-up policy alone (no stacked
+    retries)."""
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    return AsyncWebClient(
+        token=client.token,
+        base_url=client.base_url,
+        timeout=client.timeout,
+        ssl=client.ssl,
+        proxy=client.proxy,
+        session=client.session,
+        trust_env_in_session=client.trust_env_in_session,
+        headers=dict(client.headers or {}),
+        retry_handlers=[],
+    )
+
+
+def _short_tg(exc: BaseException) -> str:
+    # PTB messages are Telegram's descriptions (no token); keep them short and on one line.
+    text = " ".join(str(getattr(exc, "message", "") or exc).split())[:120]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class Work:
@@ -87,46 +197,90 @@ class SlackRuntime:
             )
         self.channel = slack_channel(settings)
         signing = None if self.socket_mode else cfg.signing_secret.get()  # type: ignore[union-attr]
+        self.signing = signing
         self.app = build_slack_app(self.channel, assistant, work.spawn, signing_secret=signing)
         self.resumers = slack_resumers(self.channel, assistant)  # for bot.journal.recover
         self.handler: Any = None
+        self.policy = startup_policy(settings)
+        self.down_since: float | None = None  # loop time Socket Mode was last seen down
+        self._watch: asyncio.Task[None] | None = None
 
     async def check(self) -> None:
-        from slack_sdk.errors import SlackApiError
-
-        try:
-            await self.channel.client.auth_test()
-        except SlackApiError as exc:
-            code = exc.response.get("error", "error") if exc.response is not None else "error"
-            raise StartupError(f"SLACK_BOT_TOKEN: Slack rejected the token ({code})") from None
-        except Exception as exc:
-            raise StartupError(
-                f"SLACK_API_URL: Slack cannot be reached ({type(exc).__name__})"
-            ) from None
+        """auth.test: a refused token stops at once; an outage is retried within the policy."""
+        client = _bare_client(self.channel.client)
+        await _startup_call(
+            lambda: client.auth_test(),
+            self.policy,
+            refused="SLACK_BOT_TOKEN: Slack rejected the token",
+            outage="SLACK_API_URL: Slack",
+        )
 
     async def start(self, http: HttpServer) -> None:
-        if self.socket_mode:
-            from bot.channels.slack import RoutedSocketModeHandler
+        if not self.socket_mode:
+            http.mount_slack(self.app, self.signing or "")
+            return
+        from bot.channels.slack import RoutedSocketModeHandler
 
-            app_token = self.settings.slack.app_token.get()  # type: ignore[union-attr]
-            self.handler = RoutedSocketModeHandler(self.app, app_token=app_token)
-            try:
-                await self.handler.connect_async()
-            except Exception as exc:
-                raise StartupError(
-                    f"SLACK_APP_TOKEN: Socket Mode did not connect ({type(exc).__name__})"
-                ) from None
-        else:
-            http.mount_slack(self.app)
+        app_token = self.settings.slack.app_token.get()  # type: ignore[union-attr]
+        client = _bare_client(self.channel.client)
+        # Asked here, once, because the SDK's own connect loop retries a refused app token
+        # forever; the URL it returns is the one the handler then connects to.
+        answer = await _startup_call(
+            lambda: client.apps_connections_open(app_token=app_token),
+            self.policy,
+            refused="SLACK_APP_TOKEN: Slack rejected the app-level token",
+            outage="SLACK_API_URL: Slack",
+        )
+        self.handler = RoutedSocketModeHandler(self.app, app_token=app_token)
+        self.handler.client.wss_uri = answer.get("url")
+        within = max(10.0, self.policy.deadline or 0.0)
+        try:
+            await asyncio.wait_for(self.handler.connect_async(), within)
+        except TimeoutError:
+            raise StartupError(
+                f"SLACK_APP_TOKEN: Socket Mode did not connect within {within:.0f} s"
+            ) from None
+        self._watch = asyncio.get_running_loop().create_task(self._watch_socket())
+
+    async def _connected(self) -> bool:
+        client = getattr(self.handler, "client", None)
+        return bool(client is not None and await client.is_connected())
+
+    async def _watch_socket(self) -> None:
+        """Notes when Socket Mode went down (the SDK reconnects by itself), so health can tell
+        a blip from an outage; says so once when it has been down too long, and when back."""
+        loop = asyncio.get_running_loop()
+        limit = self.settings.serve.unhealthy_after_seconds
+        told = False
+        while True:
+            await asyncio.sleep(min(1.0, limit / 4))
+            if await self._connected():
+                if told:
+                    log.warning("slack: Socket Mode connected again")
+                self.down_since, told = None, False
+                continue
+            if self.down_since is None:
+                self.down_since = loop.time()
+            if not told and loop.time() - self.down_since >= limit:
+                told = True
+                log.error("slack: Socket Mode disconnected for %.0f s", limit)
 
     async def health(self) -> dict[str, Any]:
         if not self.socket_mode:
             return {"ok": True, "mode": "http"}
-        client = getattr(self.handler, "client", None)
-        connected = bool(client is not None and await client.is_connected())
-        return {"ok": connected, "mode": "socket"}
+        if await self._connected():
+            return {"ok": True, "mode": "socket"}
+        down = 0.0
+        if self.down_since is not None:
+            down = asyncio.get_running_loop().time() - self.down_since
+        limit = self.settings.serve.unhealthy_after_seconds
+        report: dict[str, Any] = {"ok": down < limit, "mode": "socket"}
+        report["error"] = f"Socket Mode disconnected for {down:.0f} s"
+        return report
 
     async def stop_intake(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         if self.handler is not None:
             await self.handler.close_async()
 
@@ -155,20 +309,27 @@ class TelegramRuntime:
         install_handlers(self.app, self.channel, assistant, work.spawn, cfg.chats)
         self.resumers = telegram_resumers(self.channel, assistant)  # for bot.journal.recover
         self.started = False
+        self.policy = startup_policy(settings)
+        self.polling_since: float | None = None
+        self.conflicts: list[float] = []  # loop times of 409s from getUpdates
+        self.yielded = False  # stopped polling: another process polls this token
 
     async def check(self) -> None:
-        from telegram.error import InvalidToken, NetworkError, TelegramError
+        """getMe (through `initialize`): a refused token stops at once; an outage (network,
+        5xx, an answer that is not JSON) is retried within the policy."""
+        from telegram.error import Forbidden, InvalidToken, NetworkError, TelegramError
 
-        try:
-            await self.app.initialize()  # calls getMe: the username /analyze@BotName needs
-        except InvalidToken:
-            raise StartupError("TELEGRAM_BOT_TOKEN: Telegram rejected the token") from None
-        except NetworkError as exc:
-            raise StartupError(
-                f"TELEGRAM_API_URL: Telegram cannot be reached ({type(exc).__name__})"
-            ) from None
-        except TelegramError as exc:
-            raise StartupError(f"TELEGRAM_BOT_TOKEN: getMe failed ({type(exc).__name__})") from None
+        async def attempt(n: int) -> None:
+            try:
+                await self.app.initialize()  # calls getMe: the username /analyze@BotName needs
+            except (InvalidToken, Forbidden):
+                raise StartupError("TELEGRAM_BOT_TOKEN: Telegram rejected the token") from None
+            except NetworkError as exc:  # includes TimedOut and PTB's "Bad Gateway" for 502
+                raise TryAgain(_short_tg(exc)) from None
+            except TelegramError as exc:
+                raise TryAgain(_short_tg(exc)) from None
+
+        await _with_policy(attempt, self.policy, "TELEGRAM_API_URL: Telegram", "Telegram getMe")
 
     async def start(self, http: HttpServer) -> None:
         from telegram import Update
@@ -196,11 +357,75 @@ class TelegramRuntime:
                 ) from None
         else:
             await self.app.bot.delete_webhook()
-            await self.app.updater.start_polling(allowed_updates=Update.ALL_TYPES)  # type: ignore[union-attr]
+            self.polling_since = asyncio.get_running_loop().time()
+            await self.app.updater.start_polling(  # type: ignore[union-attr]
+                allowed_updates=Update.ALL_TYPES, error_callback=self._polling_error
+            )
+
+    def _polling_error(self, exc: Exception) -> None:
+        """PTB's polling loop reports each failed getUpdates here (it retries by itself).
+
+        A 409 Conflict is another getUpdates for this token (another process, or a webhook set
+        elsewhere). Met within `unhealthy_after_seconds` of starting to poll, this process is
+        the newcomer: it says so once and stops polling, leaving the token to the other one.
+        Later, the conflicts are counted for /healthz. Must not raise (PTB's rule)."""
+        from telegram.error import Conflict
+
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if not isinstance(exc, Conflict):
+            log.warning("telegram: getUpdates failed (%s); retrying", _short_tg(exc))
+            return
+        # A streak of conflicts: PTB retries after 1, 1.5, 2.25 … (at most 30) s, so a gap
+        # longer than that means a poll in between went through and a new streak begins.
+        if self.conflicts and now - self.conflicts[-1] > POLL_BACKOFF_MAX + POLL_SLACK:
+            self.conflicts = []
+        self.conflicts = [*self.conflicts[-(CONFLICTS_STUCK - 1) :], now]
+        young = self.polling_since is not None and now - self.polling_since < self._window()
+        if young and not self.yielded:
+            self.yielded = True
+            print(
+                "digestbot: TELEGRAM_BOT_TOKEN: another process is polling this bot "
+                "(409 Conflict on getUpdates); this one stops polling and takes no Telegram "
+                "updates",
+                file=sys.stderr,
+                flush=True,
+            )
+            loop.create_task(self._stop_polling())
+        elif not young:
+            log.warning("telegram: getUpdates refused: 409 Conflict (another poller or a webhook)")
+
+    async def _stop_polling(self) -> None:
+        if self.app.updater is not None and self.app.updater.running:
+            await _quietly(self.app.updater.stop())
+
+    def _stuck(self, now: float) -> bool:
+        """CONFLICTS_STUCK conflicts in a row, and the next retry (PTB waits 1.5 times the
+        last gap, at most 30 s) not yet past without another one."""
+        if len(self.conflicts) < CONFLICTS_STUCK:
+            return False
+        gap = self.conflicts[-1] - self.conflicts[-2]
+        return now - self.conflicts[-1] < min(POLL_BACKOFF_MAX, 1.5 * gap) + POLL_SLACK
+
+    def _window(self) -> float:
+        return self.settings.serve.unhealthy_after_seconds
 
     async def health(self) -> dict[str, Any]:
         if self.webhook:
             return {"ok": self.started, "mode": "webhook"}
+        if self.yielded:
+            return {
+                "ok": False,
+                "mode": "polling",
+                "error": "stopped polling: another process polls this bot token (409 Conflict)",
+            }
+        if self._stuck(asyncio.get_running_loop().time()):
+            return {
+                "ok": False,
+                "mode": "polling",
+                "error": f"getUpdates refused with 409 Conflict {CONFLICTS_STUCK} times in a "
+                "row (another poller of this bot token, or a webhook set elsewhere)",
+            }
         running = bool(self.app.updater and self.app.updater.running)
         return {"ok": running, "mode": "polling"}
 
@@ -234,7 +459,9 @@ async def serve(
     runtimes: list[Any] = []
     http: HttpServer | None = None
     scheduler = None
-    try:
+
+    async def start_up() -> int:
+        nonlocal http, scheduler
         assistant = Assistant(pipeline, settings)
         await assistant.chat.prune()  # the daily job prunes too; this covers DIGEST_TIME=off
         if settings.slack.enabled:
@@ -260,14 +487,22 @@ async def serve(
         async def health() -> dict[str, Any]:
             return await _health(pipeline, scheduler, runtimes)
 
-        http = HttpServer(settings.port, health)
+        http = HttpServer(
+            settings.port,
+            health,
+            host=settings.host,
+            header_timeout=settings.serve.header_timeout_seconds,
+            body_timeout=settings.serve.body_timeout_seconds,
+            max_connections=settings.serve.max_connections,
+        )
         for runtime in runtimes:
             await runtime.start(http)
         try:
             port = await http.start()
         except OSError as exc:
+            where = "" if settings.host == "0.0.0.0" else settings.host
             raise StartupError(
-                f"PORT: cannot listen on :{settings.port} ({exc.strerror or exc})"
+                f"PORT: cannot listen on {where}:{settings.port} ({exc.strerror or exc})"
             ) from None
 
         async def fire() -> None:
@@ -275,6 +510,19 @@ async def serve(
 
         scheduler = start_scheduler(job, settings, target=fire)
         work.spawn(job.catch_up())
+        return port
+
+    try:
+        try:
+            port = await _unless_stopped(start_up(), stop)
+        except (StartupError, StoreError):
+            raise
+        except Exception as exc:  # anything else at start-up is still one line, exit 2
+            log.debug("start-up failed", exc_info=True)
+            raise StartupError(f"start-up failed ({type(exc).__name__})") from None
+        if port is None:
+            print("digestbot: stopped during start-up", file=sys.stderr, flush=True)
+            return 0
         print(_banner(settings, runtimes, port), file=sys.stderr, flush=True)
         if ready is not None:
             await ready(port)
@@ -289,7 +537,7 @@ async def serve(
         # Intake first: the HTTP server (Slack HTTP mode, the Telegram webhook) before the
         # runtimes, so no webhook update is answered 200 after Telegram stopped reading its queue.
         if http is not None:
-            await http.stop()
+            await _quietly(http.stop())
         for runtime in runtimes:
             await _quietly(runtime.stop_intake())
         if scheduler is not None:
@@ -301,9 +549,29 @@ async def serve(
     return 0
 
 
-async def _quietly(step: Awaitable[Any]) -> None:
+async def _unless_stopped(start: Coroutine[Any, Any, int], stop: asyncio.Event) -> int | None:
+    """`start`'s result, or None when a stop signal comes first: start-up is then cancelled
+    wherever it waits (a platform that does not answer, a backoff between retries)."""
+    task = asyncio.ensure_future(start)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        stopped.cancel()
+        return task.result()
+    task.cancel()
+    await asyncio.wait({task}, timeout=CLOSE_SECONDS)
+    if task.done() and not task.cancelled():
+        task.exception()  # consumed: start-up was abandoned, its failure no longer matters
+    return None
+
+
+async def _quietly(step: Awaitable[Any], within: float = CLOSE_SECONDS) -> None:
+    """A shutdown step: its failure is logged, and it cannot hold the exit longer than
+    `within` seconds."""
     try:
-        await step
+        await asyncio.wait_for(step, within)
+    except TimeoutError:
+        log.warning("a shutdown step took longer than %.0f s; skipped", within)
     except Exception:
         log.warning("error while shutting down", exc_info=True)
 
@@ -315,11 +583,7 @@ async def _health(pipeline: Pipeline, scheduler: Any, runtimes: list[Any]) -> di
         "ok": bool(scheduler is not None and scheduler.running),
         "next_run": job.next_run_time.isoformat() if job and job.next_run_time else None,
     }
-    try:
-        await pipeline.store.ping()
-        report["database"] = {"ok": True}
-    except Exception as exc:
-        report["database"] = {"ok": False, "error": type(exc).__name__}
+    report["database"] = await _database_health(pipeline)
     for runtime in runtimes:
         name = "slack" if isinstance(runtime, SlackRuntime) else "telegram"
         try:
@@ -329,8 +593,33 @@ async def _health(pipeline: Pipeline, scheduler: Any, runtimes: list[Any]) -> di
     return report
 
 
+_db_checked: dict[int, tuple[float, dict[str, Any]]] = {}  # id(pipeline) -> (when, report)
+
+
+async def _database_health(pipeline: Pipeline) -> dict[str, Any]:
+    """Whether the database takes a write now (a read alone says nothing of a full disk or a
+    lock held by another writer). The answer is reused for a second, so a burst of health
+    checks costs one write."""
+    loop = asyncio.get_running_loop()
+    cached = _db_checked.get(id(pipeline))
+    if cached is not None and loop.time() - cached[0] < 1.0:
+        return cached[1]
+    try:
+        await asyncio.wait_for(pipeline.store.check_writable(), DB_PROBE_SECONDS)
+        report: dict[str, Any] = {"ok": True}
+    except TimeoutError:
+        report = {"ok": False, "error": f"no answer within {DB_PROBE_SECONDS:.0f} s (busy)"}
+    except Exception as exc:
+        # sqlite3's messages are short and hold no secret ("database is locked", "disk I/O
+        # error", "attempt to write a readonly database").
+        report = {"ok": False, "error": f"cannot write: {str(exc)[:120] or type(exc).__name__}"}
+    _db_checked[id(pipeline)] = (loop.time(), report)
+    return report
+
+
 def _banner(settings: Settings, runtimes: list[Any], port: int) -> str:
-    parts = [f"http :{port}"]
+    host = "" if settings.host == "0.0.0.0" else settings.host
+    parts = [f"http {host}:{port}"]
     slack = next((r for r in runtimes if isinstance(r, SlackRuntime)), None)
     telegram = next((r for r in runtimes if isinstance(r, TelegramRuntime)), None)
     if slack is None:

@@ -28,6 +28,7 @@ __all__ = [
     "AppSettings",
     "ConfigError",
     "InteractiveSettings",
+    "ServeSettings",
     "SlackSettings",
     "TeamSettings",
     "TelegramSettings",
@@ -173,6 +174,28 @@ class TeamSettings(Section):
         return user in admins
 
 
+class ServeSettings(Section):
+    """How `serve` starts, guards its HTTP server and judges its own health."""
+
+    # A platform outage at start-up (5xx, non-JSON, unreachable) is retried with the [retry]
+    # backoff for at most this long, then serve stops with one line and exit code 2.
+    startup_retry_seconds: float = Field(120.0, ge=0, le=3600)
+    # A request's head (request line and headers), then its body, must arrive within these;
+    # otherwise the connection is closed (a slow client cannot hold a descriptor forever).
+    header_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    body_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    # Open HTTP connections at most (further lowered to fit the file-descriptor limit); at the
+    # cap, the oldest connection still sending its request head is closed to make room.
+    max_connections: int = Field(256, ge=8, le=100_000)
+    # /healthz fails when Socket Mode has been disconnected this long. A 409 Conflict on
+    # getUpdates within this long of starting to poll means another process already polls
+    # the bot token: this one stops polling.
+    unhealthy_after_seconds: float = Field(60.0, gt=0, le=3600)
+    # Identical log lines (same logger, level and message template) are written once per this
+    # interval; the next one after it says how many were held back.
+    log_repeat_seconds: float = Field(60.0, ge=0, le=3600)
+
+
 class AppSettings(Settings):
     """The core's settings plus everything only the bot uses."""
 
@@ -180,7 +203,9 @@ class AppSettings(Settings):
     telegram: TelegramSettings = TelegramSettings()
     interactive: InteractiveSettings = InteractiveSettings()
     team: TeamSettings = TeamSettings()
+    serve: ServeSettings = ServeSettings()
     port: int = Field(3000, ge=1, le=65535)
+    host: str = Field("0.0.0.0", min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.:_-]+$")
 
     ENV_VARS: ClassVar[dict[str, str]] = {
         **Settings.ENV_VARS,
@@ -195,6 +220,7 @@ class AppSettings(Settings):
         "TELEGRAM_WEBHOOK_URL": "telegram.webhook_url",
         "TELEGRAM_WEBHOOK_SECRET": "telegram.webhook_secret",
         "PORT": "port",
+        "HOST": "host",
     }
 
     def _secret_values(self) -> list[Secret | None]:

@@ -287,6 +287,8 @@ async def _ephemeral(
         return
     except DeliveryError as exc:
         log.warning("slack %s: ephemeral line not delivered: %s", chat, exc.reason)
+    except Exception as exc:  # whatever Slack answered (an HTML page…), response_url is next
+        log.warning("slack %s: ephemeral line not delivered: %s", chat, type(exc).__name__)
     # response_url arrives inside a signed (or Socket Mode) request, so it is Slack's own.
     if response_url and _RESPONSE_URL.match(response_url):
         try:

@@ -310,6 +310,25 @@ class Store:
         """A trivial query through the store's thread: raises if the database cannot answer."""
         await self._run(lambda: self.db.execute("select 1").fetchone())
 
+    async def check_writable(self, busy_ms: int = 500) -> None:
+        """A real write that changes nothing: the header's user_version (unused by the
+        migrations) rewritten with its own value, committed. Raises sqlite3 errors when the
+        database cannot be written now (locked by another writer beyond `busy_ms`, read-only,
+        disk full); a health check must not report "ok" from a read alone."""
+
+        def probe() -> None:
+            conn = self.db.conn
+            previous = conn.execute("pragma busy_timeout").fetchone()[0]
+            conn.execute(f"pragma busy_timeout = {int(busy_ms)}")
+            try:
+                version = int(conn.execute("pragma user_version").fetchone()[0])
+                conn.execute(f"pragma user_version = {version}")
+                conn.commit()
+            finally:
+                conn.execute(f"pragma busy_timeout = {int(previous)}")
+
+        await self._run(probe)
+
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` on the store's thread (the only one that may use `db`) and await it."""
         loop = asyncio.get_running_loop()

@@ -1,28 +1,86 @@
-"""Shared test set-up: no test may reach beyond 127.0.0.1."""
+"""Shared test set-up: no test may reach beyond 127.0.0.1; child-process tests are `slow`."""
 
 from __future__ import annotations
 
 import inspect
 import socket
+import subprocess
+from types import FunctionType, ModuleType
 
 import pytest
 
-# A test whose body starts a child process (the CLI through run_cli, `serve`, a second
-# scheduler) is `slow`: `pytest -m "not slow"` runs the fast, in-process layer.
+# A test that starts a child process (the CLI through run_cli, `serve`, a second scheduler,
+# `python -c`, git) is `slow`: `pytest -m "not slow"` runs the fast, in-process layer. The
+# marker is found by reading the test's source and, transitively, the source of the module's
+# own helpers and fixtures it calls (run_parallel → run_cli → create_subprocess_exec); the
+# `_no_child_process_in_the_fast_layer` guard below fails any test the reading missed.
 _CHILD_PROCESS = ("run_cli(", "start_child(", "create_subprocess", "subprocess.")
 
 
+def _source(obj: object) -> str:
+    try:
+        return inspect.getsource(obj)  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return ""
+
+
+def _spawning_names(module: ModuleType, cache: dict[str, set[str]]) -> set[str]:
+    """Names of the module's functions that start a child process, directly or through
+    another of its functions (a fixed point over the module's globals)."""
+    if module.__name__ in cache:
+        return cache[module.__name__]
+    sources: dict[str, str] = {}
+    for name, value in vars(module).items():
+        fn = value
+        if hasattr(value, "_get_wrapped_function"):  # a fixture: read its own function
+            fn = value._get_wrapped_function()
+        if isinstance(fn, FunctionType) or inspect.isclass(fn):
+            text = _source(fn)
+            if text:
+                sources[name] = text
+    spawning = {n for n, s in sources.items() if any(p in s for p in _CHILD_PROCESS)}
+    grew = True
+    while grew:
+        grew = False
+        for name, text in sources.items():
+            if name not in spawning and any(f"{s}(" in text for s in spawning):
+                spawning.add(name)
+                grew = True
+    cache[module.__name__] = spawning
+    return spawning
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    cache: dict[str, set[str]] = {}
     for item in items:
         fn = getattr(item, "function", None)
         if fn is None:
             continue
-        try:
-            source = inspect.getsource(fn)
-        except (OSError, TypeError):
-            continue
-        if item.module.__name__ == "test_serve" or any(s in source for s in _CHILD_PROCESS):
+        source = _source(fn)
+        spawning = _spawning_names(item.module, cache)
+        calls = any(p in source for p in _CHILD_PROCESS) or any(f"{s}(" in source for s in spawning)
+        uses = any(name in spawning for name in getattr(item, "fixturenames", ()))
+        if item.module.__name__ == "test_serve" or calls or uses:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _no_child_process_in_the_fast_layer(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test that is not marked `slow` may not start a child process (asyncio's subprocesses
+    go through subprocess.Popen too): the fast layer stays in-process and honest."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+    test = request.node.nodeid
+
+    def refuse(self: subprocess.Popen, *args: object, **kwargs: object) -> None:
+        raise RuntimeError(
+            f"{test} starts a child process but is not marked slow: add what it calls to"
+            " _CHILD_PROCESS in tests/conftest.py"
+        )
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 @pytest.fixture(autouse=True)

@@ -463,6 +463,7 @@ async def test_analyze_is_acknowledged_at_once_while_the_llm_takes_10_s(tmp_path
         typing = {"chat_id": str(TG_GROUP), "action": "typing"}
         await eventually(lambda: typing in bot.tg.method_calls("sendChatAction"), "typing", 3)
         assert bot.roots("C1") == [] and len(bot.tg_sent()) == 1  # still working
+        bot.world.llm.answer_now()  # seen while it waited: the rest need not sit out 10 s
 
         # Then each thread: the paper named at the root, its deep dive as replies.
         await eventually(lambda: len(bot.ephemerals()) == 1, "the Slack result", within=25)
@@ -625,7 +626,7 @@ def arxiv_entries(n: int) -> dict[str, bytes]:
 async def test_50_different_papers_share_arxiv_requests_and_keep_the_llm_cap(
     tmp_path: Path,
 ) -> None:
-    spaced = {"arxiv_min_interval_seconds =": "arxiv_min_interval_seconds = 1.0"}
+    spaced = {"arxiv_min_interval_seconds =": "arxiv_min_interval_seconds = 0.5"}
     async with Bot(tmp_path, config=spaced, llm_latency=0.1) as bot:
         papers = arxiv_entries(50)
         bot.world.arxiv.entries.update(papers)
@@ -645,7 +646,7 @@ async def test_50_different_papers_share_arxiv_requests_and_keep_the_llm_cap(
         asked = [i for q in queries for i in q.query["id_list"].split(",")]
         assert sorted(asked) == sorted(papers) and len(queries) <= 5
         times = [q.at for q in queries]
-        assert all(b - a >= 0.9 for a, b in zip(times, times[1:], strict=False))
+        assert all(b - a >= 0.45 for a, b in zip(times, times[1:], strict=False))
 
 
 async def test_a_mention_with_an_id_outside_a_thread_starts_an_analysis(bot: Bot) -> None:
@@ -902,7 +903,7 @@ async def test_digest_thread_questions_go_to_the_paper_they_mean(bot: Bot) -> No
 
 
 async def test_http_mode_verifies_signatures_and_acks_before_the_llm(tmp_path: Path) -> None:
-    async with Bot(tmp_path, slack="http", llm_latency=2.0) as bot, httpx.AsyncClient() as http:
+    async with Bot(tmp_path, slack="http", llm_latency=30.0) as bot, httpx.AsyncClient() as http:
         body = urllib.parse.urlencode(slash(PAPER)).encode()
         form = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -917,8 +918,10 @@ async def test_http_mode_verifies_signatures_and_acks_before_the_llm(tmp_path: P
 
         ok = await http.post(bot.events_url, content=body, headers=form | sign(body))
         assert ok.status_code == 200 and ok.text == f"🔎 Analysing arXiv:{PAPER} …"
-        # Acknowledged before the 2 s LLM answered (bench/interactive.py times the ack).
+        # Acknowledged before the LLM answered (bench/interactive.py times the ack); the
+        # model, held for up to 30 s, then answers at once.
         assert bot.world.llm.answered == 0 and bot.roots("C1") == []
+        bot.world.llm.answer_now()
 
         await eventually(lambda: bot.ephemerals("U1"), "the result line")
         await bot.settle()

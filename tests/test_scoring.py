@@ -210,12 +210,13 @@ async def test_a_hanging_llm_falls_back_within_the_deadline(world: World) -> Non
 
 
 async def test_rate_limit_waits_as_asked_then_scores(world: World) -> None:
-    world.llm.fail_next("429", retry_after=1)
+    # OpenAI's retry-after-ms, well above the test config's backoff, so only it explains a wait
+    world.llm.fail_next("429", retry_after=1, retry_after_ms=300)
     async with pipeline_of(world) as pipeline:
         result = await pipeline.scorer.score(day_papers(5))
     assert result.note is None and all(s.by_llm for s in result.scores.values())
     first, second = [r for r in world.llm.requests if r.path == "/v1/chat/completions"]
-    assert second.at - first.at >= 0.9  # Retry-After: 1 was honoured
+    assert second.at - first.at >= 0.27  # retry-after-ms: 300 was honoured
 
 
 async def test_scores_are_cached_for_the_next_run(world: World) -> None:

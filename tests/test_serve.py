@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -55,9 +56,19 @@ BANNER = "digestbot: serving: "
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port for the child's PORT, below the kernel's ephemeral range: every fake binds
+    port 0 and so draws from that range, so none can take this port between the check here and
+    the child's own bind. Each xdist worker draws from its own thousand ports."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    low = 20_000 + 1000 * (int(worker or 0) % 12)
+    for candidate in random.sample(range(low, low + 1000), 1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return candidate
+    raise RuntimeError(f"no free port in {low}-{low + 999}")
 
 
 async def until(check: Callable[[], Any], within: float, what: str) -> None:
@@ -81,6 +92,7 @@ class Serve:
         self._out = bytearray()
         self._err = bytearray()
         self._tasks: list[asyncio.Task[Any]] = []
+        self.preexec: Callable[[], None] | None = None  # run in the child before it starts
 
     async def start(self) -> Serve:
         self.proc = await asyncio.create_subprocess_exec(
@@ -94,6 +106,7 @@ class Serve:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            preexec_fn=self.preexec,
         )
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self._tasks = [

@@ -344,11 +344,17 @@ def _delivery_error(method: str, exc: BaseException) -> DeliveryError:
     """Translate whatever the SDK raised into a DeliveryError with a short, secret-free reason."""
     if isinstance(exc, SlackApiError):
         response = exc.response
-        status = getattr(response, "status_code", 0) or 0
+        # A body that would not parse as JSON leaves the raw aiohttp response (`.status`).
+        status = getattr(response, "status_code", None) or getattr(response, "status", 0) or 0
         data = getattr(response, "data", None)
         code = data.get("error") if isinstance(data, dict) else None
         if status == 429 or code == "ratelimited":
             return DeliveryError(f"slack {method}: ratelimited (429)", permanent=False)
+        if not code:
+            # An HTML error page, an empty body: Slack (or a proxy before it) in trouble.
+            return DeliveryError(
+                f"slack {method}: not a Slack answer (http {status})", permanent=False
+            )
         if code in PERMANENT_ERRORS:
             return DeliveryError(
                 f"slack {method}: {code}", permanent=True, content=code in CONTENT_ERRORS

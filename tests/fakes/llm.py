@@ -22,6 +22,7 @@ verbatim instead. `content_chunks_at` records when each content chunk left (loop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -109,6 +110,7 @@ class FakeLLM(FakeServer):
     answered: int = 0  # chat completion requests answered so far (any status)
     _faults: deque[_Fault] = field(default_factory=deque)
     _release: asyncio.Event = field(default_factory=asyncio.Event)
+    _hurry: asyncio.Event = field(default_factory=asyncio.Event)  # set: latency is over
     _ids: itertools.count = field(default_factory=itertools.count)
 
     def routes(self, app: web.Application) -> None:
@@ -130,8 +132,14 @@ class FakeLLM(FakeServer):
         """The parsed JSON of every chat completion request, in order."""
         return [r.json() for r in self.requests if r.method == "POST" and r.path == CHAT_PATH]
 
+    def answer_now(self) -> None:
+        """End the latency wait of every request in flight and to come: a test that holds the
+        model with a long latency until it has checked what happened meanwhile lets it go."""
+        self._hurry.set()
+
     async def stop(self) -> None:
         self._release.set()  # let hung handlers finish so the runner can shut down
+        self._hurry.set()  # and requests still sitting out their latency
         await super().stop()
 
     # -- handling ------------------------------------------------------------------------------
@@ -141,8 +149,9 @@ class FakeLLM(FakeServer):
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            if self.latency:
-                await asyncio.sleep(self.latency)
+            if self.latency and not self._hurry.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), self.latency)
             response = await self._answer(body, request.headers.get("Authorization", ""))
             if isinstance(response, _Deferred):
                 response = await response.writer(request)

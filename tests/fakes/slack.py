@@ -161,6 +161,7 @@ class FakeSlack(FakeServer):
     _server_errors: list[tuple[str | None, int]] = field(default_factory=list)
     _permanent: dict[str, str] = field(default_factory=dict)
     _drops: list[str] = field(default_factory=list)
+    _raw: list[tuple[str, int, str, str]] = field(default_factory=list)
     _sockets: list[web.WebSocketResponse] = field(default_factory=list)
     # The external file upload: files.getUploadURLExternal hands out /upload/<file_id> on
     # this fake, the client POSTs the bytes there, files.completeUploadExternal shares them.
@@ -184,6 +185,19 @@ class FakeSlack(FakeServer):
     ) -> None:
         """The next `n` calls to `method` get an HTML 5xx page; nothing is stored."""
         self._server_errors.extend([(method, status)] * n)
+
+    def answer_next(
+        self,
+        method: str,
+        *,
+        status: int = 200,
+        body: str = "",
+        content_type: str = "text/html",
+        n: int = 1,
+    ) -> None:
+        """The next `n` calls to `method` get exactly this answer, whatever they asked: an HTML
+        502 from a proxy, an empty 200, a 503 with `{"ok":false,"error":"internal_error"}`."""
+        self._raw.extend([(method, status, body, content_type)] * n)
 
     def permanent_error(self, channel: str, error: str | None = "not_in_channel") -> None:
         """Every post/update/read in `channel` fails with `error` (e.g. is_archived); None
@@ -362,6 +376,10 @@ class FakeSlack(FakeServer):
         status = self._pop_fault(self._server_errors, method)
         if status is not None:
             return self._html_error(status)
+        raw = next((r for r in self._raw if r[0] == method), None)
+        if raw is not None:
+            self._raw.remove(raw)
+            return web.Response(status=raw[1], body=raw[2].encode(), content_type=raw[3])
 
         params = await self._params(request)
         token = self._token(request, params)

@@ -271,6 +271,9 @@ class FakeTelegram(FakeServer):
         self._updates: list[dict[str, Any]] = []
         self._next_update_id = 100_000
         self._new_update: asyncio.Event | None = None
+        self._held_poll: asyncio.Event | None = None
+        # getUpdates calls answered 409 because another one came for the same token
+        self.conflicts = 0
         self._closing = asyncio.Event()
         self._floods: list[_Fault] = []
         self._flooded_until: dict[str, float] = {}  # method -> loop time
@@ -812,16 +815,39 @@ class FakeTelegram(FakeServer):
         offset = _int(params.get("offset")) or 0
         limit = _int(params.get("limit")) or 100
         timeout = float(params.get("timeout") or 0)
-        self._confirm(offset)
-        ready = self._ready(offset)
-        if not ready and timeout > 0 and self._new_update is not None:
-            self._new_update.clear()
-            try:
-                await asyncio.wait_for(self._new_update.wait(), min(timeout, LONG_POLL_CAP))
-            except TimeoutError:
-                pass
+        # As the real Bot API: a getUpdates ends the one still being held for this token with
+        # 409, so two processes polling one bot keep knocking each other out.
+        mine = asyncio.Event()
+        previous, self._held_poll = self._held_poll, mine
+        if previous is not None:
+            previous.set()
+        try:
+            self._confirm(offset)
             ready = self._ready(offset)
-        return _ok(ready[:limit])
+            if not ready and timeout > 0 and self._new_update is not None:
+                self._new_update.clear()
+                waits = [
+                    asyncio.ensure_future(self._new_update.wait()),
+                    asyncio.ensure_future(mine.wait()),
+                    asyncio.ensure_future(self._closing.wait()),
+                ]
+                await asyncio.wait(
+                    waits, timeout=min(timeout, LONG_POLL_CAP), return_when=asyncio.FIRST_COMPLETED
+                )
+                for w in waits:
+                    w.cancel()
+                if mine.is_set():
+                    self.conflicts += 1
+                    return _error(
+                        409,
+                        "Conflict: terminated by other getUpdates request; make sure that only "
+                        "one bot instance is running",
+                    )
+                ready = self._ready(offset)
+            return _ok(ready[:limit])
+        finally:
+            if self._held_poll is mine:
+                self._held_poll = None
 
     # ---------------------------------------------------------------- internals
 
