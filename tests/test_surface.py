@@ -527,6 +527,37 @@ async def test_a_poller_stuck_in_409_conflicts_fails_healthz(world, tg, launch) 
 
 
 @slow
+async def test_socket_mode_down_longer_than_the_limit_fails_healthz_until_it_reconnects(
+    world, slack, launch
+) -> None:
+    env = env_for(world, serve={"unhealthy_after_seconds": "2.0"}, **slack_env(slack))
+    serve = await launch(env)
+    await serve.banner()
+    status, report = await healthz(serve)
+    assert status == 200 and report["slack"] == {"ok": True, "mode": "socket"}, report
+
+    await slack.socket_outage()  # the socket is dropped and every reconnect refused
+    _, report = await until_health(serve, lambda s, r: s == 503, "slack failing")
+    assert report["failed"] == ["slack"], report
+    assert report["slack"]["mode"] == "socket"
+    assert report["slack"]["error"].startswith("Socket Mode disconnected for "), report
+    await until(lambda: slack.refused_reconnects > 0, 30, "the bot trying to reconnect")
+    assert (await healthz(serve))[0] == 503  # still down: refused reconnects do not count
+    await until(
+        lambda: "slack: Socket Mode disconnected for 2 s" in serve.err, 10, "the outage logged"
+    )
+
+    await slack.socket_outage(False)
+    _, report = await until_health(serve, lambda s, r: s == 200, "slack healthy again")
+    assert report["slack"] == {"ok": True, "mode": "socket"}, report
+    await until(lambda: "slack: Socket Mode connected again" in serve.err, 10, "the return logged")
+    # really back: a command sent over the new socket is acknowledged
+    sent = await slack.push_envelope("slash_commands", slash_form(slack, "not-a-paper"))
+    assert (await slack.wait_for_ack(sent, within=10.0))["envelope_id"] == sent
+    assert await serve.stop() == 0
+
+
+@slow
 async def test_a_second_process_polling_the_same_bot_says_so_and_stops_polling(
     world, tg, launch
 ) -> None:

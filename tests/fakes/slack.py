@@ -17,7 +17,9 @@ likewise) complete the set.
 
 Socket Mode: `apps.connections.open` hands out `ws://127.0.0.1:PORT/socket`; the socket says
 `hello`, a test pushes envelopes with `push_envelope()`, and every ack the app sends back is
-recorded in `acks`.
+recorded in `acks`. `socket_outage()` drops every open socket and refuses reconnects (the
+WebSocket upgrade is answered 503 and `apps.connections.open` `internal_error`, as when Slack's
+Socket Mode is down) until `socket_outage(False)`; `refused_reconnects` counts the refusals.
 """
 
 from __future__ import annotations
@@ -149,6 +151,9 @@ class FakeSlack(FakeServer):
     deleted: list[str] = field(default_factory=list)
 
     acks: list[dict[str, Any]] = field(default_factory=list)
+    # Socket Mode outage (see socket_outage): reconnects refused, and how many were.
+    socket_down: bool = False
+    refused_reconnects: int = 0
     ephemerals: list[dict[str, Any]] = field(default_factory=list)
     # Calls that came back to a rate-limited method before its Retry-After had passed, as
     # (method, seconds too early): a client that honours Retry-After leaves this empty.
@@ -216,6 +221,14 @@ class FakeSlack(FakeServer):
         if mode not in ("reset", "500"):
             raise ValueError(mode)
         self._drops.append(mode)
+
+    async def socket_outage(self, down: bool = True) -> None:
+        """Socket Mode goes down (True): every open socket is closed, and until it comes back
+        (False) each WebSocket upgrade gets HTTP 503 and each `apps.connections.open` an
+        `internal_error`, so the app cannot reconnect however it tries."""
+        self.socket_down = down
+        if down:
+            await self.close_sockets()
 
     # ---------------------------------------------------------------- helpers
 
@@ -386,6 +399,9 @@ class FakeSlack(FakeServer):
         if method == "apps.connections.open":
             if token != self.app_token:
                 return self._error("invalid_auth")
+            if self.socket_down:
+                self.refused_reconnects += 1
+                return self._error("internal_error")
             return self._ok(url=f"ws://{request.host}/socket")
         if token != self.token:
             return self._error("not_authed" if not token else "invalid_auth")
@@ -767,7 +783,10 @@ class FakeSlack(FakeServer):
         page, nxt = self._page(out, params, 100)
         return self._ok(messages=page, has_more=bool(nxt), response_metadata={"next_cursor": nxt})
 
-    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+    async def _socket(self, request: web.Request) -> web.StreamResponse:
+        if self.socket_down:
+            self.refused_reconnects += 1
+            return web.Response(status=503, text="Socket Mode is down")
         # autoping answers the SDK's "sdk-ping-pong:<t>" pings with the same data, which is
         # how it decides the connection is alive.
         ws = web.WebSocketResponse(autoping=True)
