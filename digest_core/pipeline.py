@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import httpx
 from sqlite_utils import Migrations
@@ -47,6 +48,8 @@ from digest_core.sources.hf import fetch_daily_papers, fetch_hf_paper, fetch_pap
 from digest_core.store import Store, process_owner
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 Progress = Callable[[str, int, int], None]
 
@@ -346,24 +349,9 @@ class Pipeline:
             cached = await self.store.get_analysis(key)
             if cached is not None:
                 return cached
-        running = self._inflight.get(key)
-        if running is not None:
-            return await asyncio.shield(running)
-        future: asyncio.Future[DeepDive] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            if self.llm is None:
-                dive = await self._write(key, paper, language, profile)
-            else:
-                dive = await self._claimed(key, paper, language, profile)
-            future.set_result(dive)
-            return dive
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters get it, nobody else must
-            raise
-        finally:
-            del self._inflight[key]
+        if self.llm is None:
+            return await _shared(self._inflight, key, self._write(key, paper, language, profile))
+        return await _shared(self._inflight, key, self._claimed(key, paper, language, profile))
 
     async def _write(
         self, key: str, paper: Paper, language: str, profile: ResearchProfile
@@ -443,21 +431,7 @@ class Pipeline:
             return FullText(SOURCE_ABSTRACT, (("Abstract", paper.abstract),))
         # The key names the stored format: rows from an older extractor are not reused.
         key = f"{FULLTEXT_CACHE_VERSION}:{paper.versioned_id}"
-        running = self._fulltext_inflight.get(key)
-        if running is not None:
-            return await asyncio.shield(running)
-        future: asyncio.Future[FullText] = asyncio.get_running_loop().create_future()
-        self._fulltext_inflight[key] = future
-        try:
-            text = await self._fulltext(paper, key)
-            future.set_result(text)
-            return text
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters get it, nobody else must
-            raise
-        finally:
-            del self._fulltext_inflight[key]
+        return await _shared(self._fulltext_inflight, key, self._fulltext(paper, key))
 
     async def _fulltext(self, paper: Paper, key: str) -> FullText:
         cached = await self.store.get_fulltext(key)
@@ -609,3 +583,26 @@ class Pipeline:
     async def export(self, date: str) -> str | None:
         digest = await self.store.load_digest(date)
         return render_report(digest) if digest is not None else None
+
+
+async def _shared(
+    inflight: dict[str, asyncio.Future[T]], key: str, work: Coroutine[Any, Any, T]
+) -> T:
+    """Run `work` once per key: a concurrent caller with the same key awaits the first one's
+    result (or its exception) instead of starting its own."""
+    running = inflight.get(key)
+    if running is not None:
+        work.close()  # never started: the first caller's run answers for it
+        return await asyncio.shield(running)
+    future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    inflight[key] = future
+    try:
+        result = await work
+        future.set_result(result)
+        return result
+    except BaseException as exc:
+        future.set_exception(exc)
+        future.exception()  # mark retrieved: waiters get it, nobody else must
+        raise
+    finally:
+        del inflight[key]
