@@ -245,26 +245,9 @@ async def bench_memory() -> None:
 
 
 async def idle_rss(env: dict[str, str]) -> tuple[float, float, str, int | None]:
-    full = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot.cli",
-        "serve",
-        env=full,
-        cwd=str(ROOT),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc, banner = await launch_serve(env)
     assert proc.stderr is not None
-    banner = ""
     try:
-        while "serving" not in banner:
-            line = await asyncio.wait_for(proc.stderr.readline(), 30)
-            if not line:
-                raise RuntimeError("serve exited before serving")
-            banner = line.decode().strip()
         await asyncio.sleep(3.0)
         rss, peak = rss_mb(proc.pid)
         proc.send_signal(signal.SIGTERM)
@@ -625,7 +608,8 @@ async def bench_restart() -> None:
     )
 
 
-async def start_serve(env: dict[str, str]) -> asyncio.subprocess.Process:
+async def launch_serve(env: dict[str, str]) -> tuple[asyncio.subprocess.Process, str]:
+    """`digestbot serve` as a child, returned once it printed its banner (and the banner)."""
     full = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -639,11 +623,24 @@ async def start_serve(env: dict[str, str]) -> asyncio.subprocess.Process:
         stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stderr is not None
-    line = b""
-    while b"serving" not in line:
-        line = await asyncio.wait_for(proc.stderr.readline(), 30)
-        if not line:
-            raise RuntimeError("serve exited before serving")
+    banner = ""
+    try:
+        while "serving" not in banner:
+            line = await asyncio.wait_for(proc.stderr.readline(), 30)
+            if not line:
+                raise RuntimeError("serve exited before serving")
+            banner = line.decode().strip()
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
+    return proc, banner
+
+
+async def start_serve(env: dict[str, str]) -> asyncio.subprocess.Process:
+    proc, _ = await launch_serve(env)
+    assert proc.stderr is not None
     # keep reading stderr so the child never blocks on a full pipe
     asyncio.get_running_loop().create_task(proc.stderr.read())
     return proc

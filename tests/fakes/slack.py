@@ -636,24 +636,31 @@ class FakeSlack(FakeServer):
             return None, "message_not_in_streaming_state"
         return message, None
 
-    async def _append_stream(self, request: web.Request, params: dict[str, Any]) -> web.Response:
-        refused = self._streaming_call("chat.appendStream", params)
+    def _stream_step(
+        self, method: str, params: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, web.Response | None]:
+        """The streamed message with this call's text appended, or the refusal to answer."""
+        refused = self._streaming_call(method, params)
         if refused is not None:
-            return refused
+            return None, refused
         message, error = self._streamed(params)
         if message is None:
-            return self._error(error or "message_not_found")
+            return None, self._error(error or "message_not_found")
         message["text"] += self._stream_text(params)
+        return message, None
+
+    async def _append_stream(self, request: web.Request, params: dict[str, Any]) -> web.Response:
+        message, refusal = self._stream_step("chat.appendStream", params)
+        if message is None:
+            assert refusal is not None
+            return refusal
         return self._ok(channel=params["channel"], ts=message["ts"])
 
     async def _stop_stream(self, request: web.Request, params: dict[str, Any]) -> web.Response:
-        refused = self._streaming_call("chat.stopStream", params)
-        if refused is not None:
-            return refused
-        message, error = self._streamed(params)
+        message, refusal = self._stream_step("chat.stopStream", params)
         if message is None:
-            return self._error(error or "message_not_found")
-        message["text"] += self._stream_text(params)
+            assert refusal is not None
+            return refusal
         message["streaming"] = False
         if isinstance(params.get("blocks"), list):
             message["blocks"] = params["blocks"]
