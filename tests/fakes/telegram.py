@@ -631,15 +631,25 @@ class FakeTelegram(FakeServer):
         )
         return _ok(message)
 
-    async def _m_editMessageText(self, params: dict[str, Any]) -> web.Response:
+    def _message_to_edit(
+        self, params: dict[str, Any]
+    ) -> tuple[Any, int | None, dict[str, Any] | None, web.Response | None]:
+        """(chat, message id, message, None), or the refusal an edit of it gets."""
         chat, failure = self._writable_chat(params.get("chat_id"))
         if failure is not None:
-            return failure
+            return None, None, None, failure
         assert chat is not None
         message_id = _int(params.get("message_id"))
         message = self._messages[chat.id].get(message_id or -1)
         if message is None:
-            return _error(400, "Bad Request: message to edit not found")
+            return None, None, None, _error(400, "Bad Request: message to edit not found")
+        return chat, message_id, message, None
+
+    async def _m_editMessageText(self, params: dict[str, Any]) -> web.Response:
+        chat, message_id, message, refusal = self._message_to_edit(params)
+        if refusal is not None:
+            return refusal
+        assert chat is not None and message is not None
         if message.get("from", {}).get("id") != self.bot_user["id"] or "text" not in message:
             return _error(400, "Bad Request: message can't be edited")
         text = str(params.get("text") or "")
@@ -692,14 +702,10 @@ class FakeTelegram(FakeServer):
         return _ok(True)
 
     async def _m_editMessageReplyMarkup(self, params: dict[str, Any]) -> web.Response:
-        chat, failure = self._writable_chat(params.get("chat_id"))
-        if failure is not None:
-            return failure
-        assert chat is not None
-        message_id = _int(params.get("message_id"))
-        message = self._messages[chat.id].get(message_id or -1)
-        if message is None:
-            return _error(400, "Bad Request: message to edit not found")
+        chat, message_id, message, refusal = self._message_to_edit(params)
+        if refusal is not None:
+            return refusal
+        assert chat is not None and message is not None
         markup = _obj(params.get("reply_markup")) or None
         problem = _check_inline_keyboard(markup)
         if problem:
