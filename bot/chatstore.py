@@ -832,18 +832,20 @@ class ChatStore:
             rows = self._db.conn.execute(
                 "select j.value, t.thread_ref, t.kind, t.scope, t.created_at, exists("
                 "  select 1 from posts p where p.scope = t.scope and p.platform = t.platform"
-                "  and p.chat = t.chat and p.key = j.value || '#0' and p.status = ?) "
+                "  and p.chat = t.chat and substr(p.key, 1, length(j.value) + 1) = j.value || '#'"
+                "  and p.status = ?) "
                 "from threads t, json_each(t.papers) j "
                 "where t.platform = ? and t.chat = ? and t.kind in ('digest', 'analysis') "
                 "and (? is null or t.created_at >= ?)",
                 [PostStatus.SENT.value, platform, chat]
                 + [since.isoformat(timespec="seconds") if since else None] * 2,
             ).fetchall()
-            best: dict[str, tuple[tuple[int, str], PaperThread]] = {}
+            best: dict[str, tuple[tuple[int, str, int], PaperThread]] = {}
             for arxiv_id, ref, kind, scope, created, dived in rows:
                 # A digest's date is the day it covers; an analysis's, the day it was posted.
                 day = scope.split(":", 1)[1] if kind == "digest" else (created or "")[:10]
-                order = (int(dived), created or "")
+                # Its deep dive first, then the newest; at the same moment, its own analysis.
+                order = (int(dived), created or "", int(kind == "analysis"))
                 if arxiv_id not in best or order > best[arxiv_id][0]:
                     best[arxiv_id] = (order, PaperThread(arxiv_id, day, ref, bool(dived)))
             return {k: v for k, (_, v) in best.items()}

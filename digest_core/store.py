@@ -753,7 +753,7 @@ class Store:
         limit: int = 10,
     ) -> list[SearchHit]:
         """Papers matching `query` (an FTS5 expression: `digest_core.search.fts_query`), best
-        first: by bm25 rank, then higher score, then newer. `among` restricts the search to
+        first (`_relevance`: bm25 rank weighed by score; then newer). `among` restricts the search to
         these papers (arXiv ID -> the ISO date the caller knows them by, the tie-break);
         `fingerprint` picks the score given for that profile where there is one."""
         dates = dict(among or {})
@@ -780,9 +780,8 @@ class Store:
                 for r in rows
             ]
             hits = [SearchHit(h.arxiv_id, h.title, h.rank, scores.get(h.arxiv_id)) for h in hits]
-            # Ties in rank (papers alike in the index) go to the higher score, then the newer.
-            hits.sort(key=lambda h: dates.get(h.arxiv_id, ""), reverse=True)
-            hits.sort(key=lambda h: (round(h.rank, 9), -(h.score if h.score is not None else -1)))
+            hits.sort(key=lambda h: dates.get(h.arxiv_id, ""), reverse=True)  # ties: newer
+            hits.sort(key=_relevance)
             return hits[:limit]
 
         return await self._run(read)
@@ -820,6 +819,15 @@ def _latest_scores(db: Database, arxiv_ids: list[str], fingerprint: str | None) 
         [fingerprint or "", json.dumps(arxiv_ids)],
     ).fetchall()
     return {arxiv_id: int(score) for arxiv_id, score, _ in rows}  # the last row wins
+
+
+def _relevance(hit: SearchHit) -> float:
+    """The sort key of a hit, lower first: FTS5's bm25 rank (negative; more relevant is lower)
+    times 1 to 2 by the paper's score. bm25 divides by the length of the whole row, so a paper
+    with a long deep dive loses to a bare title that says the word once; the score (high for
+    the papers that got deep dives) puts it back, but can at most double a rank."""
+    score = min(100, max(0, hit.score or 0))
+    return round(hit.rank * (1 + score / 100), 9)
 
 
 def _title(db: Database, arxiv_id: str) -> str:
