@@ -47,12 +47,14 @@ class BadQuery(ValueError):
 @dataclass(frozen=True)
 class SearchHit:
     """One paper found: its place in the ranking (`rank`, lower is better: FTS5's bm25),
-    its title as stored, and its latest score (for the profile asked about when it has one)."""
+    its title as stored, its latest score (for the profile asked about when it has one) and
+    whether it has a deep dive."""
 
     arxiv_id: str
     title: str
     rank: float
     score: int | None
+    deep_dive: bool = False
 
 
 def index_text(text: str) -> str:

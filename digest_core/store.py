@@ -753,9 +753,10 @@ class Store:
         limit: int = 10,
     ) -> list[SearchHit]:
         """Papers matching `query` (an FTS5 expression: `digest_core.search.fts_query`), best
-        first (`_relevance`: bm25 rank weighed by score; then newer). `among` restricts the search to
-        these papers (arXiv ID -> the ISO date the caller knows them by, the tie-break);
-        `fingerprint` picks the score given for that profile where there is one."""
+        first (`_relevance`: bm25 rank weighed by score and deep dive; then newer). `among`
+        restricts the search to these papers (arXiv ID -> the ISO date the caller knows them
+        by, the tie-break); `fingerprint` picks the score given for that profile where there
+        is one."""
         dates = dict(among or {})
 
         def read() -> list[SearchHit]:
@@ -767,7 +768,7 @@ class Store:
             rows = list(
                 self.db["search_docs"].search(
                     query,
-                    columns=["arxiv_id"],
+                    columns=["arxiv_id", "dive"],
                     where=where,
                     where_args=args,
                     include_rank=True,
@@ -776,10 +777,15 @@ class Store:
             )
             scores = _latest_scores(self.db, [r["arxiv_id"] for r in rows], fingerprint)
             hits = [
-                SearchHit(r["arxiv_id"], _title(self.db, r["arxiv_id"]), r["rank"], None)
+                SearchHit(
+                    r["arxiv_id"],
+                    _title(self.db, r["arxiv_id"]),
+                    r["rank"],
+                    scores.get(r["arxiv_id"]),
+                    deep_dive=bool(r["dive"]),
+                )
                 for r in rows
             ]
-            hits = [SearchHit(h.arxiv_id, h.title, h.rank, scores.get(h.arxiv_id)) for h in hits]
             hits.sort(key=lambda h: dates.get(h.arxiv_id, ""), reverse=True)  # ties: newer
             hits.sort(key=_relevance)
             return hits[:limit]
@@ -823,11 +829,12 @@ def _latest_scores(db: Database, arxiv_ids: list[str], fingerprint: str | None) 
 
 def _relevance(hit: SearchHit) -> float:
     """The sort key of a hit, lower first: FTS5's bm25 rank (negative; more relevant is lower)
-    times 1 to 2 by the paper's score. bm25 divides by the length of the whole row, so a paper
-    with a long deep dive loses to a bare title that says the word once; the score (high for
-    the papers that got deep dives) puts it back, but can at most double a rank."""
+    times 1 to 2 by the paper's score, and 1.5 for a paper with a deep dive. bm25 divides by
+    the length of the whole row, so a paper with a long deep dive would lose to a bare title
+    that says the word once, although it is the better answer: what the person came back for.
+    Together the two factors can at most triple a rank."""
     score = min(100, max(0, hit.score or 0))
-    return round(hit.rank * (1 + score / 100), 9)
+    return round(hit.rank * (1 + score / 100) * (1.5 if hit.deep_dive else 1.0), 9)
 
 
 def _title(db: Database, arxiv_id: str) -> str:
