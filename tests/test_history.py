@@ -614,3 +614,20 @@ async def test_a_roundup_missed_while_down_is_caught_up_once(tmp_path: Path) -> 
         other = RoundupJob(daily, now=lambda: due + timedelta(days=7, hours=30))
         assert await other.catch_up() is None
         assert len(bot.roots("C1")) == roots + 1
+
+
+def test_help_readme_manifest_and_botfather_list_the_same_commands() -> None:
+    from bot.team import HELP_COMMANDS
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    manifest = (root / "config" / "slack-app-manifest.yaml").read_text(encoding="utf-8")
+    verbs = set(re.findall(r"/digest (\w+)", HELP_COMMANDS))
+    assert {"search", "week"} <= verbs
+    assert verbs <= set(re.findall(r"`/digest (\w+)", readme))
+    hint = re.search(r"command: /digest\n.*\n\s+usage_hint: \"(.*)\"", manifest)
+    assert hint is not None
+    botfather = re.search(r"^\s+digest - (.*)$", readme, re.MULTILINE)
+    assert botfather is not None
+    for verb in verbs - {"help", "unsubscribe", "dislike"}:
+        assert verb in hint.group(1) and verb in botfather.group(1), verb
