@@ -772,6 +772,8 @@ class Store:
                     where=where,
                     where_args=args,
                     include_rank=True,
+                    # Candidates by bm25 alone; `_relevance` reorders them by score and deep
+                    # dive, which can at most triple a rank, so the best are among these.
                     limit=max(limit * 3, limit + 20),
                 )
             )
