@@ -42,6 +42,7 @@ from bot.assistant import (
 )
 from bot.channels.telegram import TelegramChannel
 from bot.chatstore import ThreadRecord
+from digest_core.render.parse import truncate
 from digest_core.render.telegram import (
     PICK_PREFIX,
     RATE_PREFIX,
@@ -50,6 +51,8 @@ from digest_core.render.telegram import (
 )
 
 log = logging.getLogger(__name__)
+
+TOAST_LIMIT = 200  # answerCallbackQuery's text: 0-200 characters
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -200,7 +203,7 @@ def install_handlers(
                     log.exception("telegram: a paper pick not recorded")
                     line = UNRECORDED
         try:
-            await query.answer(line)
+            await query.answer(truncate(line, TOAST_LIMIT) if line else None)
         except TelegramError as exc:  # a redelivered press whose query was already answered
             log.info("telegram: callback query not answered: %s", exc)
 

@@ -751,6 +751,8 @@ class FakeTelegram(FakeServer):
                 400,
                 "Bad Request: query is too old and response timeout expired or query ID is invalid",
             )
+        if len(str(params.get("text") or "")) > 200:  # the Bot API's 0-200 characters
+            return _error(400, "Bad Request: MESSAGE_TOO_LONG")
         self.answered[query_id] = {"text": params.get("text"), "at": time.monotonic()}
         return _ok(True)
 
