@@ -818,10 +818,11 @@ class Assistant:
         """A typed reply that only names a paper ("2", an ID) answers the kept question: it is
         that question's pick, so its buttons give way to the choice (a later press is told
         it was answered)."""
-        if not _only_names_a_paper(req.text):
-            return
         last = await self.chat.turns(req.platform, req.chat, thread.thread_ref, 1)
         if not last or last[-1].role != PENDING:
+            return
+        # Cut as `answer` cuts it: the patterns are slow on a 50,000-character question.
+        if not _only_names_a_paper(req.text.strip()[:MAX_QUESTION_CHARS]):
             return
         choice = await self.chat.latest_choice(req.platform, req.chat, thread.thread_ref)
         if choice is None or choice.question != last[-1].text or target not in choice.papers:
