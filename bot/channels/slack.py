@@ -445,6 +445,15 @@ class SlackChannel:
         """A short line from the bot, as one mrkdwn section (never parsed for links or pings)."""
         return Outgoing(key="line", payload=line_message(text), summary=text.splitlines()[0][:80])
 
+    def render_choices(self, text: str, key: str, options: list[tuple[str, str]]) -> Outgoing:
+        """The "which paper do you mean?" line with one button per paper (`options`: arXiv ID
+        and label), the buttons naming the kept question by its `key`."""
+        from digest_core.render.slack import pick_blocks
+
+        line = line_message(text)
+        payload = SlackMessage(line.text, line.blocks + pick_blocks(key, options))
+        return Outgoing(key="line", payload=payload, summary=text.splitlines()[0][:80])
+
     @staticmethod
     def _parts(entry: DigestEntry, messages: list[SlackMessage]) -> list[Outgoing]:
         arxiv_id = entry.paper.arxiv_id
@@ -602,10 +611,16 @@ class SlackChannel:
             chat, ts, SlackMessage(text, with_rating_counts(blocks, arxiv_id, up, down))
         )
 
-    async def post_ephemeral(self, chat: str, user: str, text: str) -> None:
-        """A message only `user` sees (refusals, usage hints). `text` must be escaped mrkdwn."""
+    async def post_ephemeral(
+        self, chat: str, user: str, text: str, *, thread: str | None = None
+    ) -> None:
+        """A message only `user` sees (refusals, usage hints), in `thread` when given. `text`
+        must be escaped mrkdwn."""
+        kwargs: dict[str, Any] = {"channel": chat, "user": user, "text": text}
+        if thread:
+            kwargs["thread_ts"] = thread
         try:
-            await self.client.chat_postEphemeral(channel=chat, user=user, text=text)
+            await self.client.chat_postEphemeral(**kwargs)
         except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
             raise self._fail("chat.postEphemeral", exc) from None
 

@@ -414,6 +414,13 @@ class TelegramChannel:
         """A short line from the bot, escaped so nothing in it is read as markup."""
         return Outgoing("line", _render().escape(text), text.splitlines()[0][:80])
 
+    def render_choices(self, text: str, key: str, options: list[tuple[str, str]]) -> Outgoing:
+        """The "which paper do you mean?" line with an inline keyboard, one paper per row
+        (`options`: arXiv ID and label), the buttons naming the kept question by its `key`."""
+        render = _render()
+        payload = render.TelegramMessage(render.escape(text), render.pick_keyboard(key, options))
+        return Outgoing("line", payload, text.splitlines()[0][:80])
+
     def _deep_dive(self, entry: DigestEntry, index: int, language: str) -> list[Outgoing]:
         render = _render()
         parts: list[Any] = list(render.render_deep_dive(entry, index, language))

@@ -49,6 +49,10 @@ MAX_HEADER_TEXT = 150
 MAX_MARKDOWN_TEXT = 12000
 MAX_TOTAL_BLOCK_TEXT = 12000
 MAX_TEXT = 40000  # Slack truncates `text` beyond this rather than refusing the post
+MAX_ACTIONS = 25  # elements of an actions block
+MAX_BUTTON_TEXT = 75
+MAX_BUTTON_VALUE = 2000
+MAX_ACTION_ID = 255
 
 
 def _block_texts(node: Any) -> list[str]:
@@ -103,9 +107,36 @@ def check_blocks(blocks: Any) -> tuple[str, str] | None:
         elif kind == "markdown":
             if len(_text_of(block)) > MAX_MARKDOWN_TEXT:
                 return "invalid_blocks", f"must be less than 12001 characters {where}/text]"
+        elif kind == "actions":
+            problem = _check_actions(block.get("elements"), where)
+            if problem:
+                return "invalid_blocks", problem
     total = sum(len(t) for t in _block_texts(blocks))
     if total > MAX_TOTAL_BLOCK_TEXT:
         return "msg_blocks_too_long", f"total block text {total} characters"
+    return None
+
+
+def _check_actions(elements: Any, where: str) -> str | None:
+    """Why Slack would refuse an actions block's elements (Block Kit reference: at most 25
+    elements; a button's label at most 75 characters, its value 2,000, its action_id 255,
+    and an action_id used once per block)."""
+    if not isinstance(elements, list) or not 1 <= len(elements) <= MAX_ACTIONS:
+        return f"must provide 1 to {MAX_ACTIONS} items {where}/elements]"
+    seen: set[str] = set()
+    for j, element in enumerate(elements):
+        at = f"{where}/elements/{j}"
+        action_id = str(element.get("action_id") or "")
+        if len(action_id) > MAX_ACTION_ID:
+            return f"must be less than {MAX_ACTION_ID + 1} characters {at}/action_id]"
+        if action_id and action_id in seen:
+            return f"duplicate action_id {at}/action_id]"
+        seen.add(action_id)
+        if element.get("type") == "button":
+            if not 1 <= len(_text_of(element.get("text"))) <= MAX_BUTTON_TEXT:
+                return f"must be less than {MAX_BUTTON_TEXT + 1} characters {at}/text/text]"
+            if len(str(element.get("value") or "")) > MAX_BUTTON_VALUE:
+                return f"must be less than {MAX_BUTTON_VALUE + 1} characters {at}/value]"
     return None
 
 
