@@ -184,14 +184,12 @@ class Team:
     async def help(self, platform: str, chat: str) -> str:
         profile = await self.profile_for(platform, chat)
         cfg = self.settings.digest
-        when = (
-            f"daily at {cfg.time} {cfg.timezone}" if cfg.time else "no daily run (DIGEST_TIME=off)"
-        )
-        state = (
-            f"gets the digest {when}"
-            if await self.subscribed(platform, chat)
-            else "does not get the daily digest (/digest subscribe)"
-        )
+        if not await self.subscribed(platform, chat):
+            state = "does not get the daily digest (/digest subscribe)"
+        elif cfg.time:
+            state = f"gets the digest daily at {cfg.time} {cfg.timezone}"
+        else:
+            state = "is subscribed, but this deployment has no daily run (DIGEST_TIME=off)"
         return (
             f"This channel {state}.\n"
             f"Profile: {label(profile)}: {describe(profile)}\n\n{HELP_COMMANDS}"

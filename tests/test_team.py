@@ -23,6 +23,7 @@ from bot.assistant import DIGEST, Assistant, Request
 from bot.chatstore import ChatStore, open_pipeline
 from bot.scheduler import DailyJob
 from bot.service import Destination
+from bot.team import Team
 from digest_core.pipeline import Pipeline
 
 DAY = "2026-01-23"
@@ -205,6 +206,16 @@ async def test_help_says_what_this_channel_gets(team: Team_) -> None:
     private, _ = await team.say("help")
     assert private[0].startswith("This channel gets the digest daily at 09:00 Asia/Shanghai.")
     assert "Profile: robots" in private[0] and "language en" in private[0]
+
+
+async def test_help_with_the_daily_run_off_says_so_in_a_sentence(team: Team_) -> None:
+    await team.say("subscribe")
+    settings = team.assistant.team.settings
+    off = settings.model_copy(update={"digest": settings.digest.model_copy(update={"time": None})})
+    text = await Team(off, team.chat).help("slack", "C1")
+    assert text.startswith(
+        "This channel is subscribed, but this deployment has no daily run (DIGEST_TIME=off)."
+    )
 
 
 @pytest.mark.parametrize(
