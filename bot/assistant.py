@@ -27,10 +27,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from bot import history
 from bot.channels.base import Channel, Outgoing
 from bot.channels.progress import FINISH_WAIT, AnalysisProgress, StagesOnly
 from bot.channels.streaming import AnswerStream
 from bot.chatstore import ChatStore, PostStatus, ThreadRecord, Vote
+from bot.history import Listing
 from bot.journal import Journal
 from bot.service import Delivered, Destination, destination_profile, post_figure, post_thread
 from bot.settings import AppSettings as Settings
@@ -149,7 +151,8 @@ class Handled:
     """What `handle` did. `private` holds the lines for the requester alone (when the request
     was private), in order; `thread` the thread that holds the result, if any."""
 
-    private: list[str] = field(default_factory=list)
+    # a Listing: search results, rendered with their links by the adapter (bot.history)
+    private: list[str | Listing] = field(default_factory=list)
     thread: str | None = None
 
 
@@ -418,6 +421,44 @@ class Assistant:
                 lines = []  # in the chat, the announcement is the answer
         for i, text in enumerate(lines):
             await self._say(channel, req, done, text, f"digest-{i}")
+        if reply.listing is not None or reply.post is not None:
+            await self._history(channel, req, done, reply.listing, reply.post)
+
+    async def _history(
+        self,
+        channel: Channel,
+        req: Request,
+        done: Handled,
+        listing: Listing | None,
+        post: Listing | None,
+    ) -> None:
+        """Search results for the requester, the week's roundup for the channel (bot.team,
+        bot.history): each thread linked, posted through the ledger once per request."""
+        if listing is not None:
+            listing = await history.linked(listing, channel, req.chat)
+            if req.private:
+                done.private.append(listing)
+            else:
+                await self._post(channel, req, [history.render(channel, listing, "search")])
+        if post is not None:
+            post = await history.linked(post, channel, req.chat)
+            delivered = await post_thread(
+                self.chat,
+                Destination(channel, req.chat),
+                f"roundup:{req.message}",
+                [history.render(channel, post, "roundup")],
+                kind="roundup",
+                papers=list(post.papers),
+                thread=None if req.private else req.reply_to,
+                retry_permanent=True,
+            )
+            if not delivered.ok:
+                log.error("%s %s: roundup not posted: %s", req.platform, req.chat, delivered.error)
+                await self._say(
+                    channel, req, done, f"The roundup could not be posted: {delivered.error}", "w"
+                )
+            elif req.private:
+                done.private.append("Posted this week's roundup in the channel.")
 
     async def _question(
         self,

@@ -366,6 +366,27 @@ class Seen:
     thread_ref: str | None
 
 
+@dataclass(frozen=True)
+class PaperThread:
+    """Where a paper was posted in a destination: the date and the root of the thread to
+    link it to; `deep_dive`: its deep dive is in that thread (not only its title in a list)."""
+
+    arxiv_id: str
+    date: str
+    thread_ref: str
+    deep_dive: bool
+
+
+@dataclass(frozen=True)
+class Liked:
+    """A paper's 👍 and 👎 in a destination over a period."""
+
+    arxiv_id: str
+    title: str
+    up: int
+    down: int
+
+
 def _post(row: dict[str, Any]) -> PostRecord:
     kind = row.get("error_kind")
     return PostRecord(
@@ -795,6 +816,57 @@ class ChatStore:
                 arxiv_id = key.rsplit("#", 1)[0]
                 out[arxiv_id] = Seen(arxiv_id, at[:10], thread_ref)
             return out
+
+        return await self.store.run(read)
+
+    # -- history: where each paper was posted, the week's votes (`/digest search`, `week`) -----
+
+    async def paper_threads(
+        self, platform: str, chat: str, since: datetime | None = None
+    ) -> dict[str, PaperThread]:
+        """Every paper posted in a destination (listed in a digest or deep-dived there), by
+        arXiv ID, with the thread to link it to: the newest one holding its deep dive, else
+        the newest digest that listed it. `since`: only threads started since then."""
+
+        def read() -> dict[str, PaperThread]:
+            rows = self._db.conn.execute(
+                "select j.value, t.thread_ref, t.kind, t.scope, t.created_at, exists("
+                "  select 1 from posts p where p.scope = t.scope and p.platform = t.platform"
+                "  and p.chat = t.chat and substr(p.key, 1, length(j.value) + 1) = j.value || '#'"
+                "  and p.status = ?) "
+                "from threads t, json_each(t.papers) j "
+                "where t.platform = ? and t.chat = ? and t.kind in ('digest', 'analysis') "
+                "and (? is null or t.created_at >= ?)",
+                [PostStatus.SENT.value, platform, chat]
+                + [since.isoformat(timespec="seconds") if since else None] * 2,
+            ).fetchall()
+            best: dict[str, tuple[tuple[int, str, int], PaperThread]] = {}
+            for arxiv_id, ref, kind, scope, created, dived in rows:
+                # A digest's date is the day it covers; an analysis's, the day it was posted.
+                day = scope.split(":", 1)[1] if kind == "digest" else (created or "")[:10]
+                # Its deep dive first, then the newest; at the same moment, its own analysis.
+                order = (int(dived), created or "", int(kind == "analysis"))
+                if arxiv_id not in best or order > best[arxiv_id][0]:
+                    best[arxiv_id] = (order, PaperThread(arxiv_id, day, ref, bool(dived)))
+            return {k: v for k, (_, v) in best.items()}
+
+        return await self.store.run(read)
+
+    async def liked_since(
+        self, platform: str, chat: str, since: datetime, limit: int
+    ) -> list[Liked]:
+        """Papers given a 👍 in a destination since `since`, most 👍 first (then fewest 👎,
+        then most recent)."""
+
+        def read() -> list[Liked]:
+            rows = self._db.conn.execute(
+                "select arxiv_id, max(title), sum(liked), sum(1 - liked), max(at) as last "
+                "from ratings where platform = ? and chat = ? and at >= ? group by arxiv_id "
+                "having sum(liked) > 0 order by sum(liked) desc, sum(1 - liked), last desc "
+                "limit ?",
+                [platform, chat, since.isoformat(timespec="microseconds"), limit],
+            ).fetchall()
+            return [Liked(r[0], r[1] or r[0], int(r[2]), int(r[3])) for r in rows]
 
         return await self.store.run(read)
 

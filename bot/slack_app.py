@@ -26,6 +26,7 @@ from slack_bolt.async_app import AsyncApp
 from bot.assistant import ANALYZE, DIGEST, RESTARTING, UNRECORDED, Assistant, Request
 from bot.channels.base import DeliveryError
 from bot.channels.slack import SlackChannel, send_to_response_url
+from bot.history import slack_mrkdwn
 from digest_core.render.slack import RATE_DOWN, RATE_UP, escape
 
 log = logging.getLogger(__name__)
@@ -228,7 +229,12 @@ async def _analyze(
             _ephemeral(channel, req.chat, req.user, escape(RESTARTING), response_url), 5
         )
         raise
-    lines = [escape(line) for line in done.private if line]
+    # A listing (search results) comes with its links, as mrkdwn; a line is plain text.
+    lines = [
+        escape(line) if isinstance(line, str) else slack_mrkdwn(line)
+        for line in done.private
+        if line
+    ]
     if lines and done.thread:
         link = await _permalink(channel, req.chat, done.thread)
         lines[-1] += f" — <{link}|open the thread>" if link and _SAFE_LINK.match(link) else ""

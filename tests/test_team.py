@@ -378,7 +378,7 @@ async def _subscriptions(team: Team_) -> None:
     assert not any(s.chat == "C1" and s.key.endswith("/toc") for s in team.slack.sent)
 
 
-async def test_like_dislike_rate_for_the_channels_profile_search_and_week(team: Team_) -> None:
+async def test_like_dislike_rate_for_the_channels_profile(team: Team_) -> None:
     paper = "1605.08386"  # a paper the fake arXiv knows
     await team.say("profile use robots", chat="C2")
     private, posted = await team.say(f"like {paper}", chat="C2")
@@ -391,9 +391,6 @@ async def test_like_dislike_rate_for_the_channels_profile_search_and_week(team: 
     assert await team.chat.profile_ratings("Image Restoration researcher") == []
     private, _ = await team.say("dislike")
     assert private == ["Usage: /digest dislike ARXIV_ID (e.g. /digest dislike 2602.14941)"]
-    for verb in ("search diffusion", "week"):
-        private, _ = await team.say(verb)
-        assert private == [f"/digest {verb.split()[0]} is not available yet."]
 
 
 async def test_profiles_in_the_config_keep_the_settings_rules(tmp_path: Path) -> None:
