@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 
 from bot import history
 from bot.channels.base import Channel, Outgoing
+from bot.channels.progress import FINISH_WAIT, AnalysisProgress, StagesOnly
 from bot.channels.streaming import AnswerStream
 from bot.chatstore import ChatStore, PaperChoice, PostStatus, ThreadRecord, Vote
 from bot.history import Listing
@@ -37,6 +38,7 @@ from bot.journal import Journal
 from bot.service import Delivered, Destination, destination_profile, post_figure, post_thread
 from bot.settings import AppSettings as Settings
 from bot.team import Team
+from digest_core.analysis import OnStage
 from digest_core.arxiv_id import ArxivId, InvalidArxivId, parse_arxiv_id
 from digest_core.models import Answer
 from digest_core.pipeline import PaperNotFound, Pipeline
@@ -103,6 +105,13 @@ def parse_rating(text: str) -> tuple[bool, str] | None:
     return verb.lower() == "like", rest.strip()
 
 
+def still_working_line(progress: AnalysisProgress) -> str:
+    """The "still working" line of an analysis: it names the stage when one is known."""
+    if progress.stage is None:
+        return STILL_WORKING
+    return f"⏳ Still working on it: {progress.stage.describe()}; the analysis will follow."
+
+
 def vote_line(vote: Vote) -> str:
     """The acknowledgement of a 👍/👎 press (Telegram shows it as a toast)."""
     if vote.liked is None:
@@ -128,6 +137,9 @@ class Request:
     team: str | None = None  # the Slack workspace, for the allow-list
     private: bool = False  # lines go back to the adapter (Slack ephemeral), not into the chat
     user_name: str | None = None  # how an announcement names the person ("@ana"; else the ID)
+    # Where the platform can show this request's progress: Slack, the thread of the message
+    # that asked (a mention), for the thread status of an analysis.
+    status_thread: str | None = None
 
 
 @dataclass(frozen=True)
@@ -284,26 +296,30 @@ class Assistant:
         placeholder: str | None = None,
         *,
         unless: Callable[[], bool] | None = None,
+        text: Callable[[], str] | None = None,
     ) -> AsyncIterator[None]:
         """Post one short "still working" line if the block takes longer than
         `interactive.still_working_after_seconds`; it is never posted after the block ends.
         Where a placeholder stands ("Reading the paper…"), it becomes that line instead, so
-        the answer that replaces it still comes first in the thread."""
+        the answer that replaces it still comes first in the thread. `unless` is asked when
+        the time comes (True: no line, e.g. the progress display says it in place); `text`
+        gives the line then (an analysis names its stage)."""
         delay = self.settings.interactive.still_working_after_seconds
 
         async def later() -> None:
             await asyncio.sleep(delay)
             if unless is not None and unless():
                 return
+            said = text() if text is not None else STILL_WORKING
             try:
                 if placeholder is not None:
-                    line = channel.render_line(STILL_WORKING)
+                    line = channel.render_line(said)
                     await channel.replace(req.chat, placeholder, line.payload)
                 elif req.private:
                     if tell is not None:
-                        await tell(STILL_WORKING)
+                        await tell(said)
                 else:
-                    await self._say(channel, req, done, STILL_WORKING, "still-working")
+                    await self._say(channel, req, done, said, "still-working")
             except Exception:  # a courtesy line: the answer still comes
                 log.warning("%s %s: still-working line not sent", req.platform, req.chat)
 
@@ -334,10 +350,34 @@ class Assistant:
             return
         if not opened:  # said once admitted: "Analysing…" and then "no" would be a mixed message
             await self._say(channel, req, done, opening.line, "opening")
-        if not req.private:
+        progress = await self._analysis_progress(channel, req, opening.line)
+        if progress.displays:
+            progress.start()
+        elif not req.private:
             await channel.working(req.chat, None)
-        async with self._still_working(channel, req, done, tell):
-            outcome = await self.analyze(Destination(channel, req.chat), aid)
+        outcome: Outcome | None = None
+        try:
+            # The stage shows where the platform can show it; the "still working" line names it
+            # (or is said in place by the display).
+            async with self._still_working(
+                channel,
+                req,
+                done,
+                tell,
+                unless=progress.still_working,
+                text=lambda: still_working_line(progress),
+            ):
+                outcome = await self.analyze(
+                    Destination(channel, req.chat), aid, on_stage=progress.report
+                )
+        finally:
+            # After the result is posted (or the failure): no status outlives the work.
+            final = f"✅ {outcome.line}" if outcome is not None and outcome.ok else opening.line
+            try:
+                await asyncio.wait_for(progress.finish(final), FINISH_WAIT + 5)
+            except Exception:
+                log.info("%s %s: analysis progress not finished", req.platform, req.chat)
+        assert outcome is not None  # analyze returns one or raises
         done.thread = outcome.thread
         if req.private:
             done.private.append(("✅ " if outcome.ok else "⚠️ ") + outcome.line)
@@ -346,6 +386,30 @@ class Assistant:
             # chat; a new analysis thread speaks for itself.
             line = ("" if outcome.ok else "⚠️ ") + outcome.line
             await self._say(channel, req, done, line, "outcome", where=outcome.thread)
+
+    async def _analysis_progress(
+        self, channel: Channel, req: Request, line: str
+    ) -> AnalysisProgress:
+        """The channel's display of an analysis's stages (bot.channels.progress), where it has
+        one: where the opening line was posted (Telegram), it is edited with the stage.
+        Otherwise the stages are only kept, for the "still working" line."""
+        make = getattr(channel, "analysis_progress", None)
+        if make is None:
+            return StagesOnly()
+        try:
+            opening: tuple[str, str] | None = None
+            if not req.private:
+                state = await self.chat.post_state(f"reply:{req.message}", req.platform, req.chat)
+                row = state.get("opening")
+                if row is not None and row.status is PostStatus.SENT and row.message_ref:
+                    opening = (row.message_ref, line)
+            progress: AnalysisProgress | None = make(
+                req.chat, thread=req.status_thread, opening=opening
+            )
+        except Exception:  # a display: never the reason an analysis fails
+            log.warning("%s %s: no analysis progress", req.platform, req.chat, exc_info=True)
+            progress = None
+        return progress or StagesOnly()
 
     async def _digest(self, channel: Channel, req: Request, done: Handled) -> None:
         """/digest: the team's commands (bot.team). A change is announced in the channel
@@ -608,8 +672,11 @@ class Assistant:
         paper = await self.store.get_paper(aid.base)
         return paper.title if paper else None
 
-    async def analyze(self, dest: Destination, aid: ArxivId) -> Outcome:
-        """Start (once) the analysis thread of a paper in a chat, or point at the one there is."""
+    async def analyze(
+        self, dest: Destination, aid: ArxivId, *, on_stage: OnStage | None = None
+    ) -> Outcome:
+        """Start (once) the analysis thread of a paper in a chat, or point at the one there is.
+        `on_stage` hears the stages of a new deep dive (none when it is cached)."""
         ORIGIN.set("interactive")
         scope = f"analysis:{aid.base}"
         lock = self._locks.setdefault((dest.channel.platform, dest.chat, aid.base), asyncio.Lock())
@@ -627,7 +694,7 @@ class Assistant:
             profile = await self.team.profile_for(dest.channel.platform, dest.chat)
             try:
                 # The key figure is fetched while the analysis runs, posted after its text.
-                entry, figure = await self.pipeline.analyze_with_figure(aid, profile)
+                entry, figure = await self.pipeline.analyze_with_figure(aid, profile, on_stage)
             except PaperNotFound as exc:
                 return Outcome(False, str(exc))
             except SourceError as exc:

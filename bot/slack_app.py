@@ -132,6 +132,8 @@ def build_slack_app(
             command=ANALYZE,
             team=body.get("team_id"),
             private=True,
+            # The mention's own thread shows the analysis's stage (assistant.threads.setStatus).
+            status_thread=str(event.get("ts")),
         )
         key = f"slack-msg:{req.chat}:{req.message}"
         try:

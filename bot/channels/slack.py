@@ -49,6 +49,7 @@ from digest_core.proxy import Proxy, ProxyRoutes, proxy_routes
 from digest_core.render.slack import SlackMessage, escape, figure_comment
 
 if TYPE_CHECKING:
+    from bot.channels.progress import SlackThreadStatus
     from bot.channels.streaming import AnswerStream
 from digest_core.retry import retry_after
 
@@ -394,6 +395,9 @@ class SlackChannel:
         self.language = language
         # Thread answers are streamed (chat.startStream…) until Slack refuses the methods.
         self.streaming = True
+        # An analysis shows its stage as the thread's status until Slack refuses setStatus.
+        self.thread_status = True
+        self.progress_interval: float | None = None  # None: bot.channels.progress's default
 
     async def aclose(self) -> None:
         """Close the client's HTTP session (one-shot use from the CLI)."""
@@ -574,6 +578,22 @@ class SlackChannel:
         from bot.channels.streaming import SlackAnswerStream
 
         return SlackAnswerStream(self, chat, thread, placeholder=placeholder, user=user, team=team)
+
+    def analysis_progress(
+        self, chat: str, *, thread: str | None, opening: tuple[str, str] | None = None
+    ) -> SlackThreadStatus | None:
+        """Where an analysis can show its stages (bot.channels.progress): the status of the
+        thread the request came from (assistant.threads.setStatus), or None: without a
+        thread (a slash command has none), or once Slack refused the method. `opening` is
+        not used: Slack's opening line is an ephemeral acknowledgement, which cannot be
+        edited."""
+        if not self.thread_status or not thread:
+            return None
+        from bot.channels.progress import PROGRESS_INTERVAL, SlackThreadStatus
+
+        return SlackThreadStatus(
+            self, chat, thread, interval=self.progress_interval or PROGRESS_INTERVAL
+        )
 
     async def replace(self, chat: str, ts: str, payload: SlackMessage) -> None:
         """Replace message `ts` (e.g. a "working on it…" placeholder) with `payload`."""

@@ -60,6 +60,7 @@ from digest_core.retry import RetryPolicy, TryAgain
 from digest_core.sources import quiet_http_logs
 
 if TYPE_CHECKING:
+    from bot.channels.progress import TelegramAnalysisProgress
     from bot.channels.streaming import AnswerStream
 
 _log = logging.getLogger(__name__)
@@ -375,6 +376,9 @@ class TelegramChannel:
         # until the Bot API refuses it.
         self.streaming = True
         self.drafts = True
+        # An analysis's display pace (None: bot.channels.progress's defaults).
+        self.progress_interval: float | None = None
+        self.typing_every: float | None = None
 
     async def aclose(self) -> None:
         """Close the bot's HTTP client (one-shot use from the CLI)."""
@@ -541,6 +545,26 @@ class TelegramChannel:
         if isinstance(chat_id, int) and chat_id > 0:
             return TelegramDraftStream(self, chat_id, topic) if self.drafts else None
         return TelegramEditStream(self, chat, thread)
+
+    def analysis_progress(
+        self, chat: str, *, thread: str | None, opening: tuple[str, str] | None = None
+    ) -> TelegramAnalysisProgress:
+        """How an analysis shows its stages (bot.channels.progress): the typing action while
+        it lasts, and the opening line (`opening`: its message id and plain text, when it
+        was posted) edited with the stage."""
+        from bot.channels.progress import (
+            PROGRESS_INTERVAL,
+            TYPING_EVERY,
+            TelegramAnalysisProgress,
+        )
+
+        return TelegramAnalysisProgress(
+            self,
+            chat,
+            opening,
+            interval=self.progress_interval or PROGRESS_INTERVAL,
+            typing_every=self.typing_every or TYPING_EVERY,
+        )
 
     async def send_typing(self, chat: str) -> None:
         """Show "typing…" while an answer is prepared. Cosmetic: failures are only logged."""

@@ -12,8 +12,11 @@ Chat streaming: `chat.startStream` / `chat.appendStream` / `chat.stopStream` kee
 message (its text grows with every `markdown_text` chunk) and record every call, in order, in
 `stream_calls`; `refuse_streaming = "unknown_method"` (or "missing_scope", "not_allowed")
 makes all three answer that error, as an older workspace or a token without the scope would.
-`chat.delete` and `assistant.threads.setStatus` (recorded in `statuses`; `refuse_status`
-likewise) complete the set.
+`chat.delete` and `assistant.threads.setStatus` (every call recorded in `statuses`, with
+`messages_before`, the channel's message count at the time; an empty `status` clears it; a
+`thread_ts` that names no message is `invalid_thread_ts`; `refuse_status = "missing_scope"`
+or "not_allowed" answers that error, as a workspace or token that cannot use it would)
+complete the set.
 
 Socket Mode: `apps.connections.open` hands out `ws://127.0.0.1:PORT/socket`; the socket says
 `hello`, a test pushes envelopes with `push_envelope()`, and every ack the app sends back is
@@ -714,11 +717,20 @@ class FakeSlack(FakeServer):
         return self._ok(channel=channel, ts=message["ts"])
 
     async def _set_status(self, request: web.Request, params: dict[str, Any]) -> web.Response:
-        self.statuses.append(dict(params))
+        channel = str(params.get("channel_id", ""))
+        # `messages_before`: how many messages the channel held when the status came, so a
+        # test can tell a status set (or cleared) before the result from one after it.
+        self.statuses.append({**params, "messages_before": len(self._store.get(channel, []))})
         if self.refuse_status:
             return self._error(self.refuse_status)
-        error = self._channel_error(params.get("channel_id"))
-        return self._error(error) if error else self._ok()
+        error = self._channel_error(channel)
+        if error:
+            return self._error(error)
+        if "status" not in params:
+            return self._error("invalid_arguments")
+        if self._find(channel, str(params.get("thread_ts", ""))) is None:
+            return self._error("invalid_thread_ts")  # as Slack: the thread must exist
+        return self._ok()
 
     def streamed(self, method: str | None = None) -> list[dict[str, Any]]:
         """The parameters of every streaming call (of `method`), in order."""
