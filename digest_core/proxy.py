@@ -248,19 +248,18 @@ class ProxyRoutes:
         return chosen or self.all
 
 
-# One verifying TLS context per library and CA setting, shared by every transport built here:
-# loading the CA bundle costs tens of milliseconds of CPU, and each client used to load its own.
-# SSLContext is made to be shared; the key keeps SSL_CERT_FILE / SSL_CERT_DIR (read by the
-# libraries' create_ssl_context) in force when they change.
-_TLS_CONTEXTS: dict[tuple[str, str, str], ssl.SSLContext] = {}
+# One verifying TLS context per library, shared by every transport built here: loading the CA
+# bundle costs tens of milliseconds of CPU, and each client used to load its own. SSLContext is
+# made to be shared; the library's own create_ssl_context builds it (with whatever CA setting
+# it honours), once per process.
+_TLS_CONTEXTS: dict[str, ssl.SSLContext] = {}
 
 
 def default_tls_context(module: Any) -> ssl.SSLContext:
     """The library's default verifying context (`module.create_ssl_context()`), built once."""
-    key = (module.__name__, os.environ.get("SSL_CERT_FILE", ""), os.environ.get("SSL_CERT_DIR", ""))
-    if key not in _TLS_CONTEXTS:
-        _TLS_CONTEXTS[key] = module.create_ssl_context()
-    return _TLS_CONTEXTS[key]
+    if module.__name__ not in _TLS_CONTEXTS:
+        _TLS_CONTEXTS[module.__name__] = module.create_ssl_context()
+    return _TLS_CONTEXTS[module.__name__]
 
 
 def proxy_routes() -> ProxyRoutes:

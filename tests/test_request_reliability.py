@@ -152,8 +152,8 @@ async def test_a_hung_llm_ends_at_the_deadline_after_one_still_working_line(
     tmp_path: Path,
 ) -> None:
     config = {
-        "request_deadline_seconds =": "request_deadline_seconds = 1.5",
-        "still_working_after_seconds =": "still_working_after_seconds = 0.5",
+        "request_deadline_seconds =": "request_deadline_seconds = 3",
+        "still_working_after_seconds =": "still_working_after_seconds = 1",
     }
     async with Bot(tmp_path, slack=None, telegram=True, config=config) as bot:
         bot.world.llm.fail_next("hang", times=20, seconds=120)
