@@ -242,10 +242,10 @@ async def test_a_hung_llm_ends_at_the_deadline_after_one_still_working_line(
 
 
 async def test_a_fast_answer_gets_no_still_working_line(tmp_path: Path) -> None:
-    config = {"still_working_after_seconds =": "still_working_after_seconds = 2"}
+    config = {"still_working_after_seconds =": "still_working_after_seconds = 1"}
     async with Bot(tmp_path, slack=None, telegram=True, config=config) as bot:
         sent = await bot.tg_say(TG_GROUP, f"/analyze@DigestBot {PAPER}")
-        await asyncio.sleep(2.5)  # past the delay: a timer left running would post now
+        await asyncio.sleep(1.2)  # past the delay: a timer left running would post now
         await bot.settle()
         assert STILL_WORKING not in [m["visible"] for m in bot.tg_sent(TG_GROUP)]
         assert len(sent) >= 3

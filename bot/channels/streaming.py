@@ -34,6 +34,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, TelegramError
 
+from bot.channels.base import STREAM_INTERVAL
 from digest_core.models import Answer
 
 if TYPE_CHECKING:
@@ -43,10 +44,6 @@ if TYPE_CHECKING:
     from bot.channels.telegram import TelegramChannel
 
 log = logging.getLogger(__name__)
-
-# At most one platform call per second per streamed answer: within Slack's Tier 4 for
-# chat.appendStream and Telegram's "about one message per second per chat".
-STREAM_INTERVAL = 1.0
 
 # Slack's answers to a streaming method this workspace or token cannot use: post normally.
 SLACK_STREAM_REFUSED = frozenset(
