@@ -173,6 +173,9 @@ def fast_config(**replace: str) -> str:
         "timeout_seconds = 30": "timeout_seconds = 5",
         "max_retries = 2": "max_retries = 1",
         "retries = 2": "retries = 1",
+        # The retry policy's first wait: a retry is still a pause (the checks that it waited
+        # read settings.retry), only not half a second of an idle test.
+        "backoff_base_seconds =": "backoff_base_seconds = 0.05",
         # Tests state the schedule they reason about: 09:00 in Shanghai, waiting until 13:00.
         "time =": 'time = "09:00"',
         "wait_until =": 'wait_until = "13:00"',
