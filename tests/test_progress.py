@@ -41,10 +41,13 @@ TG_GROUP2 = -100456
 PAGE = (Path(__file__).parent / "fixtures" / "arxiv_html" / "2501.11120v1.html").read_text(
     encoding="utf-8"
 )
-INTERVAL = 0.25  # the display's pace in these tests
-TYPING_EVERY = 0.15
-LLM_LATENCY = 1.0  # the model takes this long: long enough to watch
-STILL_WORKING_AFTER = 0.5
+INTERVAL = 0.2  # the display's pace in these tests
+TYPING_EVERY = 0.1
+# The model takes this long in the tests that watch the display while it works (they set it):
+# long enough for the first stage, the writing stage one interval later and the "still
+# working" moment to be shown before the answer. The others answer at once.
+LLM_LATENCY = 0.6
+STILL_WORKING_AFTER = 0.2
 
 
 def sections_on_the_page(page: str) -> int:
@@ -132,7 +135,6 @@ def slow_deep_dive(env_world: World, before: Any = None) -> Any:
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
     world = World(tmp_path)
-    world.llm.latency = LLM_LATENCY
     world.arxiv.html[PAPER] = PAGE
     world.arxiv.html[OTHER] = PAGE
     async with world, FakeSlack(channels={CHANNEL, CHANNEL2}) as slack:
@@ -223,6 +225,7 @@ async def test_a_failing_progress_display_does_not_fail_the_analysis(env: Env) -
 async def test_slack_shows_the_stage_as_the_thread_status_and_clears_it_after_the_result(
     env: Env,
 ) -> None:
+    env.world.llm.latency = LLM_LATENCY  # watched while the model works
     req, done = await env.mention(PAPER)
     assert done.thread and done.private[-1].startswith("✅ Analysed")
 
@@ -274,6 +277,7 @@ async def test_slack_a_failed_analysis_clears_the_status_too(env: Env) -> None:
 async def test_slack_a_slash_command_has_no_thread_so_the_still_working_line_names_the_stage(
     env: Env,
 ) -> None:
+    env.world.llm.latency = LLM_LATENCY  # watched while the model works
     told, done = await env.slash(PAPER)
     assert env.slack.statuses == []  # no thread to show a status in
     (still,) = [line for line in told if line.startswith("⏳")]
@@ -298,6 +302,7 @@ async def test_slack_a_cached_analysis_shows_no_stages(env: Env) -> None:
 async def test_telegram_types_while_working_and_edits_the_opening_line_within_the_throttle(
     env: Env,
 ) -> None:
+    env.world.llm.latency = LLM_LATENCY  # watched while the model works
     req = await env.analyze_tg(TG_GROUP, PAPER)
     opening = await env.opening_id(req)
     edits = [
@@ -353,6 +358,8 @@ async def test_telegram_a_cached_analysis_edits_nothing(env: Env) -> None:
 async def test_telegram_a_failed_analysis_leaves_the_opening_line_and_stops_typing(
     env: Env,
 ) -> None:
+    env.world.llm.latency = LLM_LATENCY  # watched while the model works
+
     def fail_posts() -> None:  # Telegram fails every post while the model writes
         env.tg.server_error_next(20, status=500, method="sendMessage")
 
