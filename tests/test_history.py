@@ -40,6 +40,7 @@ from bot.scheduler import DailyJob, RoundupJob, make_roundup_trigger, start_sche
 from bot.service import Destination
 from bot.settings import load_settings
 from bot.team import Team
+from digest_core import store as store_module
 from digest_core.models import DeepDive, Paper, Score
 from digest_core.search import BadQuery, fts_query
 from digest_core.store import Store
@@ -210,9 +211,13 @@ async def test_the_index_follows_every_write(store: Store) -> None:
     assert await found(store, "renamed") == [A]
 
 
-async def test_latest_scores_prefer_the_profile_asked_about(store: Store) -> None:
+async def test_latest_scores_prefer_the_profile_asked_about(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # created_at has whole seconds: the store's clock is stated so the second score is newer.
+    monkeypatch.setattr(store_module, "_now", lambda: "2026-01-20T09:00:00+00:00")
     await store.save_scores([(f"{A}|fp2|v|m|zh", Score(A, 80, "r"), "m", "v")])
-    await asyncio.sleep(1.1)  # created_at has seconds: the next score is newer
+    monkeypatch.setattr(store_module, "_now", lambda: "2026-01-20T09:00:01+00:00")
     await store.save_scores([(f"{A}|fp1|v|m|zh", Score(A, 30, "r"), "m", "v")])
     assert await store.latest_scores([A], "fp2") == {A: 80}
     assert await store.latest_scores([A], "fp1") == {A: 30}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -206,10 +207,13 @@ async def test_a_hung_llm_ends_at_the_deadline_after_one_still_working_line(
     tmp_path: Path,
 ) -> None:
     config = {
-        "request_deadline_seconds =": "request_deadline_seconds = 3",
-        "still_working_after_seconds =": "still_working_after_seconds = 1",
+        "request_deadline_seconds =": "request_deadline_seconds = 1.6",
+        "still_working_after_seconds =": "still_working_after_seconds = 0.5",
     }
     async with Bot(tmp_path, slack=None, telegram=True, config=config) as bot:
+        # The opening line's edits paced at 0.4 s, not 2 s: the stage, then "still working"
+        # (due at 0.5 s, shown by 0.8 s) land well before the deadline.
+        bot.tg_channel.progress_interval = 0.4
         bot.world.llm.fail_next("hang", times=20, seconds=120)
         update = bot.tg.push_message(TG_GROUP, f"/analyze@DigestBot {PAPER}")
         mid = update["message"]["message_id"]
@@ -244,8 +248,10 @@ async def test_a_hung_llm_ends_at_the_deadline_after_one_still_working_line(
 async def test_a_fast_answer_gets_no_still_working_line(tmp_path: Path) -> None:
     config = {"still_working_after_seconds =": "still_working_after_seconds = 1"}
     async with Bot(tmp_path, slack=None, telegram=True, config=config) as bot:
+        asked = time.monotonic()
         sent = await bot.tg_say(TG_GROUP, f"/analyze@DigestBot {PAPER}")
-        await asyncio.sleep(1.2)  # past the delay: a timer left running would post now
+        # Past the delay (counted from the request): a timer left running would post now.
+        await asyncio.sleep(max(0.0, asked + 1.2 - time.monotonic()))
         await bot.settle()
         assert STILL_WORKING not in [m["visible"] for m in bot.tg_sent(TG_GROUP)]
         assert len(sent) >= 3
