@@ -132,6 +132,7 @@ class Pipeline:
         # This pipeline's name on analysis claims (two pipelines in one process are two owners).
         self.owner = process_owner(f"{id(self):x}")
         self.claim_lease = CLAIM_LEASE_SECONDS
+        self.claim_poll = CLAIM_POLL_SECONDS  # how often a waiter looks again (tests: less)
 
     @classmethod
     async def open(
@@ -423,7 +424,7 @@ class Pipeline:
             if not waited:
                 log.info("deep dive %s: another process is writing it; waiting", key)
                 waited = True
-            await asyncio.sleep(CLAIM_POLL_SECONDS)
+            await asyncio.sleep(self.claim_poll)
             cached = await self.store.get_analysis(key)
             if cached is not None:
                 return cached

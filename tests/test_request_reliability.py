@@ -63,6 +63,7 @@ async def test_telegram_database_failing_mid_analysis_still_gets_a_failure_line(
         update = bot.tg.push_message(TG_GROUP, f"/analyze@DigestBot {PAPER}")
         await eventually(lambda: bot.world.llm.in_flight, "the analysis inside the LLM")
         await read_only(bot)  # the disk goes read-only while the model writes
+        bot.world.llm.answer_now()  # then the model answers
         await eventually(lambda: len(bot.tg_sent(TG_GROUP)) >= 2, "the failure line")
         await bot.settle()
         texts = [m["visible"] for m in bot.tg_sent(TG_GROUP)]
@@ -88,14 +89,23 @@ async def test_slack_requests_on_a_read_only_database_get_one_line(tmp_path: Pat
 # -- work done once across processes ----------------------------------------------------------
 
 
-async def test_two_pipelines_on_one_database_make_one_deep_dive_call(tmp_path: Path) -> None:
+async def test_two_pipelines_on_one_database_make_one_deep_dive_call(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="digest_core.pipeline")
     async with World(tmp_path) as world:
-        world.llm.latency = 1.0
+        world.llm.latency = 60  # the writer is held in the model until the other one waits
         settings = world.settings()
         first, second = await open_pipeline(settings), await open_pipeline(settings)
+        first.claim_poll = second.claim_poll = 0.05
         try:
             paper = await first.resolve(PAPER)
-            one, two = await asyncio.gather(first.deep_dive(paper), second.deep_dive(paper))
+            both = asyncio.gather(first.deep_dive(paper), second.deep_dive(paper))
+            await eventually(
+                lambda: "another process is writing it; waiting" in caplog.text, "a waiter"
+            )
+            world.llm.answer_now()
+            one, two = await both
         finally:
             await first.aclose()
             await second.aclose()
@@ -120,6 +130,7 @@ async def test_a_claim_nobody_renews_is_taken_over(tmp_path: Path) -> None:
             # a process on another host claimed it, then went silent
             assert await pipeline.store.claim_analysis(key, "elsewhere:4242:dead0000", 60)
             pipeline.claim_lease = 0.5
+            pipeline.claim_poll = 0.05
             dive = await asyncio.wait_for(pipeline.deep_dive(paper), 20)
         finally:
             await pipeline.aclose()
@@ -181,6 +192,7 @@ async def test_a_waiter_whose_writer_failed_does_not_call_again(
         world.llm.fail_next("500", times=20)
         settings = world.settings()
         first, second = await open_pipeline(settings), await open_pipeline(settings)
+        first.claim_poll = second.claim_poll = 0.05
         try:
             paper = await first.resolve(PAPER)
             writer = asyncio.create_task(first.deep_dive(paper))
