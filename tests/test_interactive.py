@@ -60,6 +60,8 @@ PROMPTS = {
     "deep_dive": "You write a deep dive",
     "answer": "You answer a researcher's questions",
 }
+# settle(): turns of the event loop with nothing in flight before the work counts as settled.
+QUIET_PASSES = 5
 _QUESTION = re.compile(r"<question>\n(.*?)\n</question>", re.DOTALL)
 
 
@@ -333,21 +335,25 @@ class Bot:
         await self.tg.stop()
         await self.world.__aexit__(*exc)
 
-    async def settle(self, grace: float = 0.15) -> None:
-        """Wait until no work is in flight and none has started for `grace` seconds. Called
-        once the outcome a test waits for is visible (its work has started); tests that
-        check that nothing *more* comes (duplicates, ignored events) wait longer."""
+    async def settle(self, grace: float = 0.05) -> None:
+        """Wait until no work is in flight and none has started for `grace` seconds and at
+        least QUIET_PASSES turns of the loop (so a process starved of CPU still lets what was
+        ready run). Called once the outcome a test waits for is visible (its work has
+        started); tests that check that nothing *more* comes (duplicates, ignored events)
+        wait longer."""
         deadline = time.monotonic() + 30
         quiet_since: float | None = None
+        passes = 0
         while time.monotonic() < deadline:
             if self.work.tasks:
-                quiet_since = None
+                quiet_since, passes = None, 0
                 await asyncio.wait(set(self.work.tasks), timeout=1)
                 continue
             quiet_since = quiet_since or time.monotonic()
-            if time.monotonic() - quiet_since >= grace:
+            if passes >= QUIET_PASSES and time.monotonic() - quiet_since >= grace:
                 return
-            await asyncio.sleep(0.02)
+            passes += 1
+            await asyncio.sleep(0.01)
         raise AssertionError("work did not settle")
 
     # -- what happened ---------------------------------------------------------------------
