@@ -760,6 +760,9 @@ async def test_a_long_answer_is_split_like_a_deep_dive(bot: Bot) -> None:
     root = await bot.analysed_in_slack(PAPER)
     paragraph = "The walk mixes in polynomial time on fibers of bounded dimension (Sec. 3). "
     bot.answer_with = lambda q: "\n\n".join(f"**Point {i}.** " + paragraph * 6 for i in range(60))
+    # Streamed in pieces of 50 words, not ~4,700 single words: the split is what is checked,
+    # and every streamed piece costs the client a parse.
+    bot.world.llm.stream_words_per_chunk = 50
     new = await bot.ask_slack("Tell me everything about the mixing.", root)
     assert len(new) >= 2 and all(m["thread_ts"] == root for m in new)
     shown = json.dumps([m["blocks"] for m in new], ensure_ascii=False)

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import re
 import time
 from collections import deque
@@ -371,7 +370,20 @@ def _serialized(body: dict[str, Any]) -> str:
 
 
 def _common_prefix(a: str, b: str) -> int:
-    return len(os.path.commonprefix([a, b]))
+    """Length of the longest common prefix, found by halving with slice comparisons (done in
+    C): os.path.commonprefix walks it character by character in Python, which cost about a
+    second of CPU over fifty deep-dive prompts that share most of their text."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    equal, differs = 0, n  # a[:equal] == b[:equal]; a[:differs] != b[:differs]
+    while differs - equal > 1:
+        middle = (equal + differs) // 2
+        if a[equal:middle] == b[equal:middle]:
+            equal = middle
+        else:
+            differs = middle
+    return equal
 
 
 def _prompt(body: dict[str, Any]) -> str:
