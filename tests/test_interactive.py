@@ -345,9 +345,14 @@ class Bot:
         quiet_since: float | None = None
         passes = 0
         while time.monotonic() < deadline:
-            if self.work.tasks:
+            busy = self._in_flight()
+            if busy:
                 quiet_since, passes = None, 0
-                await asyncio.wait(set(self.work.tasks), timeout=1)
+                await asyncio.wait(busy, timeout=1)
+                continue
+            if self.tg_app is not None and not self.tg_app.update_queue.empty():
+                quiet_since, passes = None, 0  # fetched, not yet handed to a handler
+                await asyncio.sleep(0.01)
                 continue
             quiet_since = quiet_since or time.monotonic()
             if passes >= QUIET_PASSES and time.monotonic() - quiet_since >= grace:
@@ -355,6 +360,18 @@ class Bot:
             passes += 1
             await asyncio.sleep(0.01)
         raise AssertionError("work did not settle")
+
+    def _in_flight(self) -> set[asyncio.Task[Any]]:
+        """The bot's work, and python-telegram-bot's update and handler tasks (the handlers are
+        non-blocking: a fetched update reaches `Work` only once its handler task has run)."""
+        tasks = set(self.work.tasks)
+        if self.tg_app is not None:
+            tasks |= {
+                t
+                for t in asyncio.all_tasks()
+                if t.get_name().startswith("Application:") and ":process_" in t.get_name()
+            }
+        return tasks
 
     # -- what happened ---------------------------------------------------------------------
 
