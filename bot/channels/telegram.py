@@ -201,6 +201,9 @@ def make_bot(
         base_url=base_url,
         base_file_url=file_url_for(base_url),
         request=request,
+        # PTB builds a getUpdates request of its own otherwise: an httpx client with its own
+        # TLS context (~40 ms of CPU to load the CAs) that routes by httpx's proxy rules.
+        get_updates_request=HTTPXRequest(httpx_kwargs=routed_httpx_kwargs(1)),
         rate_limiter=rate_limiter or make_rate_limiter(),
     )
 
