@@ -11,7 +11,6 @@ the middle of a digest is a channel wrapper that stops the run at a chosen send.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import re
@@ -706,7 +705,7 @@ async def test_telegram_timeouts_after_delivery_never_make_a_third_copy(
     # sending blindly and says so, however often the job (or a restart) tries again.
     from bot.channels.telegram import TelegramChannel, make_bot, make_rate_limiter
 
-    live.telegram.delay_next(1.0, n=50)
+    live.telegram.delay_next(0.6, n=50)  # twice the client's read timeout
     limiter = make_rate_limiter(group_max_rate=100_000, overall_max_rate=100_000)
     async with make_bot(
         TELEGRAM_TOKEN, f"{live.telegram.url}/bot", rate_limiter=limiter, read_timeout=0.3
@@ -714,7 +713,7 @@ async def test_telegram_timeouts_after_delivery_never_make_a_third_copy(
         dest = Destination(TelegramChannel(bot, language="zh"), f"{FORUM}:{TOPIC}")
         digest = make_digest(picks=1)
         results = [await deliver(store, dest, digest, settings) for _ in range(4)]
-    await asyncio.sleep(1.2)  # let the fake finish answering the last delayed send
+    await live.telegram.none_held()  # let the fake finish answering the last delayed send
     assert not any(r.ok for r in results)
     assert "may have landed" in (results[-1].error or "")
     copies = [p for p in live.posts("telegram") if p.text.startswith("🚀")]

@@ -282,6 +282,8 @@ class FakeTelegram(FakeServer):
         self.too_early: list[tuple[str, float]] = []
         self._server_errors: list[_Fault] = []
         self._delays: list[_Fault] = []
+        self.holding = 0  # answers held back by delay_next right now (already applied)
+        self._none_held = asyncio.Event()
         self.drafts: list[dict[str, Any]] = []
         self.refuse_drafts = False
         self._callbacks: set[str] = set()  # callback query ids handed out by push_callback
@@ -445,6 +447,11 @@ class FakeTelegram(FakeServer):
             self._new_update.set()
         await super().stop()
 
+    async def none_held(self) -> None:
+        """Return once every answer held back by `delay_next` has been sent."""
+        if self.holding:
+            await self._none_held.wait()
+
     async def _dispatch(self, request: web.Request) -> web.Response:
         if request.match_info["token"] != self.token:
             return _error(401, "Unauthorized")
@@ -478,8 +485,15 @@ class FakeTelegram(FakeServer):
         for fault in self._delays:
             if fault.method == method and fault.remaining > 0:
                 fault.remaining -= 1
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._closing.wait(), fault.extra["seconds"])
+                self.holding += 1
+                self._none_held.clear()
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._closing.wait(), fault.extra["seconds"])
+                finally:
+                    self.holding -= 1
+                    if not self.holding:
+                        self._none_held.set()
                 break
         return response
 
