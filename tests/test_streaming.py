@@ -59,6 +59,13 @@ def spacings(times: list[float]) -> list[float]:
 MIN_SPACING = INTERVAL * 0.95
 
 
+def unpaced(env: Env) -> None:
+    """The model writes its answer at once, still in many pieces: for tests of what happens
+    around a stream (a refusal, a retry), not of its pace."""
+    env.world.llm.stream_first_token = env.world.llm.stream_duration = 0.0
+    env.world.llm.stream_pause_after_first = 0.0
+
+
 def long_responder(body: dict[str, Any]) -> str:
     answer = research_responder()(body)
     return f"{answer}\n\n{LONG}" if answer.startswith("Answer to:") else answer
@@ -281,6 +288,7 @@ async def test_slack_streams_in_the_thread_and_ends_with_the_unstreamed_render(e
 async def test_slack_refusing_streaming_gets_a_normal_answer_and_no_more_attempts(
     env: Env,
 ) -> None:
+    unpaced(env)  # the pace is not what this test checks
     env.slack.refuse_streaming = "unknown_method"  # an older workspace
     thread = await env.slack_thread()
     req = await env.ask_slack(thread, "How fast does it mix?")
@@ -298,6 +306,7 @@ async def test_slack_refusing_streaming_gets_a_normal_answer_and_no_more_attempt
 
 
 async def test_slack_a_missing_scope_is_a_refusal_too(env: Env) -> None:
+    unpaced(env)  # the pace is not what this test checks
     env.slack.refuse_streaming = "missing_scope"
     thread = await env.slack_thread()
     req = await env.ask_slack(thread, "How fast does it mix?")
@@ -306,9 +315,12 @@ async def test_slack_a_missing_scope_is_a_refusal_too(env: Env) -> None:
 
 
 async def test_slack_a_retried_request_streams_and_posts_nothing_again(env: Env) -> None:
+    unpaced(env)  # the pace is not what this test checks
     thread = await env.slack_thread()
     req = await env.ask_slack(thread, "How fast does it mix?")
     calls, messages = len(env.slack.stream_calls), len(env.slack.messages(CHANNEL))
+    methods = [m for m, _, _ in env.slack.stream_calls]
+    assert (methods[0], methods[-1]) == ("chat.startStream", "chat.stopStream")  # it streamed
     await env.assistant.handle(env.slack_channel, req)  # the same event, delivered again
     assert len(env.slack.stream_calls) == calls
     # At most the "Reading the paper…" placeholder of the retry is new; no second answer.
@@ -376,6 +388,7 @@ async def test_telegram_private_chat_streams_a_draft_then_sends_the_answer(env: 
 
 
 async def test_telegram_refusing_drafts_sends_the_answer_normally(env: Env) -> None:
+    unpaced(env)  # the pace is not what this test checks
     env.tg.refuse_drafts = True  # a Bot API server without sendMessageDraft: 404
     thread = await env.tg_thread(TG_USER)
     req = await env.ask_tg(TG_USER, thread, "How fast does it mix?")
