@@ -10,7 +10,9 @@ the caller as the model writes it, and the call still ends in one `LLMResult`; o
 shown, a failure is final (a retry would show a second, different beginning). Errors carry a short reason safe to show in a chat message: never the key,
 never a response body (OpenAI's 401 message echoes a masked key).
 
-This is the only module in the project that imports openai.
+This is the only module in the project that imports openai, and it does so on the first LLM
+request: the package builds some 700 pydantic models when imported (about a CPU-second), which a
+run that makes no LLM call (no key, a cached re-run, `serve` before its first question) skips.
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx2
-import openai
 
 from digest_core.config import LLMSettings
 from digest_core.proxy import RoutedHttpx2Transport
 from digest_core.retry import RetryPolicy, retry_after, time_left
+
+if TYPE_CHECKING:
+    import openai
 
 log = logging.getLogger(__name__)
 
@@ -375,6 +379,8 @@ class LLMClient:
     async def _attempt(self, params: dict[str, Any], shown: _Shown | None = None) -> Any:
         """One HTTP request under the concurrency cap and a total deadline (a streamed one:
         the whole stream within it)."""
+        import openai  # loaded by self._openai() just below; this only binds the name
+
         client = self._openai()
         timeout = self.settings.timeout_seconds
         left = time_left()
@@ -571,6 +577,8 @@ class LLMClient:
 
     def _openai(self) -> openai.AsyncOpenAI:
         if self._client is None:
+            import openai  # on first use: see the module docstring
+
             assert self.settings.api_key is not None
             self._client = openai.AsyncOpenAI(
                 api_key=self.settings.api_key.get(),
