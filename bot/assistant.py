@@ -10,7 +10,8 @@ slash command is acknowledged at once (`opening`) and its result lines are shown
 requester (`Request.private`: returned, not posted).
 
 A new command or a button press is one more `Request.command` and one more branch in
-`handle`, not another copy of the flow. An analysis thread is started once per paper per
+`handle`, not another copy of the flow: a press on a "which paper do you mean?" button
+(`pick`, then `PICK`) answers the kept question the way a typed reply does. An analysis thread is started once per paper per
 chat (concurrent requests share it, and the deep dive is shared across chats by the
 pipeline); a question is matched to the paper it means before it is answered with the
 thread's earlier turns as memory.
@@ -27,13 +28,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from bot import history
 from bot.channels.base import Channel, Outgoing
+from bot.channels.progress import FINISH_WAIT, AnalysisProgress, StagesOnly
 from bot.channels.streaming import AnswerStream
-from bot.chatstore import ChatStore, PostStatus, ThreadRecord, Vote
+from bot.chatstore import ChatStore, PaperChoice, PostStatus, ThreadRecord, Vote
+from bot.history import Listing
 from bot.journal import Journal
 from bot.service import Delivered, Destination, destination_profile, post_figure, post_thread
 from bot.settings import AppSettings as Settings
 from bot.team import Team
+from digest_core.analysis import OnStage
 from digest_core.arxiv_id import ArxivId, InvalidArxivId, parse_arxiv_id
 from digest_core.models import Answer
 from digest_core.pipeline import PaperNotFound, Pipeline
@@ -58,6 +63,10 @@ RATE_USAGE = "Usage: /digest like ARXIV_ID or /digest dislike ARXIV_ID"
 PENDING = "pending"  # a question kept while the bot asks which paper it is about
 ANALYZE = "analyze"  # Request.command of /analyze (and of a Slack mention with an ID)
 DIGEST = "digest"  # Request.command of /digest (help, subscribe, profile …; bot.team)
+PICK = "pick"  # Request.command of a "which paper?" button press; its text is the choice key
+# What a press on a "which paper?" button is told when it cannot be served (toast/ephemeral).
+PICK_STALE = "⚠️ This button no longer works; please ask your question again."
+ASK_WHICH = "Which paper do you mean? Press its button, or reply with its number, ID or a word of its title:"
 
 # "#2", "no. 2", "paper 2", "第2篇": a paper by its number in the table of contents.
 _NUMBER = re.compile(
@@ -96,6 +105,13 @@ def parse_rating(text: str) -> tuple[bool, str] | None:
     return verb.lower() == "like", rest.strip()
 
 
+def still_working_line(progress: AnalysisProgress) -> str:
+    """The "still working" line of an analysis: it names the stage when one is known."""
+    if progress.stage is None:
+        return STILL_WORKING
+    return f"⏳ Still working on it: {progress.stage.describe()}; the analysis will follow."
+
+
 def vote_line(vote: Vote) -> str:
     """The acknowledgement of a 👍/👎 press (Telegram shows it as a toast)."""
     if vote.liked is None:
@@ -121,6 +137,9 @@ class Request:
     team: str | None = None  # the Slack workspace, for the allow-list
     private: bool = False  # lines go back to the adapter (Slack ephemeral), not into the chat
     user_name: str | None = None  # how an announcement names the person ("@ana"; else the ID)
+    # Where the platform can show this request's progress: Slack, the thread of the message
+    # that asked (a mention), for the thread status of an analysis.
+    status_thread: str | None = None
 
 
 @dataclass(frozen=True)
@@ -137,8 +156,19 @@ class Handled:
     """What `handle` did. `private` holds the lines for the requester alone (when the request
     was private), in order; `thread` the thread that holds the result, if any."""
 
-    private: list[str] = field(default_factory=list)
+    # a Listing: search results, rendered with their links by the adapter (bot.history)
+    private: list[str | Listing] = field(default_factory=list)
     thread: str | None = None
+
+
+@dataclass(frozen=True)
+class Picked:
+    """What a "which paper?" button press came to: `line` is the one short line for the
+    presser alone (a Telegram toast, a Slack ephemeral), None for a redelivered press;
+    `request` the answer to run (through the journal and `handle`), if the press won."""
+
+    line: str | None
+    request: Request | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +216,8 @@ class Assistant:
             if not self.allowed(req.platform, team=req.team, chat=req.chat):
                 return Opening(f"⚠️ {NOT_ENABLED}", False)
             return Opening("", True)
+        if req.command == PICK:  # admitted when pressed (`pick`)
+            return Opening("", req.thread is not None)
         return Opening("", bool(req.text.strip()) and req.thread is not None)
 
     async def handle(
@@ -215,6 +247,8 @@ class Assistant:
                     await self._analyze(channel, req, done, opening, opened=opened, tell=tell)
                 elif req.command == DIGEST:
                     await self._digest(channel, req, done)
+                elif req.command == PICK:
+                    await self._picked(channel, req, done, tell=tell)
                 else:
                     await self._question(channel, req, done, tell=tell)
         except asyncio.CancelledError:  # shutdown ran out of time: say so, then stop
@@ -262,26 +296,30 @@ class Assistant:
         placeholder: str | None = None,
         *,
         unless: Callable[[], bool] | None = None,
+        text: Callable[[], str] | None = None,
     ) -> AsyncIterator[None]:
         """Post one short "still working" line if the block takes longer than
         `interactive.still_working_after_seconds`; it is never posted after the block ends.
         Where a placeholder stands ("Reading the paper…"), it becomes that line instead, so
-        the answer that replaces it still comes first in the thread."""
+        the answer that replaces it still comes first in the thread. `unless` is asked when
+        the time comes (True: no line, e.g. the progress display says it in place); `text`
+        gives the line then (an analysis names its stage)."""
         delay = self.settings.interactive.still_working_after_seconds
 
         async def later() -> None:
             await asyncio.sleep(delay)
             if unless is not None and unless():
                 return
+            said = text() if text is not None else STILL_WORKING
             try:
                 if placeholder is not None:
-                    line = channel.render_line(STILL_WORKING)
+                    line = channel.render_line(said)
                     await channel.replace(req.chat, placeholder, line.payload)
                 elif req.private:
                     if tell is not None:
-                        await tell(STILL_WORKING)
+                        await tell(said)
                 else:
-                    await self._say(channel, req, done, STILL_WORKING, "still-working")
+                    await self._say(channel, req, done, said, "still-working")
             except Exception:  # a courtesy line: the answer still comes
                 log.warning("%s %s: still-working line not sent", req.platform, req.chat)
 
@@ -312,10 +350,34 @@ class Assistant:
             return
         if not opened:  # said once admitted: "Analysing…" and then "no" would be a mixed message
             await self._say(channel, req, done, opening.line, "opening")
-        if not req.private:
+        progress = await self._analysis_progress(channel, req, opening.line)
+        if progress.displays:
+            progress.start()
+        elif not req.private:
             await channel.working(req.chat, None)
-        async with self._still_working(channel, req, done, tell):
-            outcome = await self.analyze(Destination(channel, req.chat), aid)
+        outcome: Outcome | None = None
+        try:
+            # The stage shows where the platform can show it; the "still working" line names it
+            # (or is said in place by the display).
+            async with self._still_working(
+                channel,
+                req,
+                done,
+                tell,
+                unless=progress.still_working,
+                text=lambda: still_working_line(progress),
+            ):
+                outcome = await self.analyze(
+                    Destination(channel, req.chat), aid, on_stage=progress.report
+                )
+        finally:
+            # After the result is posted (or the failure): no status outlives the work.
+            final = f"✅ {outcome.line}" if outcome is not None and outcome.ok else opening.line
+            try:
+                await asyncio.wait_for(progress.finish(final), FINISH_WAIT + 5)
+            except Exception:
+                log.info("%s %s: analysis progress not finished", req.platform, req.chat)
+        assert outcome is not None  # analyze returns one or raises
         done.thread = outcome.thread
         if req.private:
             done.private.append(("✅ " if outcome.ok else "⚠️ ") + outcome.line)
@@ -324,6 +386,30 @@ class Assistant:
             # chat; a new analysis thread speaks for itself.
             line = ("" if outcome.ok else "⚠️ ") + outcome.line
             await self._say(channel, req, done, line, "outcome", where=outcome.thread)
+
+    async def _analysis_progress(
+        self, channel: Channel, req: Request, line: str
+    ) -> AnalysisProgress:
+        """The channel's display of an analysis's stages (bot.channels.progress), where it has
+        one: where the opening line was posted (Telegram), it is edited with the stage.
+        Otherwise the stages are only kept, for the "still working" line."""
+        make = getattr(channel, "analysis_progress", None)
+        if make is None:
+            return StagesOnly()
+        try:
+            opening: tuple[str, str] | None = None
+            if not req.private:
+                state = await self.chat.post_state(f"reply:{req.message}", req.platform, req.chat)
+                row = state.get("opening")
+                if row is not None and row.status is PostStatus.SENT and row.message_ref:
+                    opening = (row.message_ref, line)
+            progress: AnalysisProgress | None = make(
+                req.chat, thread=req.status_thread, opening=opening
+            )
+        except Exception:  # a display: never the reason an analysis fails
+            log.warning("%s %s: no analysis progress", req.platform, req.chat, exc_info=True)
+            progress = None
+        return progress or StagesOnly()
 
     async def _digest(self, channel: Channel, req: Request, done: Handled) -> None:
         """/digest: the team's commands (bot.team). A change is announced in the channel
@@ -354,6 +440,44 @@ class Assistant:
                 lines = []  # in the chat, the announcement is the answer
         for i, text in enumerate(lines):
             await self._say(channel, req, done, text, f"digest-{i}")
+        if reply.listing is not None or reply.post is not None:
+            await self._history(channel, req, done, reply.listing, reply.post)
+
+    async def _history(
+        self,
+        channel: Channel,
+        req: Request,
+        done: Handled,
+        listing: Listing | None,
+        post: Listing | None,
+    ) -> None:
+        """Search results for the requester, the week's roundup for the channel (bot.team,
+        bot.history): each thread linked, posted through the ledger once per request."""
+        if listing is not None:
+            listing = await history.linked(listing, channel, req.chat)
+            if req.private:
+                done.private.append(listing)
+            else:
+                await self._post(channel, req, [history.render(channel, listing, "search")])
+        if post is not None:
+            post = await history.linked(post, channel, req.chat)
+            delivered = await post_thread(
+                self.chat,
+                Destination(channel, req.chat),
+                f"roundup:{req.message}",
+                [history.render(channel, post, "roundup")],
+                kind="roundup",
+                papers=list(post.papers),
+                thread=None if req.private else req.reply_to,
+                retry_permanent=True,
+            )
+            if not delivered.ok:
+                log.error("%s %s: roundup not posted: %s", req.platform, req.chat, delivered.error)
+                await self._say(
+                    channel, req, done, f"The roundup could not be posted: {delivered.error}", "w"
+                )
+            elif req.private:
+                done.private.append("Posted this week's roundup in the channel.")
 
     async def _question(
         self,
@@ -371,9 +495,26 @@ class Assistant:
             return
         target = await self.which_paper(thread, req.text, replied_to=req.replied_to)
         if isinstance(target, list):
-            ask = await self.ask_which(req.platform, req.chat, thread.thread_ref, req.text, target)
-            await self._say(channel, req, done, ask, "ask")
+            await self._ask_which(channel, req, thread, target)
             return
+        await self._typed_pick(channel, req, thread, target)
+        await self._answer_in_thread(channel, req, done, thread, target, req.text, tell=tell)
+
+    async def _answer_in_thread(
+        self,
+        channel: Channel,
+        req: Request,
+        done: Handled,
+        thread: ThreadRecord,
+        target: str,
+        question: str,
+        *,
+        tell: Callable[[str], Awaitable[object]] | None = None,
+        kept: bool = False,
+    ) -> None:
+        """Answer `question` about paper `target` in the thread: streamed where the channel
+        streams, then posted through the ledger. `kept`: the question is the one a "which
+        paper?" button kept, answered as it is (not read as a reply to "which paper?")."""
         placeholder = await channel.working(req.chat, req.reply_to)
         stream = await self._answer_stream(channel, req, placeholder)
         try:
@@ -391,8 +532,9 @@ class Assistant:
                     req.chat,
                     thread.thread_ref,
                     target,
-                    req.text,
+                    question,
                     on_delta=stream.push if stream is not None else None,
+                    kept=kept,
                 )
         except Exception:
             # Never leave "Reading the paper…" (or half an answer) standing: say the answer
@@ -530,8 +672,11 @@ class Assistant:
         paper = await self.store.get_paper(aid.base)
         return paper.title if paper else None
 
-    async def analyze(self, dest: Destination, aid: ArxivId) -> Outcome:
-        """Start (once) the analysis thread of a paper in a chat, or point at the one there is."""
+    async def analyze(
+        self, dest: Destination, aid: ArxivId, *, on_stage: OnStage | None = None
+    ) -> Outcome:
+        """Start (once) the analysis thread of a paper in a chat, or point at the one there is.
+        `on_stage` hears the stages of a new deep dive (none when it is cached)."""
         ORIGIN.set("interactive")
         scope = f"analysis:{aid.base}"
         lock = self._locks.setdefault((dest.channel.platform, dest.chat, aid.base), asyncio.Lock())
@@ -549,7 +694,7 @@ class Assistant:
             profile = await self.team.profile_for(dest.channel.platform, dest.chat)
             try:
                 # The key figure is fetched while the analysis runs, posted after its text.
-                entry, figure = await self.pipeline.analyze_with_figure(aid, profile)
+                entry, figure = await self.pipeline.analyze_with_figure(aid, profile, on_stage)
             except PaperNotFound as exc:
                 return Outcome(False, str(exc))
             except SourceError as exc:
@@ -748,6 +893,166 @@ class Assistant:
         )
         return await self.describe(ids)
 
+    async def _ask_which(
+        self, channel: Channel, req: Request, thread: ThreadRecord, ids: list[str]
+    ) -> None:
+        """Ask which paper, with one button per paper where the channel has buttons. The
+        question is kept twice over: as the thread's PENDING turn (for a typed reply) and as
+        a choice whose short key the buttons carry (the question may be 4,000 characters)."""
+        question = req.text.strip()[:MAX_QUESTION_CHARS]
+        text = await self.ask_which(req.platform, req.chat, thread.thread_ref, question, ids)
+        line = channel.render_line(text)
+        render = getattr(channel, "render_choices", None)
+        if render is not None:
+            choice = await self.chat.save_choice(
+                req.platform,
+                req.chat,
+                thread.thread_ref,
+                message=req.message,
+                reply_to=req.reply_to,
+                asker=req.user,
+                question=question,
+                papers=ids,
+            )
+            options = [
+                (pid, f"{n}. {title}") for n, (pid, title) in enumerate(await self._titled(ids), 1)
+            ]
+            line = render(text, choice.key, options)
+        await self._post(channel, req, [dataclasses.replace(line, key="ask")])
+
+    async def _typed_pick(
+        self, channel: Channel, req: Request, thread: ThreadRecord, target: str
+    ) -> None:
+        """A typed reply that only names a paper ("2", an ID) answers the kept question: it is
+        that question's pick, so its buttons give way to the choice (a later press is told
+        it was answered)."""
+        last = await self.chat.turns(req.platform, req.chat, thread.thread_ref, 1)
+        if not last or last[-1].role != PENDING:
+            return
+        # Cut as `answer` cuts it: the patterns are slow on a 50,000-character question.
+        if not _only_names_a_paper(req.text.strip()[:MAX_QUESTION_CHARS]):
+            return
+        choice = await self.chat.latest_choice(req.platform, req.chat, thread.thread_ref)
+        if choice is None or choice.question != last[-1].text or target not in choice.papers:
+            return
+        if await self.chat.claim_choice(choice.key, target, req.user):
+            await self.show_choice(channel, dataclasses.replace(choice, chosen=target))
+
+    async def pick(
+        self,
+        platform: str,
+        chat: str,
+        user: str,
+        key: str,
+        paper: str,
+        *,
+        message: str,
+        event_key: str,
+        team: str | None = None,
+        user_name: str | None = None,
+    ) -> Picked:
+        """A press on a "which paper?" button (`key` names the kept question, `paper` is the
+        arXiv ID or the number the button carries; `message` is the pressed message). The
+        first press wins: it is admitted like a typed question (allow-list, rate limit,
+        budget) and returns the request that answers the kept question about that paper.
+        Every other press gets one line and nothing is posted: a redelivery (no line), a
+        second press or one after a typed reply ("already answered"), a button that is not
+        this chat's, not this message's or not this question's (stale or forged)."""
+        if not self.allowed(platform, team=team, chat=chat):
+            return Picked(f"⚠️ {NOT_ENABLED}")
+        if not await self.chat.first_sight(event_key):
+            return Picked(None)
+        choice = await self.chat.choice(key)
+        arxiv_id = _chosen_paper(choice, paper) if choice is not None else None
+        if (
+            choice is None
+            or arxiv_id is None
+            or (choice.platform, choice.chat)
+            != (
+                platform,
+                chat,
+            )
+        ):
+            log.info("%s %s: a stale or unknown paper button was pressed", platform, chat)
+            return Picked(PICK_STALE)
+        thread = await self.chat.find_thread(platform, chat, choice.thread_ref)
+        if thread is None or await self._asked_ref(choice) != message:
+            log.info("%s %s: a paper button not on its question was pressed", platform, chat)
+            return Picked(PICK_STALE)
+        if choice.chosen is not None:
+            return Picked(await self._already(choice))
+        refusal = await self.admit(platform, user, team=team, chat=chat)
+        if refusal is not None:
+            return Picked(f"⚠️ {refusal}")
+        if not await self.chat.claim_choice(key, arxiv_id, user):  # another press came first
+            latest = await self.chat.choice(key)
+            return Picked(await self._already(latest or choice))
+        title = await self._title(arxiv_id)
+        req = Request(
+            platform,
+            chat,
+            user,
+            key,
+            message=f"pick-{key}",  # the ledger scope of the answer: one per question
+            command=PICK,
+            reply_to=choice.reply_to,
+            thread=thread,
+            team=team,
+            user_name=user_name,
+        )
+        return Picked(f"Answering about: {title}", req)
+
+    async def _picked(
+        self,
+        channel: Channel,
+        req: Request,
+        done: Handled,
+        *,
+        tell: Callable[[str], Awaitable[object]] | None = None,
+    ) -> None:
+        """The answer to a won press: the "which paper?" message shows the choice, then the
+        kept question is answered about the chosen paper, as a typed question is."""
+        choice = await self.chat.choice(req.text)
+        if choice is None or choice.chosen is None or req.thread is None:
+            log.error("%s %s: a pick without its choice", req.platform, req.chat)
+            return
+        await self.show_choice(channel, choice)
+        await self._answer_in_thread(
+            channel, req, done, req.thread, choice.chosen, choice.question, tell=tell, kept=True
+        )
+
+    async def show_choice(self, channel: Channel, choice: PaperChoice) -> None:
+        """The "which paper?" message, its list kept, now says which paper was chosen and has
+        no buttons (Slack chat.update; Telegram editMessageText, which drops the keyboard)."""
+        ref = await self._asked_ref(choice)
+        if ref is None or choice.chosen is None:
+            return
+        n = choice.papers.index(choice.chosen) + 1
+        title = await self._title(choice.chosen)
+        text = await self.describe(list(choice.papers))
+        text += f"\n✅ Chosen: {n}. {title} (arXiv:{choice.chosen})"
+        try:
+            await channel.replace(choice.chat, ref, channel.render_line(text).payload)
+        except Exception as exc:  # cosmetic: the answer still comes, a press is still refused
+            log.warning("%s %s: the chosen paper not shown: %s", choice.platform, choice.chat, exc)
+
+    async def _asked_ref(self, choice: PaperChoice) -> str | None:
+        """The "which paper?" message of a choice, as the ledger recorded it."""
+        state = await self.chat.post_state(f"reply:{choice.message}", choice.platform, choice.chat)
+        row = state.get("ask")
+        return row.message_ref if row is not None and row.status is PostStatus.SENT else None
+
+    async def _already(self, choice: PaperChoice) -> str:
+        title = await self._title(choice.chosen) if choice.chosen else "another paper"
+        return f"Already answered, about: {title}"
+
+    async def _title(self, pid: str) -> str:
+        paper = await self.store.get_paper(pid)
+        return paper.title if paper else pid
+
+    async def _titled(self, ids: list[str]) -> list[tuple[str, str]]:
+        return [(pid, await self._title(pid)) for pid in ids]
+
     async def answer(
         self,
         platform: str,
@@ -757,14 +1062,18 @@ class Assistant:
         question: str,
         *,
         on_delta: Callable[[str], Awaitable[None]] | None = None,
+        kept: bool = False,
     ) -> Answer:
         """Answer with the thread's earlier turns as memory, and remember this turn.
-        `on_delta` sees the model's text as it is written."""
+        `on_delta` sees the model's text as it is written. A reply that only names a paper
+        answers the question kept by "which paper?" instead, unless the question is itself
+        a kept one (`kept`: a button press)."""
         ORIGIN.set("interactive")
         question = question.strip()[:MAX_QUESTION_CHARS]
         limit = self.settings.interactive.thread_memory_turns * 2
         earlier = await self.chat.turns(platform, chat, thread_ref, limit + 1)
-        if earlier and earlier[-1].role == PENDING and _only_names_a_paper(question):
+        pending = bool(earlier) and earlier[-1].role == PENDING
+        if pending and not kept and _only_names_a_paper(question):
             question = earlier[-1].text  # the reply to "which paper?" names it; answer that
         turns = [t for t in earlier if t.role != PENDING][-limit:] if limit else []
         history = [(t.role, t.text) for t in turns if t.arxiv_id == paper_id]
@@ -776,11 +1085,16 @@ class Assistant:
 
     async def describe(self, ids: list[str]) -> str:
         """A short numbered list of papers, for 'which paper do you mean?'."""
-        lines = []
-        for i, pid in enumerate(ids, start=1):
-            paper = await self.store.get_paper(pid)
-            lines.append(f"{i}. {paper.title if paper else pid} (arXiv:{pid})")
-        return (
-            "Which paper do you mean? Reply with its number, ID or a word of its title:\n"
-            + "\n".join(lines)
-        )
+        lines = [
+            f"{i}. {title} (arXiv:{pid})"
+            for i, (pid, title) in enumerate(await self._titled(ids), start=1)
+        ]
+        return ASK_WHICH + "\n" + "\n".join(lines)
+
+
+def _chosen_paper(choice: PaperChoice, paper: str) -> str | None:
+    """The candidate a button names, by arXiv ID or by its number; None if it is none."""
+    if paper.isdigit():
+        n = int(paper)
+        return choice.papers[n - 1] if 1 <= n <= len(choice.papers) else None
+    return paper if paper in choice.papers else None

@@ -13,13 +13,15 @@ and m007 are the core's).
     digest_core.store.Store ── papers, scores, analyses, full texts, digests, LLM calls
           ▲ run(fn)                          (core migrations m001, m002, m007; m006 reserved)
     bot.chatstore.ChatStore ── runs, posts, threads, turns, events, requests, journal,
-                               ratings, chat profiles, profile changes, subscriptions
-                               (bot migrations m003, m004, m005, m008, m010, m030, m040)
+                               ratings, chat profiles, profile changes, subscriptions,
+                               paper choices ("which paper?" buttons)
+                               (bot migrations m003, m004, m005, m008, m010, m030, m040, m052)
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -217,6 +219,33 @@ def m030_team_state(db: Database) -> None:
     )
 
 
+@migrations()
+def m052_paper_choices(db: Database) -> None:
+    # A "which paper do you mean?" question with its buttons: the buttons carry only `key`
+    # (Telegram's callback_data holds 64 bytes; the question may hold 4,000 characters), and
+    # the first pick (a press or a typed reply) is recorded here, once.
+    db["paper_choices"].create(
+        {
+            "key": str,
+            "platform": str,
+            "chat": str,
+            "thread_ref": str,  # the bot thread the question was asked in
+            "message": str,  # the person's message: the ledger scope of the replies to it
+            "reply_to": str,  # where the replies to it go (Slack thread_ts; Telegram message)
+            "asker": str,
+            "question": str,
+            "papers": str,  # the candidates, as JSON, in the order the buttons show them
+            "chosen": str,  # the picked arXiv ID, null until picked
+            "chosen_by": str,
+            "chosen_at": str,
+            "created_at": str,
+        },
+        pk="key",
+        if_not_exists=True,
+    )
+    db["paper_choices"].create_index(["platform", "chat", "thread_ref"], if_not_exists=True)
+
+
 # -- records ------------------------------------------------------------------------------------
 
 
@@ -358,12 +387,66 @@ class Vote:
 
 
 @dataclass(frozen=True)
+class PaperChoice:
+    """A "which paper do you mean?" question kept for its buttons (table paper_choices)."""
+
+    key: str
+    platform: str
+    chat: str
+    thread_ref: str
+    message: str
+    reply_to: str | None
+    asker: str
+    question: str
+    papers: tuple[str, ...]
+    chosen: str | None = None
+    chosen_by: str | None = None
+
+
+def _choice(row: dict[str, Any]) -> PaperChoice:
+    return PaperChoice(
+        key=row["key"],
+        platform=row["platform"],
+        chat=row["chat"],
+        thread_ref=row["thread_ref"],
+        message=row["message"],
+        reply_to=row["reply_to"],
+        asker=row["asker"],
+        question=row["question"],
+        papers=tuple(json.loads(row["papers"])),
+        chosen=row["chosen"],
+        chosen_by=row["chosen_by"],
+    )
+
+
+@dataclass(frozen=True)
 class Seen:
     """A paper deep-dived in a destination: when, and the root of the thread it is in."""
 
     arxiv_id: str
     date: str
     thread_ref: str | None
+
+
+@dataclass(frozen=True)
+class PaperThread:
+    """Where a paper was posted in a destination: the date and the root of the thread to
+    link it to; `deep_dive`: its deep dive is in that thread (not only its title in a list)."""
+
+    arxiv_id: str
+    date: str
+    thread_ref: str
+    deep_dive: bool
+
+
+@dataclass(frozen=True)
+class Liked:
+    """A paper's 👍 and 👎 in a destination over a period."""
+
+    arxiv_id: str
+    title: str
+    up: int
+    down: int
 
 
 def _post(row: dict[str, Any]) -> PostRecord:
@@ -685,6 +768,96 @@ class ChatStore:
             rows = list(self._db["journal"].rows_where("key = ?", [key]))
             return _journal(rows[0]) if rows else None
 
+    # -- "which paper?" choices ------------------------------------------------------------------
+
+    async def save_choice(
+        self,
+        platform: str,
+        chat: str,
+        thread_ref: str,
+        *,
+        message: str,
+        reply_to: str | None,
+        asker: str,
+        question: str,
+        papers: list[str],
+    ) -> PaperChoice:
+        """Keep a "which paper?" question under a new short random key (8 URL-safe
+        characters; random, so a key of one chat cannot be guessed from another's)."""
+
+        def write() -> PaperChoice:
+            while True:
+                key = secrets.token_urlsafe(6)
+                with self._db.conn:
+                    cur = self._db.conn.execute(
+                        "insert into paper_choices(key, platform, chat, thread_ref, message, "
+                        "reply_to, asker, question, papers, created_at) "
+                        "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict do nothing",
+                        [
+                            key,
+                            platform,
+                            chat,
+                            thread_ref,
+                            message,
+                            reply_to,
+                            asker,
+                            question,
+                            json.dumps(papers),
+                            _now(),
+                        ],
+                    )
+                if cur.rowcount == 1:
+                    return PaperChoice(
+                        key,
+                        platform,
+                        chat,
+                        thread_ref,
+                        message,
+                        reply_to,
+                        asker,
+                        question,
+                        tuple(papers),
+                    )
+
+        return await self.store.run(write)
+
+    async def choice(self, key: str) -> PaperChoice | None:
+        def read() -> PaperChoice | None:
+            rows = list(self._db.query("select * from paper_choices where key = ?", [key]))
+            return _choice(rows[0]) if rows else None
+
+        return await self.store.run(read)
+
+    async def latest_choice(self, platform: str, chat: str, thread_ref: str) -> PaperChoice | None:
+        """The thread's most recent "which paper?" question, picked or not."""
+
+        def read() -> PaperChoice | None:
+            rows = list(
+                self._db.query(
+                    "select * from paper_choices where platform = ? and chat = ? and "
+                    "thread_ref = ? order by created_at desc, rowid desc limit 1",
+                    [platform, chat, thread_ref],
+                )
+            )
+            return _choice(rows[0]) if rows else None
+
+        return await self.store.run(read)
+
+    async def claim_choice(self, key: str, arxiv_id: str, user: str) -> bool:
+        """Record the pick of a "which paper?" question: True for the first pick only (one
+        statement, so two presses at once cannot both win)."""
+
+        def write() -> bool:
+            with self._db.conn:
+                cur = self._db.conn.execute(
+                    "update paper_choices set chosen = ?, chosen_by = ?, chosen_at = ? "
+                    "where key = ? and chosen is null",
+                    [arxiv_id, user, _now(), key],
+                )
+            return cur.rowcount == 1
+
+        return await self.store.run(write)
+
     # -- ratings and "seen here" -----------------------------------------------------------------
 
     async def vote(
@@ -795,6 +968,57 @@ class ChatStore:
                 arxiv_id = key.rsplit("#", 1)[0]
                 out[arxiv_id] = Seen(arxiv_id, at[:10], thread_ref)
             return out
+
+        return await self.store.run(read)
+
+    # -- history: where each paper was posted, the week's votes (`/digest search`, `week`) -----
+
+    async def paper_threads(
+        self, platform: str, chat: str, since: datetime | None = None
+    ) -> dict[str, PaperThread]:
+        """Every paper posted in a destination (listed in a digest or deep-dived there), by
+        arXiv ID, with the thread to link it to: the newest one holding its deep dive, else
+        the newest digest that listed it. `since`: only threads started since then."""
+
+        def read() -> dict[str, PaperThread]:
+            rows = self._db.conn.execute(
+                "select j.value, t.thread_ref, t.kind, t.scope, t.created_at, exists("
+                "  select 1 from posts p where p.scope = t.scope and p.platform = t.platform"
+                "  and p.chat = t.chat and substr(p.key, 1, length(j.value) + 1) = j.value || '#'"
+                "  and p.status = ?) "
+                "from threads t, json_each(t.papers) j "
+                "where t.platform = ? and t.chat = ? and t.kind in ('digest', 'analysis') "
+                "and (? is null or t.created_at >= ?)",
+                [PostStatus.SENT.value, platform, chat]
+                + [since.isoformat(timespec="seconds") if since else None] * 2,
+            ).fetchall()
+            best: dict[str, tuple[tuple[int, str, int], PaperThread]] = {}
+            for arxiv_id, ref, kind, scope, created, dived in rows:
+                # A digest's date is the day it covers; an analysis's, the day it was posted.
+                day = scope.split(":", 1)[1] if kind == "digest" else (created or "")[:10]
+                # Its deep dive first, then the newest; at the same moment, its own analysis.
+                order = (int(dived), created or "", int(kind == "analysis"))
+                if arxiv_id not in best or order > best[arxiv_id][0]:
+                    best[arxiv_id] = (order, PaperThread(arxiv_id, day, ref, bool(dived)))
+            return {k: v for k, (_, v) in best.items()}
+
+        return await self.store.run(read)
+
+    async def liked_since(
+        self, platform: str, chat: str, since: datetime, limit: int
+    ) -> list[Liked]:
+        """Papers given a 👍 in a destination since `since`, most 👍 first (then fewest 👎,
+        then most recent)."""
+
+        def read() -> list[Liked]:
+            rows = self._db.conn.execute(
+                "select arxiv_id, max(title), sum(liked), sum(1 - liked), max(at) as last "
+                "from ratings where platform = ? and chat = ? and at >= ? group by arxiv_id "
+                "having sum(liked) > 0 order by sum(liked) desc, sum(1 - liked), last desc "
+                "limit ?",
+                [platform, chat, since.isoformat(timespec="microseconds"), limit],
+            ).fetchall()
+            return [Liked(r[0], r[1] or r[0], int(r[2]), int(r[3])) for r in rows]
 
         return await self.store.run(read)
 

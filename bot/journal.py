@@ -63,7 +63,7 @@ def request_from_record(data: dict[str, Any]) -> Request:
 
 def gave_up_line(req: Request) -> str:
     """What a person is told when their request, cut off by a restart, is too old to finish."""
-    if req.command:
+    if req.command and req.command != "pick":  # a "which paper?" press answers a question
         asked = f"/{req.command} {req.text}".strip()
         return f"⚠️ digestbot restarted and could not finish {asked}; please send it again."
     return "⚠️ digestbot restarted and could not answer your question; please ask it again."

@@ -1,10 +1,13 @@
-"""The daily digest on a schedule: APScheduler 3.x cron, catch-up after downtime, one post a day.
+"""The daily digest and the weekly roundup on a schedule: APScheduler 3.x cron, catch-up
+after downtime, one post a day (a week).
 
 APScheduler's defaults drop a run that is a second late and forget runs missed while the
 process was down, so the job runs with a misfire grace of minutes, and at start-up the last
 due run is caught up if it is still within the configured window. Exactly-once does not rest
 on the scheduler: every run first claims its day in SQLite (with a lease that a live run keeps
 renewing), so a restart, a second process or a daylight-saving night never posts twice.
+The weekly roundup ([roundup] day and time; off by default) claims its week the same way, in
+the same runs table (`roundup:<date>`), and posts through the ledger.
 """
 
 from __future__ import annotations
@@ -18,9 +21,17 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from bot import history
 from bot.channels.base import Channel
 from bot.chatstore import ChatStore
-from bot.service import Delivered, Destination, deliver, digests_for
+from bot.service import (
+    LOCAL_PLATFORMS,
+    Delivered,
+    Destination,
+    deliver,
+    digests_for,
+    post_thread,
+)
 from bot.settings import AppSettings as Settings
 from bot.team import Team
 from digest_core.models import Digest, Paper
@@ -47,9 +58,10 @@ class DailyTrigger(CronTrigger):
     that time does not exist, the moment it would have been (an hour later by the clock).
     """
 
-    def __init__(self, hour: int, minute: int, timezone: Any) -> None:
+    def __init__(self, hour: int, minute: int, timezone: Any, weekday: int | None = None) -> None:
         super().__init__(hour=hour, minute=minute, timezone=timezone)
         self.at = time(hour, minute)
+        self.weekday = weekday  # only on this day of the week (Monday 0): a weekly trigger
 
     def get_next_fire_time(
         self, previous_fire_time: datetime | None, now: datetime
@@ -60,9 +72,12 @@ class DailyTrigger(CronTrigger):
             after = previous_fire_time.astimezone(UTC) + timedelta(microseconds=1)
             start = min(start, after)
         day = start.astimezone(self.timezone).date()
-        for offset in range(-1, 3):
+        for offset in range(-1, 3 if self.weekday is None else 9):
+            date = day + timedelta(days=offset)
+            if self.weekday is not None and date.weekday() != self.weekday:
+                continue
             # fold=0: the first of a repeated time; a missing time resolves an hour later
-            fire = datetime.combine(day + timedelta(days=offset), self.at, self.timezone)
+            fire = datetime.combine(date, self.at, self.timezone)
             fire = fire.astimezone(UTC).astimezone(self.timezone)
             if fire.astimezone(UTC) >= start:
                 return fire
@@ -76,15 +91,24 @@ def make_trigger(settings: Settings) -> CronTrigger | None:
     return DailyTrigger(hour, minute, settings.digest.tz)
 
 
-def last_due(trigger: CronTrigger, now: datetime) -> datetime | None:
-    """The most recent fire time at or before `now` (looking back two days).
+def make_roundup_trigger(settings: Settings) -> DailyTrigger | None:
+    """The weekly roundup's trigger, or None when [roundup] day is "off"."""
+    cfg = settings.roundup
+    if cfg.weekday is None:
+        return None
+    hour, minute = (int(x) for x in cfg.time.split(":"))
+    return DailyTrigger(hour, minute, settings.digest.tz, weekday=cfg.weekday)
+
+
+def last_due(trigger: CronTrigger, now: datetime, days: int = 2) -> datetime | None:
+    """The most recent fire time at or before `now` (looking back `days` days).
 
     Steps and comparisons are made in UTC: aware datetimes sharing a zone compare and add by
     wall clock, so on a fall-back night `fire + 1 s` would land before a repeated local time
     (02:30 fold=1) and the loop would find the same fire time forever.
     """
     now_utc = now.astimezone(UTC)
-    fire = trigger.get_next_fire_time(None, now_utc - timedelta(days=2))
+    fire = trigger.get_next_fire_time(None, now_utc - timedelta(days=days))
     last = None
     while fire is not None and fire.astimezone(UTC) <= now_utc:
         if last is not None and fire.astimezone(UTC) <= last.astimezone(UTC):
@@ -277,13 +301,125 @@ class DailyJob:
         return [r for r in last.values() if not r.ok]
 
 
+class RoundupJob:
+    """The weekly roundup: on its day, each destination of the daily digest (configured or
+    subscribed from chat) gets its `/digest week` in the channel. The week is claimed in the
+    runs table as `roundup:<local date>`, so two processes post it once; each post goes
+    through the ledger, so a run taken over after a crash sends only what was missing."""
+
+    def __init__(
+        self,
+        daily: DailyJob,
+        *,
+        now: Callable[[], datetime] | None = None,
+        sleep: Callable[[float], Awaitable[Any]] | None = None,
+    ) -> None:
+        self.daily = daily
+        self.settings = daily.settings
+        self.owner = daily.owner
+        self.now = now or daily.now
+        self.sleep = sleep or daily.sleep
+        self.trigger = make_roundup_trigger(self.settings)
+
+    @property
+    def store(self) -> ChatStore:
+        return self.daily.store
+
+    async def fire(self) -> str:
+        """The scheduler's entry point: this week's roundup. Returns the run's status."""
+        return await self.run(self.now())
+
+    async def catch_up(self) -> str | None:
+        """At start-up: post the last due roundup if it was missed, within the digest's
+        catch-up window."""
+        if self.trigger is None:
+            return None
+        now = self.now().astimezone(self.settings.digest.tz)
+        due = last_due(self.trigger, now, days=8)
+        if due is None:
+            return None
+        late = now.astimezone(UTC) - due.astimezone(UTC)
+        if late > timedelta(hours=self.settings.digest.catch_up_hours):
+            return None
+        if await self.store.run_status(roundup_key(due)) == "done":
+            return None
+        log.info("catching up the weekly roundup due %s", due.isoformat())
+        return await self.run(due)
+
+    async def run(self, at: datetime) -> str:
+        """The roundup of the seven days before `at`, to every destination, once."""
+        key = roundup_key(at.astimezone(self.settings.digest.tz))
+        if not await self.store.claim_run(key, self.owner, LEASE_SECONDS):
+            log.info("%s already claimed or done: not posting", key)
+            return "skipped"
+        status, detail = "failed", ""
+        try:
+            team = Team(self.settings, self.store)
+            daily = self.daily
+            destinations = await team.destinations(daily.destinations, daily.channels)
+            failed = []
+            for dest in destinations:
+                result = await self._post(team, dest, key, at)
+                if result is not None and not result.ok:
+                    failed.append(result)
+            status = "failed" if failed else "done"
+            detail = "; ".join(f"{r.destination}: {r.error}" for r in failed)
+        except Exception as exc:  # the run must record its end whatever happened
+            detail = type(exc).__name__
+            log.exception("%s failed", key)
+        finally:
+            await self.store.finish_run(key, status, detail[:500], owner=self.owner)
+        return status
+
+    async def _post(
+        self, team: Team, dest: Destination, key: str, at: datetime
+    ) -> Delivered | None:
+        if dest.channel.platform in LOCAL_PLATFORMS:
+            return None
+        roundup = await team.week(dest.channel.platform, dest.chat, at)
+        if roundup is None:
+            log.info("%s: nothing posted in %s this week: no roundup", key, dest.label)
+            return None
+        roundup = await history.linked(roundup, dest.channel, dest.chat)
+        return await post_thread(
+            self.store,
+            dest,
+            key,
+            [history.render(dest.channel, roundup, "roundup")],
+            kind="roundup",
+            papers=list(roundup.papers),
+        )
+
+
+def roundup_key(at: datetime) -> str:
+    """The runs-table key (and ledger scope) of the roundup due at `at` (local time)."""
+    return f"roundup:{at.date().isoformat()}"
+
+
 def start_scheduler(
-    job: DailyJob, settings: Settings, target: Callable[[], Awaitable[Any]] | None = None
+    job: DailyJob,
+    settings: Settings,
+    target: Callable[[], Awaitable[Any]] | None = None,
+    *,
+    roundup: RoundupJob | None = None,
+    roundup_target: Callable[[], Awaitable[Any]] | None = None,
 ) -> AsyncIOScheduler:
-    """Start the scheduler in the running loop, with the cron job unless DIGEST_TIME=off.
-    `target` replaces `job.fire` as what runs (serve wraps it so shutdown can drain it)."""
+    """Start the scheduler in the running loop, with the cron job unless DIGEST_TIME=off and
+    the weekly roundup when [roundup] sets a day. `target` (`roundup_target`) replaces
+    `job.fire` (`roundup.fire`) as what runs (serve wraps them so shutdown can drain them)."""
     trigger = make_trigger(settings)
     scheduler = AsyncIOScheduler(timezone=settings.digest.tz)
+    weekly = make_roundup_trigger(settings)
+    if weekly is not None and roundup is not None:
+        scheduler.add_job(
+            roundup_target or roundup.fire,
+            weekly,
+            id="weekly_roundup",
+            replace_existing=True,
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=15 * 60,
+        )
     if trigger is not None:
         scheduler.add_job(
             target or job.fire,

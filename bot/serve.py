@@ -30,7 +30,7 @@ from typing import Any
 from bot.assistant import Assistant
 from bot.chatstore import open_pipeline
 from bot.http import HttpServer
-from bot.scheduler import DailyJob, start_scheduler
+from bot.scheduler import DailyJob, RoundupJob, start_scheduler
 from bot.service import Destination
 from bot.settings import AppSettings as Settings
 from digest_core.pipeline import Pipeline
@@ -508,8 +508,16 @@ async def serve(
         async def fire() -> None:
             await work.spawn(job.fire())
 
-        scheduler = start_scheduler(job, settings, target=fire)
+        roundup = RoundupJob(job)
+
+        async def fire_roundup() -> None:
+            await work.spawn(roundup.fire())
+
+        scheduler = start_scheduler(
+            job, settings, target=fire, roundup=roundup, roundup_target=fire_roundup
+        )
         work.spawn(job.catch_up())
+        work.spawn(roundup.catch_up())
         return port
 
     try:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from digest_core.config import (
     ConfigError,
+    Hhmm,
     Secret,
     Section,
     Settings,
@@ -28,6 +29,7 @@ __all__ = [
     "AppSettings",
     "ConfigError",
     "InteractiveSettings",
+    "RoundupSettings",
     "ServeSettings",
     "SlackSettings",
     "TeamSettings",
@@ -174,6 +176,28 @@ class TeamSettings(Section):
         return user in admins
 
 
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class RoundupSettings(Section):
+    """The weekly roundup (`/digest week` on a schedule): off unless a day is set."""
+
+    # mon … sun, or "off": no scheduled roundup (`/digest week` still answers)
+    day: Literal["off", "mon", "tue", "wed", "thu", "fri", "sat", "sun"] = "off"
+    time: Hhmm = "09:00"  # local time, in [digest] timezone
+    top: int = Field(5, ge=1, le=10)  # papers in each list (by score, by 👍)
+
+    @field_validator("day", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @property
+    def weekday(self) -> int | None:
+        """The day as Python counts it (Monday 0), or None when off."""
+        return None if self.day == "off" else WEEKDAYS.index(self.day)
+
+
 class ServeSettings(Section):
     """How `serve` starts, guards its HTTP server and judges its own health."""
 
@@ -204,6 +228,7 @@ class AppSettings(Settings):
     interactive: InteractiveSettings = InteractiveSettings()
     team: TeamSettings = TeamSettings()
     serve: ServeSettings = ServeSettings()
+    roundup: RoundupSettings = RoundupSettings()
     port: int = Field(3000, ge=1, le=65535)
     host: str = Field("0.0.0.0", min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.:_-]+$")
 

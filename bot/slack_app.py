@@ -1,7 +1,10 @@
 """Bolt listeners: turn Slack payloads into `assistant.Request`s, nothing more.
 
 A 👍/👎 press on a deep dive (`block_actions`) is acknowledged at once, counted once per
-person, and the pressed message then shows the counts (chat.update).
+person, and the pressed message then shows the counts (chat.update). A press on a "which
+paper do you mean?" button is acknowledged at once too; the first press answers the kept
+question in the thread (`Assistant.pick`), every other one gets one line only the presser
+sees.
 
 `/analyze` is acknowledged at once (the work runs after `ack()`, never inside it) with the
 flow's opening line; the analysis then goes into a thread of its own, and the result line is
@@ -23,10 +26,19 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncApp
 
-from bot.assistant import ANALYZE, DIGEST, RESTARTING, UNRECORDED, Assistant, Request
+from bot.assistant import (
+    ANALYZE,
+    DIGEST,
+    PICK_STALE,
+    RESTARTING,
+    UNRECORDED,
+    Assistant,
+    Request,
+)
 from bot.channels.base import DeliveryError
 from bot.channels.slack import SlackChannel, send_to_response_url
-from digest_core.render.slack import RATE_DOWN, RATE_UP, escape
+from bot.history import slack_mrkdwn
+from digest_core.render.slack import PICK_ACTION, RATE_DOWN, RATE_UP, escape, parse_pick_value
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +132,8 @@ def build_slack_app(
             command=ANALYZE,
             team=body.get("team_id"),
             private=True,
+            # The mention's own thread shows the analysis's stage (assistant.threads.setStatus).
+            status_thread=str(event.get("ts")),
         )
         key = f"slack-msg:{req.chat}:{req.message}"
         try:
@@ -136,6 +150,12 @@ def build_slack_app(
         # A 👍/👎 press (block_actions, HTTP or Socket Mode): acknowledged first, counted after.
         await ack()
         spawn(_rate(channel, assistant, body, action))
+
+    @app.action(re.compile(f"^{PICK_ACTION}_[0-9]+$"))
+    async def on_pick(ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        # A "which paper?" press: acknowledged first (within Slack's 3 s), served after.
+        await ack()
+        spawn(_pick(channel, assistant, spawn, body, action))
 
     return app
 
@@ -193,6 +213,56 @@ async def _rate(
     await assistant.show_counts("slack", chat, ts, arxiv_id, update)
 
 
+async def _pick(
+    channel: SlackChannel,
+    assistant: Assistant,
+    spawn: Spawn,
+    body: dict[str, Any],
+    action: dict[str, Any],
+) -> None:
+    """Serve one press on a "which paper?" button. The press is named by its message,
+    person and `action_ts`, so a redelivered envelope is served once; the answer runs
+    through the journal like a typed question."""
+    message = body.get("message") or {}
+    container = body.get("container") or {}
+    chat = (body.get("channel") or {}).get("id") or container.get("channel_id")
+    ts = message.get("ts") or container.get("message_ts")
+    thread = message.get("thread_ts") or container.get("thread_ts")
+    user = (body.get("user") or {}).get("id")
+    parsed = parse_pick_value(str(action.get("value") or ""))
+    if not chat or not user:
+        log.warning("slack: a paper button press without channel or user was ignored")
+        return
+    line: str | None = PICK_STALE
+    if ts and parsed is not None:
+        name = (body.get("user") or {}).get("username")
+        picked = await assistant.pick(
+            "slack",
+            chat,
+            user,
+            *parsed,
+            message=str(ts),
+            event_key=f"slack-press:{chat}:{ts}:{user}:{action.get('action_ts')}",
+            team=(body.get("team") or {}).get("id"),
+            user_name=f"@{name}" if name else None,
+        )
+        line = picked.line
+        if picked.request is not None:
+            req, line = picked.request, None  # the chosen paper and the answer speak for it
+            key = f"slack-pick:{req.text}"
+            try:
+                if await assistant.journal.admit(key, req):
+                    spawn(assistant.journal.run(key, assistant.handle(channel, req)))
+            except Exception:
+                log.exception("slack %s: a paper pick not recorded", chat)
+                line = UNRECORDED
+    if line:
+        try:
+            await channel.post_ephemeral(chat, user, escape(line), thread=thread)
+        except DeliveryError as exc:
+            log.warning("slack %s: the presser could not be told: %s", chat, exc.reason)
+
+
 def _slash_request(body: dict[str, Any], command: str = ANALYZE) -> Request:
     return Request(
         "slack",
@@ -226,7 +296,12 @@ async def _analyze(
             _ephemeral(channel, req.chat, req.user, escape(RESTARTING), response_url), 5
         )
         raise
-    lines = [escape(line) for line in done.private if line]
+    # A listing (search results) comes with its links, as mrkdwn; a line is plain text.
+    lines = [
+        escape(line) if isinstance(line, str) else slack_mrkdwn(line)
+        for line in done.private
+        if line
+    ]
     if lines and done.thread:
         link = await _permalink(channel, req.chat, done.thread)
         lines[-1] += f" — <{link}|open the thread>" if link and _SAFE_LINK.match(link) else ""

@@ -1,5 +1,6 @@
 """The team surface: which research profile each chat uses, who gets the daily digest, and
-`/digest` (help, subscribe, unsubscribe, profile show/change/use/reset/undo) as plain values.
+`/digest` (help, subscribe, unsubscribe, profile show/change/use/reset/undo, like/dislike,
+search, week) as plain values.
 
 Nothing here posts. `Team.command` reads a `/digest` line and returns a `Reply`: the lines for
 the requester and, for a change, the one announcement the assistant posts in the channel
@@ -8,6 +9,10 @@ profile from the config ("default" or a [profiles.NAME]) plus the fields edited 
 (`bot.chatstore.ProfileBinding`); `profile_for` resolves it into the core's `ResearchProfile`,
 which the pipeline takes as an argument. Limits are the config's (digest_core.config), so a
 value refused in the file is refused in chat with one line naming the limit.
+
+`search` and `week` read a chat's history: the papers posted there (the bot's threads), the
+core's full-text index (`Store.search`) and scores, and the chat's 👍. They come back as a
+`bot.history.Listing` whose titles name threads; the assistant adds the links and posts it.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 
 from bot.channels.base import Channel
-from bot.chatstore import ChatStore, ProfileBinding
+from bot.chatstore import ChatStore, PaperThread, ProfileBinding
+from bot.history import Line, Listing, short
 from bot.service import Destination
 from bot.settings import AppSettings as Settings
 from digest_core.config import (
@@ -29,11 +36,13 @@ from digest_core.config import (
     MAX_TOPICS,
 )
 from digest_core.models import ResearchProfile
+from digest_core.search import BadQuery, fts_query
 
 log = logging.getLogger(__name__)
 
 EDITABLE = ("topics", "focus", "language", "threshold", "picks")
-NOT_YET = "/digest {what} is not available yet."
+SEARCH_RESULTS = 8  # papers a search shows at most
+WEEK_DAYS = 7
 NOT_ADMIN = "Sorry, only this bot's admins can change the digest here."
 
 HELP_COMMANDS = """Commands:
@@ -42,7 +51,9 @@ HELP_COMMANDS = """Commands:
 /digest profile: show this channel's profile
 /digest profile topics A, B, C · focus TEXT · language zh|en · threshold 0-100 · picks 1-15
 /digest profile use NAME · /digest profile reset · /digest profile undo
-/digest like ID · /digest dislike ID: rate a paper for this channel's profile"""
+/digest like ID · /digest dislike ID: rate a paper for this channel's profile
+/digest search WORDS: find papers posted here before (English or 中文)
+/digest week: post this channel's roundup of the last 7 days"""
 
 
 @dataclass
@@ -53,6 +64,8 @@ class Reply:
     lines: list[str] = field(default_factory=list)
     announce: str | None = None
     rate: tuple[str, bool] | None = None  # (arXiv ID, liked)
+    listing: Listing | None = None  # for the requester, after `lines` (search results)
+    post: Listing | None = None  # for the channel, once (the week's roundup)
 
 
 def resolve(settings: Settings, binding: ProfileBinding) -> ResearchProfile:
@@ -151,8 +164,13 @@ class Team:
             if not rest:
                 return Reply([f"Usage: /digest {verb} ARXIV_ID (e.g. /digest {verb} 2602.14941)"])
             return Reply(rate=(rest.split()[0], verb == "like"))
-        if verb in ("search", "week"):
-            return Reply([NOT_YET.format(what=verb)])
+        if verb == "search":
+            return await self.search(platform, chat, rest)
+        if verb == "week":
+            roundup = await self.week(platform, chat)
+            if roundup is None:
+                return Reply([f"Nothing was posted here in the last {WEEK_DAYS} days."])
+            return Reply(post=roundup)
         if verb == "profile":
             return await self._profile(platform, chat, user, who, rest)
         if verb in ("subscribe", "unsubscribe"):
@@ -166,14 +184,12 @@ class Team:
     async def help(self, platform: str, chat: str) -> str:
         profile = await self.profile_for(platform, chat)
         cfg = self.settings.digest
-        when = (
-            f"daily at {cfg.time} {cfg.timezone}" if cfg.time else "no daily run (DIGEST_TIME=off)"
-        )
-        state = (
-            f"gets the digest {when}"
-            if await self.subscribed(platform, chat)
-            else "does not get the daily digest (/digest subscribe)"
-        )
+        if not await self.subscribed(platform, chat):
+            state = "does not get the daily digest (/digest subscribe)"
+        elif cfg.time:
+            state = f"gets the digest daily at {cfg.time} {cfg.timezone}"
+        else:
+            state = "is subscribed, but this deployment has no daily run (DIGEST_TIME=off)"
         return (
             f"This channel {state}.\n"
             f"Profile: {label(profile)}: {describe(profile)}\n\n{HELP_COMMANDS}"
@@ -274,6 +290,108 @@ class Team:
 
     def _known(self) -> str:
         return ", ".join(self.settings.profile_names())
+
+    # -- history: search and the week's roundup --------------------------------------------------
+
+    async def search(self, platform: str, chat: str, words: str) -> Reply:
+        """`/digest search WORDS`: the papers posted in this chat that match, best first."""
+        try:
+            query = fts_query(words)
+        except BadQuery as exc:
+            return Reply([str(exc)])
+        posted = await self.chat.paper_threads(platform, chat)
+        shown = " ".join(words.split())
+        shown = shown if len(shown) <= 60 else shown[:59] + "…"
+        if not posted:
+            return Reply([f"No paper matches “{shown}”: nothing has been posted here yet."])
+        profile = await self.profile_for(platform, chat)
+        hits = await self.chat.store.search(
+            query,
+            among={k: v.date for k, v in posted.items()},
+            fingerprint=profile.fingerprint,
+            limit=SEARCH_RESULTS + 1,
+        )
+        if not hits:
+            return Reply([f"No paper posted here matches “{shown}”."])
+        more = len(hits) > SEARCH_RESULTS
+        hits = hits[:SEARCH_RESULTS]
+        head = (
+            f"🔎 {'The best ' if more else ''}{len(hits)} paper(s) posted here matching “{shown}”:"
+        )
+        lines = [Line(head)]
+        for i, hit in enumerate(hits, start=1):
+            lines.append(_paper_line(i, hit.title, hit.arxiv_id, hit.score, posted[hit.arxiv_id]))
+        return Reply(listing=Listing(tuple(lines), tuple(h.arxiv_id for h in hits)))
+
+    async def week(self, platform: str, chat: str, now: datetime | None = None) -> Listing | None:
+        """This chat's roundup of the last seven days: the papers posted here with the best
+        scores for its profile, and those given the most 👍 here. None for an empty week."""
+        now = now or datetime.now(UTC)
+        since = now - timedelta(days=WEEK_DAYS)
+        top = self.settings.roundup.top
+        posted = await self.chat.paper_threads(platform, chat, since)
+        liked = await self.chat.liked_since(platform, chat, since, top)
+        if not posted and not liked:
+            return None
+        profile = await self.profile_for(platform, chat)
+        scores = await self.chat.store.latest_scores(list(posted), profile.fingerprint)
+        best = sorted(
+            (aid for aid in posted if aid in scores),
+            key=lambda aid: (scores[aid], posted[aid].deep_dive, posted[aid].date),
+            reverse=True,
+        )[:top]
+        titles = await self._titles([*best, *(x.arxiv_id for x in liked)])
+        tz = self.settings.digest.tz
+        first, last = since.astimezone(tz).date(), now.astimezone(tz).date()
+        dived = sum(1 for p in posted.values() if p.deep_dive)
+        lines = [
+            Line(
+                f"📅 This week here ({first:%b %d} – {last:%b %d}): {len(posted)} paper(s)"
+                f" posted, {dived} deep dive(s)."
+            )
+        ]
+        if best:
+            lines.append(Line(f"Top by score for {label(profile)}:"))
+            for i, aid in enumerate(best, start=1):
+                lines.append(_paper_line(i, titles.get(aid, aid), aid, scores[aid], posted[aid]))
+        if liked:
+            lines.append(Line("Top by 👍 here:"))
+            # A paper posted before the week and liked during it still links to its thread.
+            earlier = posted
+            if any(x.arxiv_id not in posted for x in liked):
+                earlier = await self.chat.paper_threads(platform, chat)
+            for i, x in enumerate(liked, start=1):
+                where = earlier.get(x.arxiv_id)
+                votes = f" · 👍 {x.up}" + (f" 👎 {x.down}" if x.down else "")
+                lines.append(
+                    Line(
+                        f"{i}. ",
+                        short(titles.get(x.arxiv_id) or x.title),
+                        f"{votes} · arXiv:{x.arxiv_id}",
+                        thread=where.thread_ref if where else None,
+                    )
+                )
+        papers = tuple(dict.fromkeys([*best, *(x.arxiv_id for x in liked)]))
+        return Listing(tuple(lines), papers)
+
+    async def _titles(self, arxiv_ids: Sequence[str]) -> dict[str, str]:
+        out = {}
+        for aid in dict.fromkeys(arxiv_ids):
+            paper = await self.chat.store.get_paper(aid)
+            if paper is not None:
+                out[aid] = paper.title
+        return out
+
+
+def _paper_line(i: int, title: str, arxiv_id: str, score: int | None, where: PaperThread) -> Line:
+    """`1. <title> · score 85 · 2026-01-23 · arXiv:ID`, the title linked to its thread."""
+    scored = f" · score {score}" if score is not None else ""
+    return Line(
+        f"{i}. ",
+        short(title),
+        f"{scored} · {where.date} · arXiv:{arxiv_id}",
+        thread=where.thread_ref,
+    )
 
 
 class BadValue(ValueError):

@@ -9,7 +9,9 @@ topic is one. Every reply goes to the person's message, through the ledger. Ever
 handled once (Telegram redelivers by `update_id`); edits and other bots are ignored. Handlers
 never block: slow work runs as a tracked task. A 👍/👎 press under a deep dive arrives as a
 `callback_query`: counted once per press, answered at once (answerCallbackQuery), and the
-message's buttons then show the counts (editMessageReplyMarkup).
+message's buttons then show the counts (editMessageReplyMarkup). A press on a "which paper do
+you mean?" button is answered at once with a toast; the first press answers the kept question
+(`Assistant.pick`) as a reply to it, through the journal like a typed question.
 """
 
 from __future__ import annotations
@@ -29,12 +31,28 @@ from telegram.ext import (
     filters,
 )
 
-from bot.assistant import ANALYZE, DIGEST, UNRECORDED, Assistant, Request, vote_line
+from bot.assistant import (
+    ANALYZE,
+    DIGEST,
+    PICK_STALE,
+    UNRECORDED,
+    Assistant,
+    Request,
+    vote_line,
+)
 from bot.channels.telegram import TelegramChannel
 from bot.chatstore import ThreadRecord
-from digest_core.render.telegram import RATE_PREFIX, parse_rating_data
+from digest_core.render.parse import truncate
+from digest_core.render.telegram import (
+    PICK_PREFIX,
+    RATE_PREFIX,
+    parse_pick_data,
+    parse_rating_data,
+)
 
 log = logging.getLogger(__name__)
+
+TOAST_LIMIT = 200  # answerCallbackQuery's text: 0-200 characters
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -153,10 +171,47 @@ def install_handlers(
 
             spawn(assistant.show_counts("telegram", chat, ref, arxiv_id, show))
 
+    async def on_pick(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        # A "which paper?" press: the toast says what it came to (answering, already
+        # answered, stale); only the first press of a question is answered, in the chat.
+        query = update.callback_query
+        if query is None:
+            return
+        parsed = parse_pick_data(query.data or "")
+        message = query.message
+        line: str | None = PICK_STALE
+        if parsed is not None and isinstance(message, Message):
+            person = query.from_user
+            picked = await assistant.pick(
+                "telegram",
+                chat_key(message),
+                str(person.id),
+                *parsed,
+                message=str(message.message_id),
+                event_key=f"tg-callback:{query.id}",
+                user_name=f"@{person.username}" if person.username else person.full_name,
+            )
+            if picked.line is None:
+                return  # a redelivered press: its first delivery answers the query
+            line = picked.line
+            if picked.request is not None:
+                key = f"tg-pick:{picked.request.text}"
+                try:
+                    if await assistant.journal.admit(key, picked.request):
+                        spawn(assistant.journal.run(key, assistant.handle(channel, picked.request)))
+                except Exception:
+                    log.exception("telegram: a paper pick not recorded")
+                    line = UNRECORDED
+        try:
+            await query.answer(truncate(line, TOAST_LIMIT) if line else None)
+        except TelegramError as exc:  # a redelivered press whose query was already answered
+            log.info("telegram: callback query not answered: %s", exc)
+
     app.add_handler(
         CommandHandler("analyze", on_analyze, filters=filters.UpdateType.MESSAGE, block=False)
     )
     app.add_handler(CallbackQueryHandler(on_rate, pattern=f"^{RATE_PREFIX}:", block=False))
+    app.add_handler(CallbackQueryHandler(on_pick, pattern=f"^{PICK_PREFIX}:", block=False))
     app.add_handler(
         CommandHandler("digest", on_digest, filters=filters.UpdateType.MESSAGE, block=False)
     )

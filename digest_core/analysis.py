@@ -5,12 +5,19 @@ day or re-analysing a paper costs no LLM call, two chats with the same profile s
 dive, and a chat with another profile gets its own, related to its topics. The profile goes
 to the model as data (a <profile> block in the user message), never into the system prompt. When the LLM is missing or fails after its retries,
 the extractive analyser writes the deep dive and says so.
+
+While a new deep dive is made, its stages (fetching the paper, reading the full text, writing)
+are reported as `AnalysisStage` values to an optional callback, so a chat can show the
+requester where it is; a cached deep dive has no stages. The core only reports: it never posts.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from digest_core import prompts
@@ -22,6 +29,65 @@ from digest_core.scoring import LANGUAGE_NAMES, profile_data
 from digest_core.sources.fulltext import FullText
 
 log = logging.getLogger(__name__)
+
+
+class Stage(StrEnum):
+    """Where a new deep dive is, in the order the stages come."""
+
+    FETCHING = "fetching"  # downloading the paper's full text (arXiv HTML, else the PDF)
+    READING = "reading"  # the text is in hand: `sections` of it go to the model
+    WRITING = "writing"  # the model (or the extractive analyser) writes the deep dive
+
+
+@dataclass(frozen=True)
+class AnalysisStage:
+    """One stage of a deep dive being made. `sections` is how many sections of the full text
+    are read (READING and WRITING); None when there is no full text, only the abstract."""
+
+    stage: Stage
+    sections: int | None = None
+
+    @classmethod
+    def reading(cls, text: FullText) -> AnalysisStage:
+        return cls(Stage.READING, _sections_read(text))
+
+    @classmethod
+    def writing(cls, text: FullText) -> AnalysisStage:
+        return cls(Stage.WRITING, _sections_read(text))
+
+    def describe(self) -> str:
+        """The stage as a short lower-case phrase ("reading the full text (12 sections)")."""
+        if self.stage is Stage.FETCHING:
+            return "fetching the paper"
+        read = (
+            "the abstract only (no full text)"
+            if self.sections is None
+            else f"the full text ({self.sections} section{'s' if self.sections != 1 else ''})"
+        )
+        if self.stage is Stage.READING:
+            return f"reading {read}"
+        # Writing follows reading at once: what was read stays in view even when a chat shows
+        # only the newest stage.
+        return f"writing the deep dive from {read}"
+
+
+OnStage = Callable[[AnalysisStage], None]
+
+
+def report_stage(on_stage: OnStage | None, stage: AnalysisStage) -> None:
+    """Tell `on_stage` (if any) about a stage. A progress display must never fail or slow the
+    analysis: the callback is expected to return at once, and whatever it raises is logged."""
+    if on_stage is None:
+        return
+    try:
+        on_stage(stage)
+    except Exception:
+        log.warning("analysis progress callback failed at %s", stage.stage, exc_info=True)
+
+
+def _sections_read(text: FullText) -> int | None:
+    return None if text.source == SOURCE_ABSTRACT else text.section_count
+
 
 DIVE_FIELDS: tuple[str, ...] = ("verdict", *SECTION_KEYS)
 DIVE_SCHEMA: dict[str, Any] = {

@@ -26,6 +26,8 @@ that the tree names every exception class in `digest_core` and `bot`, and only t
      │    ├── InvalidArxivId .... digest_core.arxiv_id  the text is not an arXiv ID
      │    ├── BadValue .......... bot.team              a /digest profile value out of its
      │    │                                             limits (the one line to answer with)
+     │    ├── BadQuery .......... digest_core.search    /digest search words that cannot be
+     │    │                                             searched for (the one line to answer with)
      │    └── UnknownDestination  bot.service           `--to` names no configured destination
      ├── LookupError
      │    └── PaperNotFound ..... digest_core.pipeline  a well-formed ID that names no paper

@@ -17,7 +17,14 @@ from typing import Any, TypeVar
 import httpx
 from sqlite_utils import Migrations
 
-from digest_core.analysis import Analyst, analysis_cache_key
+from digest_core.analysis import (
+    AnalysisStage,
+    Analyst,
+    OnStage,
+    Stage,
+    analysis_cache_key,
+    report_stage,
+)
 from digest_core.arxiv_id import ArxivId, parse_arxiv_id
 from digest_core.config import Settings
 from digest_core.fallback import extractive_deep_dive
@@ -339,9 +346,16 @@ class Pipeline:
 
     # -- one paper -------------------------------------------------------------------------------
 
-    async def deep_dive(self, paper: Paper, profile: ResearchProfile | None = None) -> DeepDive:
+    async def deep_dive(
+        self,
+        paper: Paper,
+        profile: ResearchProfile | None = None,
+        on_stage: OnStage | None = None,
+    ) -> DeepDive:
         """The cached analysis for a profile (and its language), or one new one shared by
-        every concurrent caller."""
+        every concurrent caller. `on_stage` hears the stages of a new one (none when it is
+        cached, or written by a concurrent caller or another process: only the writer's
+        caller hears them)."""
         profile = profile or self.profile
         language = profile.language
         key = analysis_cache_key(paper, self.analyst.prompt_version, self.model, language, profile)
@@ -350,19 +364,36 @@ class Pipeline:
             if cached is not None:
                 return cached
         if self.llm is None:
-            return await _shared(self._inflight, key, self._write(key, paper, language, profile))
-        return await _shared(self._inflight, key, self._claimed(key, paper, language, profile))
+            return await _shared(
+                self._inflight, key, self._write(key, paper, language, profile, on_stage)
+            )
+        return await _shared(
+            self._inflight, key, self._claimed(key, paper, language, profile, on_stage)
+        )
 
     async def _write(
-        self, key: str, paper: Paper, language: str, profile: ResearchProfile
+        self,
+        key: str,
+        paper: Paper,
+        language: str,
+        profile: ResearchProfile,
+        on_stage: OnStage | None = None,
     ) -> DeepDive:
+        report_stage(on_stage, AnalysisStage(Stage.FETCHING))
         text = await self.fulltext(paper)
+        report_stage(on_stage, AnalysisStage.reading(text))
+        report_stage(on_stage, AnalysisStage.writing(text))
         dive = await self.analyst.write(paper, text, language, profile)
         await self.store.save_analysis(key, dive, paper.version)
         return dive
 
     async def _claimed(
-        self, key: str, paper: Paper, language: str, profile: ResearchProfile
+        self,
+        key: str,
+        paper: Paper,
+        language: str,
+        profile: ResearchProfile,
+        on_stage: OnStage | None = None,
     ) -> DeepDive:
         """Write the deep dive under a claim in the database, or wait for the process that
         holds the claim: its stored analysis is the answer. A claim whose owner died is taken
@@ -380,7 +411,7 @@ class Pipeline:
             if await self.store.claim_analysis(key, self.owner, self.claim_lease):
                 if waited:
                     log.info("deep dive %s: the other writer is gone; writing it here", key)
-                return await self._write_claimed(key, paper, language, profile)
+                return await self._write_claimed(key, paper, language, profile, on_stage)
             if not waited:
                 log.info("deep dive %s: another process is writing it; waiting", key)
                 waited = True
@@ -402,7 +433,12 @@ class Pipeline:
                 return extractive_deep_dive(paper, profile, language, reason)
 
     async def _write_claimed(
-        self, key: str, paper: Paper, language: str, profile: ResearchProfile
+        self,
+        key: str,
+        paper: Paper,
+        language: str,
+        profile: ResearchProfile,
+        on_stage: OnStage | None = None,
     ) -> DeepDive:
         async def renew() -> None:
             while True:
@@ -415,7 +451,7 @@ class Pipeline:
         renewing = asyncio.create_task(renew())
         status = "failed"
         try:
-            dive = await self._write(key, paper, language, profile)
+            dive = await self._write(key, paper, language, profile, on_stage)
             status = "done" if dive.llm_used else "failed"
             return dive
         finally:
@@ -520,23 +556,29 @@ class Pipeline:
         return await self._analyze_paper(await self.resolve(id_or_url), profile)
 
     async def analyze_with_figure(
-        self, id_or_url: str | ArxivId, profile: ResearchProfile | None = None
+        self,
+        id_or_url: str | ArxivId,
+        profile: ResearchProfile | None = None,
+        on_stage: OnStage | None = None,
     ) -> tuple[DigestEntry, asyncio.Future[FigureImage | None]]:
         """`analyze`, and the paper's key figure being fetched beside it (see `key_figure`):
-        the caller posts the text first, then awaits the figure, or cancels it."""
+        the caller posts the text first, then awaits the figure, or cancels it. `on_stage`
+        hears the stages of a new deep dive (see `deep_dive`); it must return at once."""
         paper = await self.resolve(id_or_url)
         figure = asyncio.ensure_future(self.key_figure(paper))
         try:
-            return await self._analyze_paper(paper, profile), figure
+            return await self._analyze_paper(paper, profile, on_stage), figure
         except BaseException:
             figure.cancel()
             raise
 
     async def _analyze_paper(
-        self, paper: Paper, profile: ResearchProfile | None = None
+        self, paper: Paper, profile: ResearchProfile | None = None, on_stage: OnStage | None = None
     ) -> DigestEntry:
         score, dive, links = await asyncio.gather(
-            self.score_one(paper, profile), self.deep_dive(paper, profile), self.links(paper)
+            self.score_one(paper, profile),
+            self.deep_dive(paper, profile, on_stage),
+            self.links(paper),
         )
         return DigestEntry(paper, score, dive, links)
 

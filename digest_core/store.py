@@ -22,7 +22,7 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import asdict
@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from sqlite_utils import Database, Migrations
 
 from digest_core.models import DeepDive, Digest, DigestEntry, Link, Paper, Score
+from digest_core.search import COLUMNS, TOKENIZER, WEIGHTS, SearchHit, index_text
 
 T = TypeVar("T")
 
@@ -201,6 +202,83 @@ def m035_profile_digests(db: Database) -> None:
     )
 
 
+@migrations(transactional=False)
+def m050_search_index(db: Database) -> None:
+    # `/digest search`: one row per paper with the text people search (its title, the
+    # scorer's reasons, its deep dives) as the index holds it (digest_core.search), and an
+    # FTS5 index over it that sqlite-utils' triggers keep in step with every write. The store
+    # rewrites a paper's row whenever it saves the paper, a score or an analysis of it; here
+    # the rows a database already has are indexed once. Not transactional: enable_fts runs
+    # a script (which commits); each step is idempotent, so a race or a crash just repeats it.
+    docs = db["search_docs"]
+    docs.create(
+        {"arxiv_id": str, "title": str, "reasons": str, "dive": str, "updated_at": str},
+        pk="arxiv_id",
+        if_not_exists=True,
+    )
+    with db.conn:
+        _reindex(db, _all_paper_ids(db))
+    docs.enable_fts(list(COLUMNS), tokenize=TOKENIZER, create_triggers=True, replace=True)
+    # FTS5 keeps the rank function as a setting of the index: `rank` is then bm25 with the
+    # column weights, for sqlite-utils' `search` as for any query.
+    weights = ", ".join(str(w) for w in WEIGHTS)
+    with db.conn:
+        db.execute(
+            "insert into search_docs_fts(search_docs_fts, rank) values ('rank', ?)",
+            [f"bm25({weights})"],
+        )
+
+
+def _all_paper_ids(db: Database) -> list[str]:
+    rows = db.execute(
+        "select arxiv_id from papers union select arxiv_id from scores "
+        "union select arxiv_id from analyses"
+    ).fetchall()
+    return [r[0] for r in rows if r[0]]
+
+
+def _reindex(db: Database, arxiv_ids: Iterable[str]) -> None:
+    """Rewrite the search rows of these papers from what the store holds of them (inside the
+    caller's transaction; the FTS triggers follow)."""
+    conn = db.conn
+    for arxiv_id in dict.fromkeys(arxiv_ids):
+        paper = conn.execute("select title from papers where arxiv_id = ?", [arxiv_id]).fetchone()
+        reasons = [
+            r[0]
+            for r in conn.execute(
+                "select reason from scores where arxiv_id = ? and reason != '' "
+                "group by reason order by max(created_at) desc limit 20",
+                [arxiv_id],
+            )
+        ]
+        dives = conn.execute(
+            "select title, sections, verdict from analyses where arxiv_id = ? "
+            "order by created_at desc limit 10",
+            [arxiv_id],
+        ).fetchall()
+        title = paper[0] if paper else (dives[0][0] if dives else "")
+        parts: list[str] = []
+        for _, sections, verdict in dives:
+            parts.append(verdict or "")
+            try:
+                parts.extend(str(v) for v in json.loads(sections or "{}").values())
+            except (ValueError, AttributeError):
+                continue
+        dive = "\n".join(dict.fromkeys(p for p in parts if p))
+        conn.execute(
+            "insert into search_docs(arxiv_id, title, reasons, dive, updated_at) "
+            "values (?, ?, ?, ?, ?) on conflict(arxiv_id) do update set title = excluded.title, "
+            "reasons = excluded.reasons, dive = excluded.dive, updated_at = excluded.updated_at",
+            [
+                arxiv_id,
+                index_text(title or ""),
+                index_text("\n".join(reasons)),
+                index_text(dive),
+                _now(),
+            ],
+        )
+
+
 # -- who holds a claim ------------------------------------------------------------------------
 
 # One name per process incarnation: host, pid and a nonce (a container restarted with the
@@ -350,8 +428,14 @@ class Store:
 
     async def save_papers(self, papers: Iterable[Paper]) -> None:
         rows = [_paper_row(p) for p in papers]
+
+        def write() -> None:
+            with self.db.conn:
+                self.db["papers"].upsert_all(rows, pk="arxiv_id")
+                _reindex(self.db, [r["arxiv_id"] for r in rows])
+
         if rows:
-            await self._run(lambda: self.db["papers"].upsert_all(rows, pk="arxiv_id"))
+            await self._run(write)
 
     async def get_paper(self, arxiv_id: str) -> Paper | None:
         def read() -> Paper | None:
@@ -396,8 +480,14 @@ class Store:
             }
             for key, s, model, version in rows
         ]
+
+        def write() -> None:
+            with self.db.conn:
+                self.db["scores"].upsert_all(records, pk="cache_key")
+                _reindex(self.db, [r["arxiv_id"] for r in records])
+
         if records:
-            await self._run(lambda: self.db["scores"].upsert_all(records, pk="cache_key"))
+            await self._run(write)
 
     async def get_analysis(self, cache_key: str) -> DeepDive | None:
         def read() -> DeepDive | None:
@@ -442,7 +532,13 @@ class Store:
             "numbers_unverified": dive.numbers_unverified,
             "created_at": _now(),
         }
-        await self._run(lambda: self.db["analyses"].upsert(record, pk="cache_key"))
+
+        def write() -> None:
+            with self.db.conn:
+                self.db["analyses"].upsert(record, pk="cache_key")
+                _reindex(self.db, [dive.arxiv_id])
+
+        await self._run(write)
 
     # -- analysis claims (one writer of a deep dive across processes) --------------------------
 
@@ -646,6 +742,66 @@ class Store:
 
         return await self._run(read)
 
+    # -- full-text search over past papers (`/digest search`) ---------------------------------
+
+    async def search(
+        self,
+        query: str,
+        *,
+        among: Mapping[str, str] | None = None,
+        fingerprint: str | None = None,
+        limit: int = 10,
+    ) -> list[SearchHit]:
+        """Papers matching `query` (an FTS5 expression: `digest_core.search.fts_query`), best
+        first (`_relevance`: bm25 rank weighed by score and deep dive; then newer). `among`
+        restricts the search to these papers (arXiv ID -> the ISO date the caller knows them
+        by, the tie-break); `fingerprint` picks the score given for that profile where there
+        is one."""
+        dates = dict(among or {})
+
+        def read() -> list[SearchHit]:
+            where = None
+            args: dict[str, Any] = {}
+            if among is not None:
+                where = "arxiv_id in (select value from json_each(:among))"
+                args["among"] = json.dumps(list(dates))
+            rows = list(
+                self.db["search_docs"].search(
+                    query,
+                    columns=["arxiv_id", "dive"],
+                    where=where,
+                    where_args=args,
+                    include_rank=True,
+                    # Candidates by bm25 alone; `_relevance` reorders them by score and deep
+                    # dive, which can at most triple a rank, so the best are among these.
+                    limit=max(limit * 3, limit + 20),
+                )
+            )
+            scores = _latest_scores(self.db, [r["arxiv_id"] for r in rows], fingerprint)
+            hits = [
+                SearchHit(
+                    r["arxiv_id"],
+                    _title(self.db, r["arxiv_id"]),
+                    r["rank"],
+                    scores.get(r["arxiv_id"]),
+                    deep_dive=bool(r["dive"]),
+                )
+                for r in rows
+            ]
+            hits.sort(key=lambda h: dates.get(h.arxiv_id, ""), reverse=True)  # ties: newer
+            hits.sort(key=_relevance)
+            return hits[:limit]
+
+        return await self._run(read)
+
+    async def latest_scores(
+        self, arxiv_ids: Sequence[str], fingerprint: str | None = None
+    ) -> dict[str, int]:
+        """Each paper's most recent score: the one given for the profile with `fingerprint`
+        where there is one, else the most recent of any profile."""
+        ids = list(arxiv_ids)
+        return await self._run(lambda: _latest_scores(self.db, ids, fingerprint))
+
     # -- search terms for questions in other languages (digest_core/qa.py) ----------------------
 
     async def get_search_terms(self, key: str) -> str | None:
@@ -658,6 +814,38 @@ class Store:
     async def save_search_terms(self, key: str, terms: str) -> None:
         record = {"key": key, "terms": terms, "created_at": _now()}
         await self._run(lambda: self.db["search_terms"].upsert(record, pk="key"))
+
+
+def _latest_scores(db: Database, arxiv_ids: list[str], fingerprint: str | None) -> dict[str, int]:
+    if not arxiv_ids:
+        return {}
+    # A score's cache key is `arxiv_id|profile fingerprint|...` (scoring.score_cache_key).
+    rows = db.execute(
+        "select arxiv_id, score, cache_key like arxiv_id || '|' || ? || '|%' as mine "
+        "from scores where arxiv_id in (select value from json_each(?)) "
+        "order by mine, created_at",
+        [fingerprint or "", json.dumps(arxiv_ids)],
+    ).fetchall()
+    return {arxiv_id: int(score) for arxiv_id, score, _ in rows}  # the last row wins
+
+
+def _relevance(hit: SearchHit) -> float:
+    """The sort key of a hit, lower first: FTS5's bm25 rank (negative; more relevant is lower)
+    times 1 to 2 by the paper's score, and 1.5 for a paper with a deep dive. bm25 divides by
+    the length of the whole row, so a paper with a long deep dive would lose to a bare title
+    that says the word once, although it is the better answer: what the person came back for.
+    Together the two factors can at most triple a rank."""
+    score = min(100, max(0, hit.score or 0))
+    return round(hit.rank * (1 + score / 100) * (1.5 if hit.deep_dive else 1.0), 9)
+
+
+def _title(db: Database, arxiv_id: str) -> str:
+    row = db.execute(
+        "select title from papers where arxiv_id = ? union all "
+        "select title from analyses where arxiv_id = ? limit 1",
+        [arxiv_id, arxiv_id],
+    ).fetchone()
+    return " ".join(str(row[0]).split()) if row else arxiv_id
 
 
 # -- serialization ------------------------------------------------------------------------------

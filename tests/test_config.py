@@ -56,7 +56,17 @@ def test_committed_file_documents_every_key_with_its_default() -> None:
     documented = _documented(CONFIG.read_text(encoding="utf-8"))
     defaults = AppSettings()
     expected: dict[str, object] = {}
-    tables = ("profile", "digest", "llm", "sources", "retry", "interactive", "serve", "team")
+    tables = (
+        "profile",
+        "digest",
+        "llm",
+        "sources",
+        "retry",
+        "interactive",
+        "serve",
+        "team",
+        "roundup",
+    )
     for table in tables:
         section = getattr(defaults, table)
         for name in type(section).model_fields:

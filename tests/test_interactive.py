@@ -1045,7 +1045,8 @@ async def test_telegram_analyze_in_a_group_and_a_forum_topic(tg: Bot) -> None:
     update = tg.tg.push_message(TG_GROUP, f"/analyze@DigestBot {PAPER}")
     await tg.consumed(update)
     line, root, *dive = tg.tg_sent(TG_GROUP)
-    assert line["visible"] == f"🔎 Analysing arXiv:{PAPER} …"
+    # The opening line showed the stages while the model wrote, and says it is done now.
+    assert line["visible"] == f"✅ Analysed: {PAPER_TITLE} (arXiv:{PAPER})" and line["edited"]
     assert line["reply_to_message_id"] == update["message"]["message_id"]
     assert PAPER_TITLE in root["visible"] and "Caprice Stanley" in root["visible"]
     assert f'href="{tg.world.arxiv.url}/abs/{PAPER}"' in root["text"] and "/100" in root["visible"]
@@ -1143,7 +1144,8 @@ async def test_telegram_redelivered_update_is_answered_once(tg: Bot) -> None:
     await tg.consumed(command)
     assert len(tg.llm_calls("answer")) == 1
     assert len(tg.llm_calls("deep_dive")) == 2
-    lines = [m for m in tg.tg_sent(TG_GROUP) if m["visible"].startswith("🔎")]
+    # The opening lines ("🔎 Analysing…", which say "✅ Analysed…" once done).
+    lines = [m for m in tg.tg_sent(TG_GROUP) if m["visible"].startswith(("🔎", "✅"))]
     assert len(lines) == 2  # one per command, not per delivery
 
 

@@ -163,13 +163,20 @@ async def test_a_hung_llm_ends_at_the_deadline_after_one_still_working_line(
         await bot.settle()
         sent = bot.tg_sent(TG_GROUP)
         lines = [m for m in sent if m["reply_to_message_id"] == mid]
-        assert [m["visible"] for m in lines][:2] == [
-            f"🔎 Analysing arXiv:{PAPER} …",
-            STILL_WORKING,
+        # The opening line showed the stage and, once, that it is still working (said in
+        # place: no line of its own); it says "done" now, and nothing came after it.
+        (opening,) = lines
+        shown = [
+            p["text"]
+            for p in bot.tg.method_calls("editMessageText")
+            if int(p["message_id"]) == opening["message_id"]
         ]
-        assert len(lines) == 2  # the still-working line came once, and nothing after
+        assert shown[0].startswith(f"🔎 Analysing arXiv:{PAPER} …\n📥 Fetching the paper…")
+        assert sum("⏳ still working" in t for t in shown) == 1
+        assert opening["visible"].startswith("✅ Analysed:")
+        assert STILL_WORKING not in [m["visible"] for m in sent]
         root = next(m for m in sent if m["reply_to_message_id"] is None)
-        assert root["message_id"] > lines[1]["message_id"]  # "still working" came first
+        assert root["message_id"] > opening["message_id"]
         dive = " ".join(
             m["visible"] for m in sent if m["reply_to_message_id"] == root["message_id"]
         )

@@ -248,7 +248,9 @@ def tg_done(fake: FakeTelegram, paper: str) -> bool:
 
 
 def analysing_lines(fake: FakeTelegram) -> list[dict]:
-    return [m for m in fake.sent(GROUP) if m["text"].startswith("🔎 Analysing")]
+    """The opening lines: "🔎 Analysing…" (with the stage while it works), "✅ Analysed…" once
+    the analysis is posted."""
+    return [m for m in fake.sent(GROUP) if m["text"].startswith(("🔎 Analysing", "✅ Analysed"))]
 
 
 def no_duplicates(texts: list[str]) -> None:

@@ -23,6 +23,7 @@ from bot.assistant import DIGEST, Assistant, Request
 from bot.chatstore import ChatStore, open_pipeline
 from bot.scheduler import DailyJob
 from bot.service import Destination
+from bot.team import Team
 from digest_core.pipeline import Pipeline
 
 DAY = "2026-01-23"
@@ -207,6 +208,16 @@ async def test_help_says_what_this_channel_gets(team: Team_) -> None:
     assert "Profile: robots" in private[0] and "language en" in private[0]
 
 
+async def test_help_with_the_daily_run_off_says_so_in_a_sentence(team: Team_) -> None:
+    await team.say("subscribe")
+    settings = team.assistant.team.settings
+    off = settings.model_copy(update={"digest": settings.digest.model_copy(update={"time": None})})
+    text = await Team(off, team.chat).help("slack", "C1")
+    assert text.startswith(
+        "This channel is subscribed, but this deployment has no daily run (DIGEST_TIME=off)."
+    )
+
+
 @pytest.mark.parametrize(
     ("line", "says"),
     [
@@ -378,7 +389,7 @@ async def _subscriptions(team: Team_) -> None:
     assert not any(s.chat == "C1" and s.key.endswith("/toc") for s in team.slack.sent)
 
 
-async def test_like_dislike_rate_for_the_channels_profile_search_and_week(team: Team_) -> None:
+async def test_like_dislike_rate_for_the_channels_profile(team: Team_) -> None:
     paper = "1605.08386"  # a paper the fake arXiv knows
     await team.say("profile use robots", chat="C2")
     private, posted = await team.say(f"like {paper}", chat="C2")
@@ -391,9 +402,6 @@ async def test_like_dislike_rate_for_the_channels_profile_search_and_week(team: 
     assert await team.chat.profile_ratings("Image Restoration researcher") == []
     private, _ = await team.say("dislike")
     assert private == ["Usage: /digest dislike ARXIV_ID (e.g. /digest dislike 2602.14941)"]
-    for verb in ("search diffusion", "week"):
-        private, _ = await team.say(verb)
-        assert private == [f"/digest {verb.split()[0]} is not available yet."]
 
 
 async def test_profiles_in_the_config_keep_the_settings_rules(tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ from digest_core.proxy import Proxy, ProxyRoutes, proxy_routes
 from digest_core.render.slack import SlackMessage, escape, figure_comment
 
 if TYPE_CHECKING:
+    from bot.channels.progress import SlackThreadStatus
     from bot.channels.streaming import AnswerStream
 from digest_core.retry import retry_after
 
@@ -394,6 +395,9 @@ class SlackChannel:
         self.language = language
         # Thread answers are streamed (chat.startStream…) until Slack refuses the methods.
         self.streaming = True
+        # An analysis shows its stage as the thread's status until Slack refuses setStatus.
+        self.thread_status = True
+        self.progress_interval: float | None = None  # None: bot.channels.progress's default
 
     async def aclose(self) -> None:
         """Close the client's HTTP session (one-shot use from the CLI)."""
@@ -444,6 +448,15 @@ class SlackChannel:
     def render_line(self, text: str) -> Outgoing:
         """A short line from the bot, as one mrkdwn section (never parsed for links or pings)."""
         return Outgoing(key="line", payload=line_message(text), summary=text.splitlines()[0][:80])
+
+    def render_choices(self, text: str, key: str, options: list[tuple[str, str]]) -> Outgoing:
+        """The "which paper do you mean?" line with one button per paper (`options`: arXiv ID
+        and label), the buttons naming the kept question by its `key`."""
+        from digest_core.render.slack import pick_blocks
+
+        line = line_message(text)
+        payload = SlackMessage(line.text, line.blocks + pick_blocks(key, options))
+        return Outgoing(key="line", payload=payload, summary=text.splitlines()[0][:80])
 
     @staticmethod
     def _parts(entry: DigestEntry, messages: list[SlackMessage]) -> list[Outgoing]:
@@ -566,6 +579,22 @@ class SlackChannel:
 
         return SlackAnswerStream(self, chat, thread, placeholder=placeholder, user=user, team=team)
 
+    def analysis_progress(
+        self, chat: str, *, thread: str | None, opening: tuple[str, str] | None = None
+    ) -> SlackThreadStatus | None:
+        """Where an analysis can show its stages (bot.channels.progress): the status of the
+        thread the request came from (assistant.threads.setStatus), or None: without a
+        thread (a slash command has none), or once Slack refused the method. `opening` is
+        not used: Slack's opening line is an ephemeral acknowledgement, which cannot be
+        edited."""
+        if not self.thread_status or not thread:
+            return None
+        from bot.channels.progress import PROGRESS_INTERVAL, SlackThreadStatus
+
+        return SlackThreadStatus(
+            self, chat, thread, interval=self.progress_interval or PROGRESS_INTERVAL
+        )
+
     async def replace(self, chat: str, ts: str, payload: SlackMessage) -> None:
         """Replace message `ts` (e.g. a "working on it…" placeholder) with `payload`."""
         kwargs: dict[str, Any] = {"channel": chat, "ts": ts, "text": payload.text}
@@ -602,10 +631,16 @@ class SlackChannel:
             chat, ts, SlackMessage(text, with_rating_counts(blocks, arxiv_id, up, down))
         )
 
-    async def post_ephemeral(self, chat: str, user: str, text: str) -> None:
-        """A message only `user` sees (refusals, usage hints). `text` must be escaped mrkdwn."""
+    async def post_ephemeral(
+        self, chat: str, user: str, text: str, *, thread: str | None = None
+    ) -> None:
+        """A message only `user` sees (refusals, usage hints), in `thread` when given. `text`
+        must be escaped mrkdwn."""
+        kwargs: dict[str, Any] = {"channel": chat, "user": user, "text": text}
+        if thread:
+            kwargs["thread_ts"] = thread
         try:
-            await self.client.chat_postEphemeral(channel=chat, user=user, text=text)
+            await self.client.chat_postEphemeral(**kwargs)
         except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
             raise self._fail("chat.postEphemeral", exc) from None
 

@@ -60,6 +60,7 @@ from digest_core.retry import RetryPolicy, TryAgain
 from digest_core.sources import quiet_http_logs
 
 if TYPE_CHECKING:
+    from bot.channels.progress import TelegramAnalysisProgress
     from bot.channels.streaming import AnswerStream
 
 _log = logging.getLogger(__name__)
@@ -375,6 +376,9 @@ class TelegramChannel:
         # until the Bot API refuses it.
         self.streaming = True
         self.drafts = True
+        # An analysis's display pace (None: bot.channels.progress's defaults).
+        self.progress_interval: float | None = None
+        self.typing_every: float | None = None
 
     async def aclose(self) -> None:
         """Close the bot's HTTP client (one-shot use from the CLI)."""
@@ -413,6 +417,13 @@ class TelegramChannel:
     def render_line(self, text: str) -> Outgoing:
         """A short line from the bot, escaped so nothing in it is read as markup."""
         return Outgoing("line", _render().escape(text), text.splitlines()[0][:80])
+
+    def render_choices(self, text: str, key: str, options: list[tuple[str, str]]) -> Outgoing:
+        """The "which paper do you mean?" line with an inline keyboard, one paper per row
+        (`options`: arXiv ID and label), the buttons naming the kept question by its `key`."""
+        render = _render()
+        payload = render.TelegramMessage(render.escape(text), render.pick_keyboard(key, options))
+        return Outgoing("line", payload, text.splitlines()[0][:80])
 
     def _deep_dive(self, entry: DigestEntry, index: int, language: str) -> list[Outgoing]:
         render = _render()
@@ -534,6 +545,26 @@ class TelegramChannel:
         if isinstance(chat_id, int) and chat_id > 0:
             return TelegramDraftStream(self, chat_id, topic) if self.drafts else None
         return TelegramEditStream(self, chat, thread)
+
+    def analysis_progress(
+        self, chat: str, *, thread: str | None, opening: tuple[str, str] | None = None
+    ) -> TelegramAnalysisProgress:
+        """How an analysis shows its stages (bot.channels.progress): the typing action while
+        it lasts, and the opening line (`opening`: its message id and plain text, when it
+        was posted) edited with the stage."""
+        from bot.channels.progress import (
+            PROGRESS_INTERVAL,
+            TYPING_EVERY,
+            TelegramAnalysisProgress,
+        )
+
+        return TelegramAnalysisProgress(
+            self,
+            chat,
+            opening,
+            interval=self.progress_interval or PROGRESS_INTERVAL,
+            typing_every=self.typing_every or TYPING_EVERY,
+        )
 
     async def send_typing(self, chat: str) -> None:
         """Show "typing…" while an answer is prepared. Cosmetic: failures are only logged."""

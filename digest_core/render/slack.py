@@ -39,6 +39,12 @@ FALLBACK_LIMIT = 300
 RATE_BLOCK_ID = "digestbot-rate"
 RATE_UP = "rate_up"
 RATE_DOWN = "rate_down"
+# The "which paper do you mean?" buttons: one per paper, `action_id` "pick_paper_<n>" (unique in
+# its block), `value` "<choice key>:<arXiv ID>"; the question itself stays in the database.
+PICK_BLOCK_ID = "digestbot-pick"
+PICK_ACTION = "pick_paper"
+ACTIONS_PER_BLOCK = 25  # Block Kit's limit on an actions block's elements
+BUTTON_TEXT = 75  # ... and on a button's label
 
 ZWSP = "\u200b"
 _MARK = {"b": "*", "i": "_", "s": "~"}
@@ -326,6 +332,38 @@ def with_rating_counts(blocks: list[dict], arxiv_id: str, up: int, down: int) ->
         rating_block(arxiv_id, up, down) if b.get("block_id") == RATE_BLOCK_ID else b
         for b in blocks
     ]
+
+
+def pick_blocks(key: str, options: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """One button per paper, `options` being (arXiv ID, label) in the list's order; as many
+    actions blocks as Block Kit's 25 elements a block need."""
+    buttons = [
+        {
+            "type": "button",
+            "action_id": f"{PICK_ACTION}_{n}",
+            "value": f"{key}:{arxiv_id}",
+            "text": {
+                "type": "plain_text",
+                "text": truncate(one_line(label), BUTTON_TEXT),
+                "emoji": True,
+            },
+        }
+        for n, (arxiv_id, label) in enumerate(options, start=1)
+    ]
+    return [
+        {
+            "type": "actions",
+            "block_id": PICK_BLOCK_ID if i == 0 else f"{PICK_BLOCK_ID}-{i // ACTIONS_PER_BLOCK}",
+            "elements": buttons[i : i + ACTIONS_PER_BLOCK],
+        }
+        for i in range(0, len(buttons), ACTIONS_PER_BLOCK)
+    ]
+
+
+def parse_pick_value(value: str) -> tuple[str, str] | None:
+    """(choice key, arXiv ID) from a pick button's value; None for anything else."""
+    key, _, arxiv_id = value.partition(":")
+    return (key, arxiv_id) if key and arxiv_id else None
 
 
 def _seen_note(entry: DigestEntry, language: str) -> str:

@@ -26,6 +26,11 @@ DEFAULT_LIMIT = 4000  # headroom under 4,096 for anything a channel may add
 # chat and the message come with the press itself).
 RATE_PREFIX = "rate"
 CALLBACK_DATA_LIMIT = 64
+# The "which paper do you mean?" buttons: callback_data "pick:<choice key>:<arXiv ID>", or
+# "pick:<choice key>:<n>" (the n-th paper) for an ID too long to fit; the question itself
+# stays in the database under the key.
+PICK_PREFIX = "pick"
+PICK_LABEL = 60  # a label longer than this is cut: one paper per row, read at a glance
 
 _TAG = re.compile(r"<[^>]*>")
 _STYLE_TAG = {"b": "b", "i": "i", "s": "s"}
@@ -92,6 +97,32 @@ def rating_keyboard(
             (f"👍 {up}" if up else "👍", up_data),
             (f"👎 {down}" if down else "👎", down_data),
         ),
+    )
+
+
+def pick_data(key: str, arxiv_id: str, n: int) -> str:
+    """The callback_data of the button of paper `n` (1-based), within Telegram's 64 bytes."""
+    data = f"{PICK_PREFIX}:{key}:{arxiv_id}"
+    return data if len(data.encode()) <= CALLBACK_DATA_LIMIT else f"{PICK_PREFIX}:{key}:{n}"
+
+
+def parse_pick_data(data: str) -> tuple[str, str] | None:
+    """(choice key, arXiv ID or the paper's number) from a pick button; None for anything
+    else. A number is never an arXiv ID (those hold a dot or a slash)."""
+    prefix, _, rest = data.partition(":")
+    key, _, paper = rest.partition(":")
+    if prefix != PICK_PREFIX or not key or not paper:
+        return None
+    return key, paper
+
+
+def pick_keyboard(
+    key: str, options: Sequence[tuple[str, str]]
+) -> tuple[tuple[tuple[str, str], ...], ...]:
+    """One row per paper, `options` being (arXiv ID, label) in the list's order."""
+    return tuple(
+        ((truncate(one_line(label), PICK_LABEL), pick_data(key, arxiv_id, n)),)
+        for n, (arxiv_id, label) in enumerate(options, start=1)
     )
 
 

@@ -255,6 +255,11 @@ class FullText:
     def _kept(self) -> list[Section]:
         return [s for s in self.sections if s.role != DROP and s.blocks]
 
+    @property
+    def section_count(self) -> int:
+        """How many sections of the paper are read (references and acknowledgements are not)."""
+        return len(self._kept())
+
     def passages(self) -> list[Passage]:
         """Every paragraph, table and figure in document order, each with its (sub)section.
         References and acknowledgements are not part of the paper's content here."""

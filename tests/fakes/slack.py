@@ -12,8 +12,11 @@ Chat streaming: `chat.startStream` / `chat.appendStream` / `chat.stopStream` kee
 message (its text grows with every `markdown_text` chunk) and record every call, in order, in
 `stream_calls`; `refuse_streaming = "unknown_method"` (or "missing_scope", "not_allowed")
 makes all three answer that error, as an older workspace or a token without the scope would.
-`chat.delete` and `assistant.threads.setStatus` (recorded in `statuses`; `refuse_status`
-likewise) complete the set.
+`chat.delete` and `assistant.threads.setStatus` (every call recorded in `statuses`, with
+`messages_before`, the channel's message count at the time; an empty `status` clears it; a
+`thread_ts` that names no message is `invalid_thread_ts`; `refuse_status = "missing_scope"`
+or "not_allowed" answers that error, as a workspace or token that cannot use it would)
+complete the set.
 
 Socket Mode: `apps.connections.open` hands out `ws://127.0.0.1:PORT/socket`; the socket says
 `hello`, a test pushes envelopes with `push_envelope()`, and every ack the app sends back is
@@ -49,6 +52,10 @@ MAX_HEADER_TEXT = 150
 MAX_MARKDOWN_TEXT = 12000
 MAX_TOTAL_BLOCK_TEXT = 12000
 MAX_TEXT = 40000  # Slack truncates `text` beyond this rather than refusing the post
+MAX_ACTIONS = 25  # elements of an actions block
+MAX_BUTTON_TEXT = 75
+MAX_BUTTON_VALUE = 2000
+MAX_ACTION_ID = 255
 
 
 def _block_texts(node: Any) -> list[str]:
@@ -103,9 +110,36 @@ def check_blocks(blocks: Any) -> tuple[str, str] | None:
         elif kind == "markdown":
             if len(_text_of(block)) > MAX_MARKDOWN_TEXT:
                 return "invalid_blocks", f"must be less than 12001 characters {where}/text]"
+        elif kind == "actions":
+            problem = _check_actions(block.get("elements"), where)
+            if problem:
+                return "invalid_blocks", problem
     total = sum(len(t) for t in _block_texts(blocks))
     if total > MAX_TOTAL_BLOCK_TEXT:
         return "msg_blocks_too_long", f"total block text {total} characters"
+    return None
+
+
+def _check_actions(elements: Any, where: str) -> str | None:
+    """Why Slack would refuse an actions block's elements (Block Kit reference: at most 25
+    elements; a button's label at most 75 characters, its value 2,000, its action_id 255,
+    and an action_id used once per block)."""
+    if not isinstance(elements, list) or not 1 <= len(elements) <= MAX_ACTIONS:
+        return f"must provide 1 to {MAX_ACTIONS} items {where}/elements]"
+    seen: set[str] = set()
+    for j, element in enumerate(elements):
+        at = f"{where}/elements/{j}"
+        action_id = str(element.get("action_id") or "")
+        if len(action_id) > MAX_ACTION_ID:
+            return f"must be less than {MAX_ACTION_ID + 1} characters {at}/action_id]"
+        if action_id and action_id in seen:
+            return f"duplicate action_id {at}/action_id]"
+        seen.add(action_id)
+        if element.get("type") == "button":
+            if not 1 <= len(_text_of(element.get("text"))) <= MAX_BUTTON_TEXT:
+                return f"must be less than {MAX_BUTTON_TEXT + 1} characters {at}/text/text]"
+            if len(str(element.get("value") or "")) > MAX_BUTTON_VALUE:
+                return f"must be less than {MAX_BUTTON_VALUE + 1} characters {at}/value]"
     return None
 
 
@@ -683,11 +717,20 @@ class FakeSlack(FakeServer):
         return self._ok(channel=channel, ts=message["ts"])
 
     async def _set_status(self, request: web.Request, params: dict[str, Any]) -> web.Response:
-        self.statuses.append(dict(params))
+        channel = str(params.get("channel_id", ""))
+        # `messages_before`: how many messages the channel held when the status came, so a
+        # test can tell a status set (or cleared) before the result from one after it.
+        self.statuses.append({**params, "messages_before": len(self._store.get(channel, []))})
         if self.refuse_status:
             return self._error(self.refuse_status)
-        error = self._channel_error(params.get("channel_id"))
-        return self._error(error) if error else self._ok()
+        error = self._channel_error(channel)
+        if error:
+            return self._error(error)
+        if "status" not in params:
+            return self._error("invalid_arguments")
+        if self._find(channel, str(params.get("thread_ts", ""))) is None:
+            return self._error("invalid_thread_ts")  # as Slack: the thread must exist
+        return self._ok()
 
     def streamed(self, method: str | None = None) -> list[dict[str, Any]]:
         """The parameters of every streaming call (of `method`), in order."""

@@ -658,7 +658,16 @@ class FakeTelegram(FakeServer):
         if isinstance(parsed, web.Response):
             return parsed
         visible, entities = parsed
-        if visible == message["text"] and entities == message.get("entities", []):
+        # As the Bot API does: an edit without reply_markup drops the inline keyboard.
+        markup = _obj(params.get("reply_markup")) or None
+        problem = _check_inline_keyboard(markup)
+        if problem:
+            return _error(400, f"Bad Request: {problem}")
+        if (
+            visible == message["text"]
+            and entities == message.get("entities", [])
+            and markup == message.get("reply_markup")
+        ):
             return _error(
                 400,
                 "Bad Request: message is not modified: specified new message content and reply "
@@ -670,9 +679,14 @@ class FakeTelegram(FakeServer):
             message["entities"] = entities
         else:
             message.pop("entities", None)
+        if markup:
+            message["reply_markup"] = markup
+        else:
+            message.pop("reply_markup", None)
         for record in self._sent[chat.id]:
             if record["message_id"] == message_id:
                 record.update(text=text, visible=visible, parse_mode=parse_mode, entities=entities)
+                record["reply_markup"] = markup
                 record["edited"] = True
         return _ok(message)
 
@@ -737,6 +751,8 @@ class FakeTelegram(FakeServer):
                 400,
                 "Bad Request: query is too old and response timeout expired or query ID is invalid",
             )
+        if len(str(params.get("text") or "")) > 200:  # the Bot API's 0-200 characters
+            return _error(400, "Bad Request: MESSAGE_TOO_LONG")
         self.answered[query_id] = {"text": params.get("text"), "at": time.monotonic()}
         return _ok(True)
 

@@ -1,0 +1,349 @@
+"""Showing the requester where an analysis is while it runs, one display per platform.
+
+An analysis comes back as structured output, so it cannot be streamed like a thread answer
+(bot.channels.streaming); instead the core reports its stages (`digest_core.analysis.
+AnalysisStage`: fetching the paper, reading the full text with its number of sections,
+writing) and the conversation flow (bot.assistant) hands them to an `AnalysisProgress`:
+
+* `report(stage)` returns at once and never raises: a background task shows the newest
+  stage, the first at once and then at most once per `interval`, so a progress display can
+  neither slow nor fail the analysis, and a burst of stages costs one platform call.
+* `still_working()` is the "still working" moment: True when the display shows it in place
+  (then no separate line is posted).
+* `finish(final)` stops the display once the result is posted (or the analysis failed): it
+  waits for a call in flight (never cancels one, so nothing stale lands after the clear) and
+  then clears the display, so no status outlives the analysis.
+
+* Slack: `assistant.threads.setStatus` ("digestbot is reading the full text (12 sections)…")
+  in the thread the request came from, cleared with an empty status at the end. Since
+  2026-03-05 the method accepts the `chat:write` scope and works in channel threads, not only
+  in the assistant split view. A workspace or token that refuses it (an error in
+  `SLACK_STATUS_REFUSED`) turns it off for the channel, with one log line and nothing in the
+  chat. A slash command has no thread to show a status in, and its ephemeral opening line
+  cannot be edited (neither chat.update nor the command's response_url replaces it), so
+  there the stage only goes into the "still working" line.
+* Telegram: the typing action, repeated every `TYPING_EVERY` seconds (it lasts about 5 s)
+  until the result is posted, and the opening "Analysing…" message edited with the stage,
+  within the edit limits (at most one edit per `interval`, and a flood-control answer pauses
+  the edits for as long as Telegram asks). At the end the opening line says it is done (or,
+  after a failure, goes back to what it said, the failure line following it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from slack_sdk.errors import SlackApiError
+from telegram.constants import ChatAction
+from telegram.error import BadRequest, RetryAfter
+
+from digest_core.analysis import AnalysisStage, Stage
+
+if TYPE_CHECKING:
+    from bot.channels.slack import SlackChannel
+    from bot.channels.telegram import TelegramChannel
+
+log = logging.getLogger(__name__)
+
+# At most one display call per this many seconds per analysis. Telegram: edits count toward
+# "about 20 messages a minute in a group" (an analysis has 3-4 stages, so a handful of edits).
+PROGRESS_INTERVAL = 2.0
+# Telegram's chat action lasts about 5 s ("or less, when a message arrives from the bot").
+TYPING_EVERY = 4.0
+# How long `finish` waits for a display call in flight before it gives up on it.
+FINISH_WAIT = 10.0
+
+# Slack's answers to setStatus that mean this workspace, app or token cannot use it.
+SLACK_STATUS_REFUSED = frozenset(
+    {
+        "unknown_method",
+        "not_allowed",
+        "missing_scope",
+        "not_allowed_token_type",
+        "method_deprecated",
+        "feature_not_enabled",
+        "channel_type_not_supported",
+        "method_not_supported_for_channel_type",
+        "team_not_allowed",
+        "not_supported",
+        "access_denied",
+    }
+)
+
+_ICONS = {Stage.FETCHING: "📥", Stage.READING: "📖", Stage.WRITING: "✍️"}
+
+
+def stage_line(stage: AnalysisStage) -> str:
+    """The stage as a line for a person: "📖 Reading the full text (12 sections)…"."""
+    text = stage.describe()
+    return f"{_ICONS[stage.stage]} {text[:1].upper()}{text[1:]}…"
+
+
+class AnalysisProgress:
+    """Shows an analysis's newest stage on one platform; subclasses say how (`_show`,
+    `_clear`)."""
+
+    displays = True  # whether the requester sees the stages (else they are only kept)
+
+    def __init__(self, interval: float = PROGRESS_INTERVAL) -> None:
+        self.interval = interval
+        self.stage: AnalysisStage | None = None
+        self.stages: list[AnalysisStage] = []  # every stage reported, in order (logs, benches)
+        self.calls = 0  # display calls that went through
+        self.shown = False  # whether anything is on display (and must be cleared)
+        self._still = False
+        self._dead = False
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._pause_until = 0.0
+
+    @property
+    def live(self) -> bool:
+        return not self._dead and not self._stop.is_set()
+
+    def start(self) -> None:
+        """Begin whatever the display does before the first stage (Telegram: typing)."""
+
+    def report(self, stage: AnalysisStage) -> None:
+        """The analysis reached `stage` (the core's `on_stage`). Returns at once."""
+        self.stage = stage
+        self.stages.append(stage)
+        if not self.live:
+            return
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        self._wake.set()
+
+    def still_working(self) -> bool:
+        """The analysis is taking long: True when the display says so in place."""
+        return False
+
+    async def finish(self, final: str | None = None) -> None:
+        """Stop showing stages and clear the display. `final`: what the platform leaves in
+        place of the stages, where it shows them in a message of its own."""
+        self._stop.set()
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), FINISH_WAIT)
+            except TimeoutError:
+                log.info("analysis progress: a display call is still in flight; left behind")
+            except Exception:  # the task logs its own failures
+                pass
+        await self._stop_extras()
+        if not self.shown:
+            return
+        try:
+            await self._clear(final)
+            self.shown = False
+        except Exception as exc:
+            log.info("analysis progress not cleared: %s", _reason(exc))
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        shown: tuple[AnalysisStage | None, bool] | None = None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._stop.is_set() or self._dead:
+                return
+            pause = self._pause_until - loop.time()
+            if pause > 0:  # flood control: wait as long as the platform asked (or the end)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), pause)
+                if self._stop.is_set():
+                    return
+            want = (self.stage, self._still)
+            if self.stage is not None and want != shown:
+                try:
+                    await self._show(self.stage, self._still)
+                    self.calls += 1
+                    self.shown = True
+                    shown = want
+                except Exception as exc:
+                    if not self._failed(exc):
+                        self._dead = True
+                        return
+                    self._wake.set()  # paused: show the newest stage after the pause
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.interval)
+            if self._stop.is_set():
+                return
+
+    async def _show(self, stage: AnalysisStage, still: bool) -> None:
+        raise NotImplementedError
+
+    async def _clear(self, final: str | None) -> None:
+        raise NotImplementedError
+
+    async def _stop_extras(self) -> None:
+        return None
+
+    def _failed(self, exc: BaseException) -> bool:
+        """A display call failed: True to keep going (after a pause), False to stop."""
+        log.info("analysis progress display stopped: %s", _reason(exc))
+        return False
+
+
+class StagesOnly(AnalysisProgress):
+    """Where the platform has no way to show a stage (a Slack slash command, the console):
+    the stages are only kept, for the "still working" line to name."""
+
+    displays = False
+
+    def report(self, stage: AnalysisStage) -> None:
+        self.stage = stage
+        self.stages.append(stage)
+
+
+class SlackThreadStatus(AnalysisProgress):
+    """The stage as the thread's status under the bot's name (assistant.threads.setStatus)."""
+
+    def __init__(
+        self, channel: SlackChannel, chat: str, thread: str, *, interval: float = PROGRESS_INTERVAL
+    ) -> None:
+        super().__init__(interval)
+        self.channel = channel
+        self.chat = chat
+        self.thread = thread
+
+    async def _show(self, stage: AnalysisStage, still: bool) -> None:
+        # Slack shows it after the app's name: "digestbot is reading the full text (…)…".
+        await self.channel.client.assistant_threads_setStatus(
+            channel_id=self.chat, thread_ts=self.thread, status=f"is {stage.describe()}…"
+        )
+
+    async def _clear(self, final: str | None) -> None:
+        # An empty status clears it (a reply in the thread would too, but the result of an
+        # analysis goes into a thread of its own).
+        await self.channel.client.assistant_threads_setStatus(
+            channel_id=self.chat, thread_ts=self.thread, status=""
+        )
+
+    def _failed(self, exc: BaseException) -> bool:
+        code = _slack_code(exc)
+        if code in SLACK_STATUS_REFUSED:
+            self.channel.thread_status = False
+            log.info("slack refused assistant.threads.setStatus (%s); no thread status", code)
+        else:
+            log.info("slack thread status stopped: %s", code)
+        return False
+
+
+class TelegramAnalysisProgress(AnalysisProgress):
+    """Typing while the analysis lasts; the opening "Analysing…" message shows the stage."""
+
+    def __init__(
+        self,
+        channel: TelegramChannel,
+        chat: str,
+        opening: tuple[str, str] | None,
+        *,
+        interval: float = PROGRESS_INTERVAL,
+        typing_every: float = TYPING_EVERY,
+    ) -> None:
+        super().__init__(interval)
+        self.channel = channel
+        self.chat = chat
+        # (message id, plain text) of the opening line, when it was posted.
+        self.opening = opening
+        self.typing_every = typing_every
+        self.typing_sent = 0
+        self._typing: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._typing is None:
+            self._typing = asyncio.create_task(self._type())
+
+    def report(self, stage: AnalysisStage) -> None:
+        if self.opening is None:  # nothing to edit: the typing action is the display
+            self.stage = stage
+            self.stages.append(stage)
+            return
+        super().report(stage)
+
+    def still_working(self) -> bool:
+        if not (self.live and self.shown):
+            return False
+        self._still = True
+        self._wake.set()
+        return True
+
+    async def _type(self) -> None:
+        chat_id, topic = self.channel.target(self.chat)
+        while not self._stop.is_set():
+            try:
+                await self.channel.bot.send_chat_action(
+                    chat_id=chat_id, action=ChatAction.TYPING, message_thread_id=topic
+                )
+                self.typing_sent += 1
+            except RetryAfter as exc:  # never queue behind flood control: skip a beat
+                log.info("telegram typing paused by flood control: %s", exc.retry_after)
+            except Exception as exc:  # cosmetic: the analysis goes on
+                log.info("telegram typing stopped: %s", self.channel._reason(exc))
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.typing_every)
+
+    async def _stop_extras(self) -> None:
+        if self._typing is not None:
+            self._typing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._typing
+
+    async def _edit(self, text: str) -> None:
+        assert self.opening is not None
+        chat_id, _ = self.channel.target(self.chat)
+        try:
+            await self.channel.bot.edit_message_text(
+                self.channel.render_line(text).payload,
+                chat_id=chat_id,
+                message_id=int(self.opening[0]),
+                parse_mode="HTML",
+            )
+        except BadRequest as exc:
+            if "not modified" not in exc.message.lower():
+                raise
+
+    async def _show(self, stage: AnalysisStage, still: bool) -> None:
+        assert self.opening is not None
+        line = stage_line(stage)
+        if still:
+            line += " ⏳ still working; the analysis will follow."
+        await self._edit(f"{self.opening[1]}\n{line}")
+
+    async def _clear(self, final: str | None) -> None:
+        assert self.opening is not None
+        await self._edit(final or self.opening[1])
+
+    def _failed(self, exc: BaseException) -> bool:
+        if isinstance(exc, RetryAfter):
+            wait = exc.retry_after
+            seconds = wait.total_seconds() if hasattr(wait, "total_seconds") else float(wait)
+            self._pause_until = asyncio.get_running_loop().time() + seconds
+            log.info("telegram progress edits paused by flood control for %.0f s", seconds)
+            return True
+        log.info("telegram progress edits stopped: %s", self.channel._reason(exc))
+        return False
+
+
+def _slack_code(exc: BaseException) -> str:
+    if isinstance(exc, SlackApiError):
+        data = getattr(exc.response, "data", None)
+        code = data.get("error") if isinstance(data, dict) else None
+        if isinstance(code, str) and code.isidentifier():
+            return code
+        return f"http {getattr(exc.response, 'status_code', 0)}"
+    return type(exc).__name__
+
+
+def _reason(exc: BaseException) -> str:
+    """A short reason for a log line: an API error code or a class name, never a URL or
+    token (exception texts can quote the request URL)."""
+    if isinstance(exc, SlackApiError):
+        return _slack_code(exc)
+    return type(exc).__name__

@@ -1,0 +1,128 @@
+"""Lists of past papers for a chat (`/digest search`, `/digest week`, the weekly roundup):
+values first, then links, then one message per platform.
+
+`bot.team` builds a `Listing` from the stores: lines of plain text in which a paper's title
+names the thread it was posted in (a thread ref, no URL yet). `linked` asks the channel for
+each thread's link (Slack `chat.getPermalink`; Telegram's t.me message link, as the "seen
+here before" mark of a digest does), and `render` makes the one message for the platform:
+Slack mrkdwn with `<url|title>`, Telegram HTML with `<a href>`, plain text elsewhere. Every
+text that came from a person or a paper is escaped for the platform, and a link is used only
+when it is a plain https URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import html
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from bot.channels.base import Channel, Outgoing
+
+# Slack's and Telegram's own links are plain https URLs; anything else is shown without one.
+_SAFE_URL = re.compile(r"^https://[A-Za-z0-9.-]+/[A-Za-z0-9/._~%?=&+-]*$")
+MAX_TITLE_CHARS = 120
+
+
+@dataclass(frozen=True)
+class Line:
+    """`text`, then `title` (linked to `thread` once `url` is known), then `after`."""
+
+    text: str
+    title: str = ""
+    after: str = ""
+    thread: str | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A message of lines; `papers` are the arXiv IDs it is about (a reply in the roundup's
+    thread may ask about them)."""
+
+    lines: tuple[Line, ...]
+    papers: tuple[str, ...] = ()
+
+    def plain(self) -> str:
+        """The text without markup, links written out after their titles."""
+        return "\n".join(
+            f"{ln.text}{ln.title}{f' <{ln.url}>' if ln.url else ''}{ln.after}" for ln in self.lines
+        )
+
+
+def short(title: str) -> str:
+    title = " ".join(title.split())
+    return title if len(title) <= MAX_TITLE_CHARS else title[: MAX_TITLE_CHARS - 1] + "…"
+
+
+async def linked(listing: Listing, channel: Channel, chat: str) -> Listing:
+    """The listing with each thread's link, where the platform gives one (asked together)."""
+    permalink = getattr(channel, "permalink", None)
+    refs = sorted({ln.thread for ln in listing.lines if ln.thread})
+    if permalink is None or not refs:
+        return listing
+    found = await asyncio.gather(*(permalink(chat, ref) for ref in refs), return_exceptions=True)
+    urls = {
+        ref: url
+        for ref, url in zip(refs, found, strict=True)
+        if isinstance(url, str) and _SAFE_URL.match(url)
+    }
+    return dataclasses.replace(
+        listing,
+        lines=tuple(
+            dataclasses.replace(ln, url=urls.get(ln.thread)) if ln.thread else ln
+            for ln in listing.lines
+        ),
+    )
+
+
+def slack_mrkdwn(listing: Listing) -> str:
+    """Slack mrkdwn: `& < >` escaped, titles as `<url|title>`."""
+
+    def esc(text: str) -> str:
+        return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+    out = []
+    for ln in listing.lines:
+        title = esc(ln.title).replace("|", "¦")
+        title = f"<{ln.url}|{title}>" if ln.url and title else title
+        out.append(f"{esc(ln.text)}{title}{esc(ln.after)}")
+    return "\n".join(out)
+
+
+def telegram_html(listing: Listing) -> str:
+    """Telegram HTML: escaped text, titles as `<a href>`."""
+    out = []
+    for ln in listing.lines:
+        title = html.escape(ln.title, quote=False)
+        if ln.url and title:
+            title = f'<a href="{html.escape(ln.url, quote=True)}">{title}</a>'
+        out.append(
+            f"{html.escape(ln.text, quote=False)}{title}{html.escape(ln.after, quote=False)}"
+        )
+    return "\n".join(out)
+
+
+def render(channel: Channel, listing: Listing, key: str) -> Outgoing:
+    """The one message of a listing on this channel's platform. Told apart by the channel's
+    class, so the channels themselves need no new method; any other channel (the console, a
+    test's recording channel) gets the plain text through its `render_line`."""
+    from bot.channels.slack import SlackChannel
+    from bot.channels.telegram import TelegramChannel
+
+    summary = (listing.lines[0].text + listing.lines[0].title)[:80] if listing.lines else key
+    payload: Any
+    if isinstance(channel, SlackChannel):
+        from digest_core.render.slack import SlackMessage
+
+        text = slack_mrkdwn(listing)
+        # One section holds 3,000 characters; a listing is bounded well under it.
+        block = {"type": "section", "text": {"type": "mrkdwn", "text": text[:2900]}}
+        payload = SlackMessage(text[:3000], [block])
+    elif isinstance(channel, TelegramChannel):
+        payload = telegram_html(listing)
+    else:
+        return dataclasses.replace(channel.render_line(listing.plain()), key=key)
+    return Outgoing(key, payload, summary)
