@@ -36,11 +36,11 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from slack_sdk.errors import SlackApiError
-from telegram.constants import ChatAction
-from telegram.error import BadRequest, RetryAfter
-
 from digest_core.analysis import AnalysisStage, Stage
+
+# slack_sdk and telegram are imported where a platform's progress needs them: this module is
+# part of every `serve` (through bot.assistant), and a platform that is not configured is not
+# loaded.
 
 if TYPE_CHECKING:
     from bot.channels.slack import SlackChannel
@@ -274,6 +274,9 @@ class TelegramAnalysisProgress(AnalysisProgress):
         return True
 
     async def _type(self) -> None:
+        from telegram.constants import ChatAction
+        from telegram.error import RetryAfter
+
         chat_id, topic = self.channel.target(self.chat)
         while not self._stop.is_set():
             try:
@@ -296,6 +299,8 @@ class TelegramAnalysisProgress(AnalysisProgress):
                 await self._typing
 
     async def _edit(self, text: str) -> None:
+        from telegram.error import BadRequest
+
         assert self.opening is not None
         chat_id, _ = self.channel.target(self.chat)
         try:
@@ -321,6 +326,8 @@ class TelegramAnalysisProgress(AnalysisProgress):
         await self._edit(final or self.opening[1])
 
     def _failed(self, exc: BaseException) -> bool:
+        from telegram.error import RetryAfter
+
         if isinstance(exc, RetryAfter):
             wait = exc.retry_after
             seconds = wait.total_seconds() if hasattr(wait, "total_seconds") else float(wait)
@@ -332,6 +339,8 @@ class TelegramAnalysisProgress(AnalysisProgress):
 
 
 def _slack_code(exc: BaseException) -> str:
+    from slack_sdk.errors import SlackApiError
+
     if isinstance(exc, SlackApiError):
         data = getattr(exc.response, "data", None)
         code = data.get("error") if isinstance(data, dict) else None
@@ -344,6 +353,4 @@ def _slack_code(exc: BaseException) -> str:
 def _reason(exc: BaseException) -> str:
     """A short reason for a log line: an API error code or a class name, never a URL or
     token (exception texts can quote the request URL)."""
-    if isinstance(exc, SlackApiError):
-        return _slack_code(exc)
-    return type(exc).__name__
+    return _slack_code(exc)  # a Slack API error's code, else the class name
