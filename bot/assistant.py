@@ -430,6 +430,7 @@ class Assistant:
                 papers=[],
                 thread=None if req.private else req.reply_to,
                 retry_permanent=True,
+                retry=self.settings.retry,
             )
             if not delivered.ok:
                 log.error(
@@ -612,6 +613,7 @@ class Assistant:
             belongs_to=req.thread.thread_ref if req.thread else where,
             replacing=replacing,
             retry_permanent=True,
+            retry=self.settings.retry,
         )
         if not delivered.ok:
             log.error("%s %s: reply not delivered: %s", req.platform, req.chat, delivered.error)
@@ -714,6 +716,7 @@ class Assistant:
                     kind="analysis",
                     papers=[entry.paper.arxiv_id],
                     retry_permanent=True,
+                    retry=self.settings.retry,
                 )
                 state = await self.chat.post_state(scope, dest.channel.platform, dest.chat)
                 root = state.get("root")

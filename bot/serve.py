@@ -305,7 +305,7 @@ class TelegramRuntime:
         self.app = make_telegram_application(
             cfg.bot_token.get(), cfg.api_url, updater=not self.webhook
         )
-        self.channel = TelegramChannel(self.app.bot, settings.digest.language)
+        self.channel = TelegramChannel(self.app.bot, settings.digest.language, retry=settings.retry)
         install_handlers(self.app, self.channel, assistant, work.spawn, cfg.chats)
         self.resumers = telegram_resumers(self.channel, assistant)  # for bot.journal.recover
         self.started = False

@@ -107,7 +107,7 @@ def _telegram_destinations(settings: Settings) -> list[Destination]:
     if not settings.telegram.bot_token or not settings.telegram.chats:
         raise UnknownDestination("--to telegram: set TELEGRAM_BOT_TOKEN and TELEGRAM_CHATS")
     bot = make_bot(settings.telegram.bot_token.get(), settings.telegram.api_url)
-    channel = TelegramChannel(bot, settings.digest.language)
+    channel = TelegramChannel(bot, settings.digest.language, retry=settings.retry)
     return [Destination(channel, c) for c in settings.telegram.chats]
 
 
@@ -295,6 +295,7 @@ async def deliver(
         kind="digest",
         papers=[e.paper.arxiv_id for e in digest.entries],
         retry_permanent=retry_permanent,
+        retry=settings.retry,
     )
     root = (await store.post_state(scope, channel.platform, dest.chat)).get(messages[0].key)
     if figures is not None and delivered.ok and root is not None and root.message_ref:
@@ -325,7 +326,8 @@ async def post_thread(
     thread: str | None = None,
     belongs_to: str | None = None,
     replacing: str | None = None,
-    retry_pause: float = 1.0,
+    retry: RetrySettings | None = None,
+    retry_pause: float | None = None,
     retry_permanent: bool = False,
 ) -> Delivered:
     """Post a root and its replies exactly once through the ledger (or only replies, into an
@@ -338,8 +340,16 @@ async def post_thread(
 
     A destination that failed permanently (not_in_channel, bot kicked) is not tried again,
     nor is a post on an unsearchable platform already sent blindly BLIND_SENDS times, unless
-    `retry_permanent`: a person asking again (an operator's re-run, a new /analyze)."""
+    `retry_permanent`: a person asking again (an operator's re-run, a new /analyze).
+
+    After a transient failure a message is checked for and sent again with the pauses of the
+    `[retry]` settings (`retry`; the defaults without); `retry_pause` replaces their base."""
     channel, chat = dest.channel, dest.chat
+    policy = RetryPolicy.from_settings(
+        retry or RetrySettings(), attempts=SEND_ATTEMPTS, retry_after_cap=float("inf")
+    )
+    if retry_pause is not None:
+        policy = policy.with_(backoff_base=retry_pause)
     state = await store.post_state(scope, channel.platform, chat)
     posted = skipped = 0
     refused: list[str] = []  # messages the platform would not take; the others still went out
@@ -406,7 +416,7 @@ async def post_thread(
                     ref = replacing
                 else:
                     ref = await _send_once(
-                        channel, chat, out, mark, reply_to, retry_pause, budget, counter
+                        channel, chat, out, mark, reply_to, policy, budget, counter
                     )
             except DeliveryError as exc:
                 # A refused root leaves nothing to thread the rest under: that is the
@@ -524,7 +534,7 @@ async def _send_once(
     out: Outgoing,
     mark: str,
     thread: str | None,
-    pause: float,
+    policy: RetryPolicy,
     budget: int,
     counter: list[int],
 ) -> str:
@@ -532,9 +542,6 @@ async def _send_once(
     5xx or a dropped connection can come after the platform stored the post. On a platform
     that cannot be searched (Telegram), `counter` counts the sends whose outcome is unknown
     (they may have landed), and `budget` bounds them, over all runs, through the ledger."""
-    policy = RetryPolicy.from_settings(
-        RetrySettings(), attempts=SEND_ATTEMPTS, backoff_base=pause, retry_after_cap=float("inf")
-    )
 
     async def attempt(number: int) -> str:
         if number > 1:

@@ -408,7 +408,15 @@ class Pipeline:
         )
         waited = False
         while True:
-            if await self.store.claim_analysis(key, self.owner, self.claim_lease):
+            if await self.store.claim_analysis(
+                key, self.owner, self.claim_lease, failed_since=since
+            ):
+                # The writer we waited for (or one that finished since the caller looked)
+                # may have stored it between our look and our claim: no second call then.
+                cached = await self.store.get_analysis(key)
+                if cached is not None:
+                    await self.store.release_claim(key, self.owner, "done")
+                    return cached
                 if waited:
                     log.info("deep dive %s: the other writer is gone; writing it here", key)
                 return await self._write_claimed(key, paper, language, profile, on_stage)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -247,6 +248,20 @@ class ProxyRoutes:
         return chosen or self.all
 
 
+# One verifying TLS context per library, shared by every transport built here: loading the CA
+# bundle costs tens of milliseconds of CPU, and each client used to load its own. SSLContext is
+# made to be shared; the library's own create_ssl_context builds it (with whatever CA setting
+# it honours), once per process.
+_TLS_CONTEXTS: dict[str, ssl.SSLContext] = {}
+
+
+def default_tls_context(module: Any) -> ssl.SSLContext:
+    """The library's default verifying context (`module.create_ssl_context()`), built once."""
+    if module.__name__ not in _TLS_CONTEXTS:
+        _TLS_CONTEXTS[module.__name__] = module.create_ssl_context()
+    return _TLS_CONTEXTS[module.__name__]
+
+
 def proxy_routes() -> ProxyRoutes:
     """The routes the process environment gives (read at each client's construction)."""
     return ProxyRoutes.from_env()
@@ -264,6 +279,9 @@ class _Routed:
     def __init__(self, module: Any, routes: ProxyRoutes | None, kwargs: dict[str, Any]) -> None:
         self._module = module
         self._routes = proxy_routes() if routes is None else routes
+        if kwargs.get("verify", True) is True and not kwargs.get("cert"):
+            if kwargs.get("trust_env", True):
+                kwargs = {**kwargs, "verify": default_tls_context(module)}
         self._kwargs = kwargs
         self._transports: dict[str | None, Any] = {}
         self._build()

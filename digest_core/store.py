@@ -542,10 +542,18 @@ class Store:
 
     # -- analysis claims (one writer of a deep dive across processes) --------------------------
 
-    async def claim_analysis(self, cache_key: str, owner: str, lease_seconds: float) -> bool:
+    async def claim_analysis(
+        self,
+        cache_key: str,
+        owner: str,
+        lease_seconds: float,
+        *,
+        failed_since: datetime | None = None,
+    ) -> bool:
         """Claim the writing of one deep dive. True for exactly one caller at a time; a claim
         that is done or failed, or whose owner is gone or stopped renewing it for
-        `lease_seconds`, can be taken."""
+        `lease_seconds`, can be taken. But not one that failed at or after `failed_since`:
+        a caller that was waiting for that writer answers without a second try."""
 
         # The read and the write must not interleave with another process's: sqlite3's
         # implicit transaction would only start at the write, so take the write lock first.
@@ -563,9 +571,18 @@ class Store:
         def claim_in_tx(conn: sqlite3.Connection) -> bool:
             now = time.time()
             row = conn.execute(
-                "select owner, status, heartbeat_at from analysis_claims where cache_key = ?",
+                "select owner, status, heartbeat_at, finished_at from analysis_claims "
+                "where cache_key = ?",
                 [cache_key],
             ).fetchone()
+            if (
+                row is not None
+                and row[1] == "failed"
+                and failed_since is not None
+                and row[3]
+                and datetime.fromisoformat(row[3]) >= failed_since
+            ):
+                return False
             if row is not None and row[1] == "running" and row[0] != owner:
                 fresh = row[2] >= _stamp(now - lease_seconds)
                 if fresh and not owner_gone(row[0]):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import socket
 import subprocess
+import sys
 from types import FunctionType, ModuleType
 
 import pytest
@@ -17,7 +19,38 @@ import pytest
 _CHILD_PROCESS = ("run_cli(", "start_child(", "create_subprocess", "subprocess.")
 
 
+# Top-level definitions' source per module, parsed once: inspect.getsource re-reads and, for a
+# class, re-parses the whole defining module on every call, which made collecting the suite
+# cost about 10 CPU seconds per xdist worker.
+_DEFINITIONS: dict[str, dict[str, str]] = {}
+
+
+def _definitions(module_name: str) -> dict[str, str]:
+    if module_name not in _DEFINITIONS:
+        found: dict[str, str] = {}
+        module = sys.modules.get(module_name)
+        try:
+            text = inspect.getsource(module)  # type: ignore[arg-type]
+            tree = ast.parse(text)
+        except (OSError, TypeError, SyntaxError):
+            tree = None
+        if tree is not None:
+            lines = text.splitlines(keepends=True)
+            for node in tree.body:
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                    found[node.name] = "".join(lines[first - 1 : node.end_lineno])
+        _DEFINITIONS[module_name] = found
+    return _DEFINITIONS[module_name]
+
+
 def _source(obj: object) -> str:
+    name = getattr(obj, "__qualname__", "")
+    module_name = getattr(obj, "__module__", None)
+    if isinstance(name, str) and isinstance(module_name, str) and name.isidentifier():
+        text = _definitions(module_name).get(name)
+        if text is not None:
+            return text
     try:
         return inspect.getsource(obj)  # type: ignore[arg-type]
     except (OSError, TypeError):

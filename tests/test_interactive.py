@@ -333,8 +333,10 @@ class Bot:
         await self.tg.stop()
         await self.world.__aexit__(*exc)
 
-    async def settle(self, grace: float = 0.3) -> None:
-        """Wait until no work is in flight and none has started for `grace` seconds."""
+    async def settle(self, grace: float = 0.15) -> None:
+        """Wait until no work is in flight and none has started for `grace` seconds. Called
+        once the outcome a test waits for is visible (its work has started); tests that
+        check that nothing *more* comes (duplicates, ignored events) wait longer."""
         deadline = time.monotonic() + 30
         quiet_since: float | None = None
         while time.monotonic() < deadline:

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fakes.world import World
 from test_interactive import PAPER, TG_GROUP, Bot, eventually, kind_of
 
@@ -123,11 +126,57 @@ async def test_a_claim_nobody_renews_is_taken_over(tmp_path: Path) -> None:
         assert len(deep_dive_calls(world.llm.calls)) == 1
 
 
-async def test_a_waiter_whose_writer_failed_does_not_call_again(tmp_path: Path) -> None:
+async def test_a_writer_finishing_between_a_look_and_a_claim_is_not_paid_twice(
+    tmp_path: Path,
+) -> None:
+    """The second process looked for the analysis just before the first stored it and
+    released its claim; its claim then wins, but the stored analysis is the answer."""
+    async with World(tmp_path) as world:
+        settings = world.settings()
+        first, second = await open_pipeline(settings), await open_pipeline(settings)
+        try:
+            paper = await first.resolve(PAPER)
+            written = await first.deep_dive(paper)  # stored; the claim released as done
+            language = settings.digest.language
+            key = analysis_cache_key(
+                paper, second.analyst.prompt_version, second.model, language, second.profile
+            )
+            # The second one's look came before that: it goes straight on to the claim.
+            again = await second._claimed(key, paper, language, second.profile)
+            state = await second.store.claim_state(key)
+        finally:
+            await first.aclose()
+            await second.aclose()
+        assert len(deep_dive_calls(world.llm.calls)) == 1
+        assert again.llm_used and again.sections == written.sections
+        assert state is not None and state[0] == "done"
+
+
+async def test_a_claim_that_failed_while_waited_for_is_not_taken(tmp_path: Path) -> None:
+    async with World(tmp_path) as world:
+        pipeline = await open_pipeline(world.settings())
+        try:
+            store, key = pipeline.store, "some-deep-dive"
+            waiting_since = datetime.now(UTC) - timedelta(seconds=1)
+            assert await store.claim_analysis(key, "elsewhere:4242:dead0000", 60)
+            await store.release_claim(key, "elsewhere:4242:dead0000", "failed")
+            # The waiter answers with the fallback instead of a second try at once ...
+            assert not await store.claim_analysis(key, "me", 60, failed_since=waiting_since)
+            # ... while a request that came after the failure may try again.
+            later = datetime.now(UTC) + timedelta(seconds=1)
+            assert await store.claim_analysis(key, "me", 60, failed_since=later)
+        finally:
+            await pipeline.aclose()
+
+
+async def test_a_waiter_whose_writer_failed_does_not_call_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """The writer's LLM call failed (its fallback is not stored): the waiter answers with the
     labelled fallback too, instead of paying for a second try at once."""
+    caplog.set_level(logging.INFO, logger="digest_core.pipeline")
     async with World(tmp_path) as world:
-        world.llm.latency = 0.5
+        world.llm.latency = 60  # the writer is held in the model until the waiter waits
         world.llm.fail_next("500", times=20)
         settings = world.settings()
         first, second = await open_pipeline(settings), await open_pipeline(settings)
@@ -135,7 +184,12 @@ async def test_a_waiter_whose_writer_failed_does_not_call_again(tmp_path: Path) 
             paper = await first.resolve(PAPER)
             writer = asyncio.create_task(first.deep_dive(paper))
             await eventually(lambda: world.llm.in_flight, "the writer inside the LLM")
-            waiter = await second.deep_dive(paper)
+            waiting = asyncio.create_task(second.deep_dive(paper))
+            await eventually(
+                lambda: "another process is writing it; waiting" in caplog.text, "the waiter"
+            )
+            world.llm.answer_now()  # now the writer's attempts fail
+            waiter = await waiting
             written = await writer
         finally:
             await first.aclose()
@@ -188,10 +242,10 @@ async def test_a_hung_llm_ends_at_the_deadline_after_one_still_working_line(
 
 
 async def test_a_fast_answer_gets_no_still_working_line(tmp_path: Path) -> None:
-    config = {"still_working_after_seconds =": "still_working_after_seconds = 2"}
+    config = {"still_working_after_seconds =": "still_working_after_seconds = 1"}
     async with Bot(tmp_path, slack=None, telegram=True, config=config) as bot:
         sent = await bot.tg_say(TG_GROUP, f"/analyze@DigestBot {PAPER}")
-        await asyncio.sleep(2.5)  # past the delay: a timer left running would post now
+        await asyncio.sleep(1.2)  # past the delay: a timer left running would post now
         await bot.settle()
         assert STILL_WORKING not in [m["visible"] for m in bot.tg_sent(TG_GROUP)]
         assert len(sent) >= 3

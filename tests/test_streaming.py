@@ -39,8 +39,24 @@ FIXTURES = Path(__file__).parent / "fixtures" / "openai"
 LONG = " ".join(
     f"Point {i}: the heat-bath walk mixes fast on this fiber (Sec. 1)." for i in range(90)
 )
-FIRST_TOKEN = 0.3
-DURATION = 4.0
+# The model's pace and the channels' throttle, a quarter of real time: the product throttles
+# at STREAM_INTERVAL (1 s); these tests drive the same ratios four times faster.
+INTERVAL = STREAM_INTERVAL / 4
+FIRST_TOKEN = 0.075
+DURATION = 1.0
+WORDS_PER_CHUNK = 4  # ~250 pieces for the long answer instead of ~1000: cheaper to parse
+# The first four words, then a pause shorter than the interval: shown at once, they are all
+# the first preview holds (a preview held back for an interval would hold more).
+PAUSE_AFTER_FIRST = INTERVAL / 2
+
+
+def spacings(times: list[float]) -> list[float]:
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
+
+
+# The throttle waits `interval` after a call returns before the next: calls arrive at least
+# that far apart (a little slack for the clocks' rounding).
+MIN_SPACING = INTERVAL * 0.95
 
 
 def long_responder(body: dict[str, Any]) -> str:
@@ -123,6 +139,8 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     world.llm.responder = long_responder
     world.llm.stream_first_token = FIRST_TOKEN
     world.llm.stream_duration = DURATION
+    world.llm.stream_words_per_chunk = WORDS_PER_CHUNK
+    world.llm.stream_pause_after_first = PAUSE_AFTER_FIRST
     async with world, FakeSlack() as slack:
         tg = FakeTelegram()
         tg.add_chat(TG_GROUP)
@@ -135,6 +153,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         bot = make_bot(tg.token, f"{tg.url}/bot", rate_limiter=limiter)
         await bot.initialize()
         tg_channel = TelegramChannel(bot, "en")
+        slack_channel.stream_interval = tg_channel.stream_interval = INTERVAL
         try:
             yield Env(
                 world,
@@ -232,8 +251,10 @@ async def test_slack_streams_in_the_thread_and_ends_with_the_unstreamed_render(e
     assert start["thread_ts"] == streamed_thread.thread_ref
     assert (start["recipient_user_id"], start["recipient_team_id"]) == ("U1", TEAM)
     ts = env.slack.stream_calls[1][1]["ts"]
-    # Appends are paced: no more than one a second over the model's writing time.
-    assert len(methods) - 2 <= int((FIRST_TOKEN + DURATION) / STREAM_INTERVAL) + 2
+    # Appends are paced: no more than one per interval over the model's writing time.
+    assert len(methods) - 2 <= int((FIRST_TOKEN + PAUSE_AFTER_FIRST + DURATION) / INTERVAL) + 2
+    appends = [at for m, _, at in env.slack.stream_calls if m == "chat.appendStream"]
+    assert min(spacings(appends)) >= MIN_SPACING
     # What was streamed is the model's text, escaped.
     streamed_text = "".join(c["text"] for p in env.slack.streamed() for c in p.get("chunks") or [])
     assert streamed_text.startswith("Answer to: How fast does it mix?")
@@ -313,8 +334,10 @@ async def test_telegram_group_edits_one_message_at_most_once_a_second(env: Env) 
     # Edits while the model wrote (all but the final one), against its writing time.
     edits = env.tg.method_calls("editMessageText")
     assert len(edits) >= 3  # it did stream
-    budget = int((FIRST_TOKEN + DURATION) / STREAM_INTERVAL) + 1
+    budget = int((FIRST_TOKEN + PAUSE_AFTER_FIRST + DURATION) / INTERVAL) + 1
     assert len(edits) - 1 <= budget
+    # At most one edit per interval while it wrote (the last edit is the final answer's).
+    assert min(spacings(env.tg.call_times("editMessageText")[:-1])) >= MIN_SPACING
 
     # The final messages are what the unstreamed path sends.
     env.tg_channel.streaming = False
@@ -335,7 +358,8 @@ async def test_telegram_private_chat_streams_a_draft_then_sends_the_answer(env: 
     req = await env.ask_tg(TG_USER, thread, "How fast does it mix?")
     drafts = env.tg.drafts
     assert len(drafts) >= 3 and len({d["draft_id"] for d in drafts}) == 1
-    assert len(drafts) <= int((FIRST_TOKEN + DURATION) / STREAM_INTERVAL) + 2
+    assert len(drafts) <= int((FIRST_TOKEN + PAUSE_AFTER_FIRST + DURATION) / INTERVAL) + 2
+    assert min(spacings(env.tg.call_times("sendMessageDraft"))) >= MIN_SPACING
     entries = await env.ledger(req)
     assert len(entries) >= 2 and entries[0].key == "answer#0"
     sent = {str(m["message_id"]): m for m in env.tg.sent(TG_USER)}
@@ -363,3 +387,13 @@ async def test_telegram_refusing_drafts_sends_the_answer_normally(env: Env) -> N
     assert len(env.tg.sent(TG_USER)) == 1 + len(entries)
     await env.ask_tg(TG_USER, thread, "And the diameter?")
     assert len(env.tg.method_calls("sendMessageDraft")) == 1  # not asked again
+
+
+async def test_channels_stream_at_most_once_a_second_unless_told_otherwise(env: Env) -> None:
+    # The tests above run the throttle at INTERVAL; a channel as built for serve uses 1 s.
+    fresh_slack = SlackChannel(env.slack_channel.client, "en")
+    fresh_tg = TelegramChannel(env.tg_channel.bot, "en")
+    assert fresh_slack.stream_interval == fresh_tg.stream_interval == STREAM_INTERVAL == 1.0
+    thread = await env.tg_thread(TG_GROUP)
+    stream = fresh_tg.answer_stream(str(TG_GROUP), thread.thread_ref, placeholder=None)
+    assert stream is not None and stream.interval == 1.0

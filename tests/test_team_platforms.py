@@ -37,7 +37,8 @@ async def test_slack_signed_digest_command_changes_and_announces(tmp_path: Path)
         assert (await run("help")).status_code == 200
         await eventually(lambda: bot.ephemerals("U1"), "the help line")
         (help_line,) = bot.ephemerals("U1")
-        assert help_line.startswith("This channel gets the digest")  # C1 is in SLACK_CHANNELS
+        # C1 is in SLACK_CHANNELS; this bot runs with DIGEST_TIME=off
+        assert help_line.startswith("This channel is subscribed, but this deployment has no daily")
         assert "Profile: default" in help_line
         assert bot.roots("C1") == []  # help is for the requester only
 

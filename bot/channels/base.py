@@ -12,6 +12,11 @@ from typing import Any, Protocol
 
 from digest_core.models import Answer, Digest, DigestEntry, FigureImage
 
+# A streamed answer makes at most one platform call per this many seconds: within Slack's
+# Tier 4 for chat.appendStream and Telegram's "about one message per second per chat". Each
+# channel carries it as `stream_interval` (tests shorten it to drive the throttle quickly).
+STREAM_INTERVAL = 1.0
+
 
 @dataclass(frozen=True)
 class Outgoing:

@@ -43,7 +43,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook import WebhookResponse
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from bot.channels.base import DeliveryError, Outgoing
+from bot.channels.base import STREAM_INTERVAL, DeliveryError, Outgoing
 from digest_core.models import Answer, Digest, DigestEntry, FigureImage
 from digest_core.proxy import Proxy, ProxyRoutes, proxy_routes
 from digest_core.render.slack import SlackMessage, escape, figure_comment
@@ -393,8 +393,10 @@ class SlackChannel:
     def __init__(self, client: AsyncWebClient, language: str = "zh") -> None:
         self.client = client
         self.language = language
-        # Thread answers are streamed (chat.startStream…) until Slack refuses the methods.
+        # Thread answers are streamed (chat.startStream…) until Slack refuses the methods,
+        # one call per stream_interval at most.
         self.streaming = True
+        self.stream_interval = STREAM_INTERVAL
         # An analysis shows its stage as the thread's status until Slack refuses setStatus.
         self.thread_status = True
         self.progress_interval: float | None = None  # None: bot.channels.progress's default
@@ -577,7 +579,15 @@ class SlackChannel:
             return None
         from bot.channels.streaming import SlackAnswerStream
 
-        return SlackAnswerStream(self, chat, thread, placeholder=placeholder, user=user, team=team)
+        return SlackAnswerStream(
+            self,
+            chat,
+            thread,
+            placeholder=placeholder,
+            user=user,
+            team=team,
+            interval=self.stream_interval,
+        )
 
     def analysis_progress(
         self, chat: str, *, thread: str | None, opening: tuple[str, str] | None = None

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from bot.channels.base import STREAM_INTERVAL
 from digest_core.models import Answer
 
 # slack_sdk and telegram are imported inside the platform's own stream classes: this module is
@@ -44,10 +45,6 @@ if TYPE_CHECKING:
     from bot.channels.telegram import TelegramChannel
 
 log = logging.getLogger(__name__)
-
-# At most one platform call per second per streamed answer: within Slack's Tier 4 for
-# chat.appendStream and Telegram's "about one message per second per chat".
-STREAM_INTERVAL = 1.0
 
 # Slack's answers to a streaming method this workspace or token cannot use: post normally.
 SLACK_STREAM_REFUSED = frozenset(

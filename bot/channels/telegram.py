@@ -51,7 +51,7 @@ from telegram.error import (
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, BaseRateLimiter, ExtBot
 from telegram.request import HTTPXRequest
 
-from bot.channels.base import DeliveryError, Outgoing
+from bot.channels.base import STREAM_INTERVAL, DeliveryError, Outgoing
 from digest_core.config import RetrySettings
 from digest_core.models import Answer, Digest, DigestEntry, FigureImage
 from digest_core.proxy import ProxyRoutes, RoutedHttpxTransport
@@ -373,8 +373,9 @@ class TelegramChannel:
         )
         self._migrated: dict[int | str, int] = {}
         # Thread answers are shown as they are written; in private chats with sendMessageDraft,
-        # until the Bot API refuses it.
+        # until the Bot API refuses it; one call per stream_interval at most.
         self.streaming = True
+        self.stream_interval = STREAM_INTERVAL
         self.drafts = True
         # An analysis's display pace (None: bot.channels.progress's defaults).
         self.progress_interval: float | None = None
@@ -543,8 +544,10 @@ class TelegramChannel:
             return None
         chat_id, topic = self.target(chat)
         if isinstance(chat_id, int) and chat_id > 0:
-            return TelegramDraftStream(self, chat_id, topic) if self.drafts else None
-        return TelegramEditStream(self, chat, thread)
+            if not self.drafts:
+                return None
+            return TelegramDraftStream(self, chat_id, topic, interval=self.stream_interval)
+        return TelegramEditStream(self, chat, thread, interval=self.stream_interval)
 
     def analysis_progress(
         self, chat: str, *, thread: str | None, opening: tuple[str, str] | None = None

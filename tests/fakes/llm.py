@@ -15,7 +15,10 @@ Streaming: a request with `"stream": true` is answered as Server-Sent Events sha
 recorded `tests/fixtures/openai/stream_*.sse.txt` (a role chunk, content chunks, a finish
 chunk, then, with `stream_options.include_usage`, a usage-only chunk with `choices: []`, and
 `data: [DONE]`). `stream_first_token` delays the first content chunk; the rest are spread
-over `stream_duration` seconds, like a model writing. `stream_body` serves recorded SSE bytes
+over `stream_duration` seconds, like a model writing, `stream_words_per_chunk` words a chunk
+(one, like a model's tokens; more keeps a long answer's client-side parsing cheap in tests that
+only need it to arrive in many pieces), with `stream_pause_after_first` seconds after the first
+chunk (a model that writes its first words, then thinks). `stream_body` serves recorded SSE bytes
 verbatim instead. `content_chunks_at` records when each content chunk left (loop time).
 """
 
@@ -96,6 +99,8 @@ class FakeLLM(FakeServer):
     # Streamed answers: seconds to the first content chunk, and over which the rest are spread.
     stream_first_token: float = 0.0
     stream_duration: float = 0.0
+    stream_words_per_chunk: int = 1
+    stream_pause_after_first: float = 0.0
     stream_body: bytes | None = None  # recorded SSE served verbatim to a streamed request
     content_chunks_at: list[float] = field(default_factory=list)
     # Prompt caching as OpenAI reports it: the longest prefix shared with an earlier request,
@@ -291,7 +296,9 @@ class FakeLLM(FakeServer):
             return [{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}]
 
         await send(delta({"role": "assistant", "content": "", "refusal": None}))
-        pieces = re.findall(r"\s*\S+", message["content"] or "") or []
+        words = re.findall(r"\s*\S+", message["content"] or "") or []
+        size = max(1, self.stream_words_per_chunk)
+        pieces = ["".join(words[i : i + size]) for i in range(0, len(words), size)]
         loop = asyncio.get_running_loop()
         start = loop.time()
         if self.stream_first_token:
@@ -299,6 +306,8 @@ class FakeLLM(FakeServer):
         step = self.stream_duration / max(1, len(pieces) - 1) if self.stream_duration else 0.0
         for i, piece in enumerate(pieces):
             due = start + self.stream_first_token + i * step
+            if i:
+                due += self.stream_pause_after_first
             if due > loop.time():
                 await asyncio.sleep(due - loop.time())
             self.content_chunks_at.append(loop.time())
