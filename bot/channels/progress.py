@@ -159,12 +159,16 @@ class AnalysisProgress:
                     return
             want = (self.stage, self._still)
             if self.stage is not None and want != shown:
+                # Counted as shown before the call: one that times out on our side may still
+                # land, and then only the clear at the end takes it back.
+                before, self.shown = self.shown, True
                 try:
                     await self._show(self.stage, self._still)
                     self.calls += 1
-                    self.shown = True
                     shown = want
                 except Exception as exc:
+                    if not _may_have_landed(exc):
+                        self.shown = before  # the platform said no: nothing to take back
                     if not self._failed(exc):
                         self._dead = True
                         return
@@ -336,6 +340,25 @@ class TelegramAnalysisProgress(AnalysisProgress):
             return True
         log.info("telegram progress edits stopped: %s", self.channel._reason(exc))
         return False
+
+
+# Failures after which a display call may still have reached the platform (we stopped
+# waiting, or the connection broke after sending): by class name along the MRO, so this module
+# needs neither platform's library (telegram's TimedOut and NetworkError, httpx's and aiohttp's
+# timeouts and client errors, asyncio's TimeoutError).
+_UNCERTAIN = {
+    "TimeoutError",
+    "TimedOut",
+    "NetworkError",
+    "TimeoutException",
+    "TransportError",
+    "ClientError",
+    "ServerTimeoutError",
+}
+
+
+def _may_have_landed(exc: BaseException) -> bool:
+    return any(cls.__name__ in _UNCERTAIN for cls in type(exc).__mro__)
 
 
 def _slack_code(exc: BaseException) -> str:
