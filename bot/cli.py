@@ -125,7 +125,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _dispatch(args: argparse.Namespace) -> int:
     from bot.logs import configure_logging
     from bot.settings import ConfigError, load_settings
-    from digest_core.store import StoreError
 
     try:
         settings = load_settings()
@@ -144,8 +143,13 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
             return await serve(settings)
         return await _with_pipeline(settings, args)
-    except StoreError as exc:
-        raise UserError(str(exc)) from None
+    except Exception as exc:
+        # digest_core.store is loaded by whatever raised a StoreError; looked up rather than
+        # imported, so malformed input is answered without loading sqlite-utils (and numpy).
+        store = sys.modules.get("digest_core.store")
+        if store is not None and isinstance(exc, store.StoreError):
+            raise UserError(str(exc)) from None
+        raise
 
 
 async def _with_pipeline(settings: Settings, args: argparse.Namespace) -> int:

@@ -10,12 +10,17 @@ the caller as the model writes it, and the call still ends in one `LLMResult`; o
 shown, a failure is final (a retry would show a second, different beginning). Errors carry a short reason safe to show in a chat message: never the key,
 never a response body (OpenAI's 401 message echoes a masked key).
 
-This is the only module in the project that imports openai.
+This is the only module in the project that imports openai, and it does so on the first LLM
+request, in a worker thread: the package builds some 700 pydantic models when imported (about a
+CPU-second), which a run that makes no LLM call (no key, a cached re-run, `serve` before its
+first question) skips, and which must not stall the event loop (its timers and sockets: Slack's
+acks, the deep dive's concurrent link lookups) when it does happen.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import re
@@ -25,14 +30,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx2
-import openai
 
 from digest_core.config import LLMSettings
 from digest_core.proxy import RoutedHttpx2Transport
 from digest_core.retry import RetryPolicy, retry_after, time_left
+
+if TYPE_CHECKING:
+    import openai
 
 log = logging.getLogger(__name__)
 
@@ -375,6 +382,9 @@ class LLMClient:
     async def _attempt(self, params: dict[str, Any], shown: _Shown | None = None) -> Any:
         """One HTTP request under the concurrency cap and a total deadline (a streamed one:
         the whole stream within it)."""
+        await _load_openai()
+        import openai  # loaded just above; this only binds the name
+
         client = self._openai()
         timeout = self.settings.timeout_seconds
         left = time_left()
@@ -571,6 +581,8 @@ class LLMClient:
 
     def _openai(self) -> openai.AsyncOpenAI:
         if self._client is None:
+            import openai  # loaded by _load_openai(): see the module docstring
+
             assert self.settings.api_key is not None
             self._client = openai.AsyncOpenAI(
                 api_key=self.settings.api_key.get(),
@@ -585,6 +597,18 @@ class LLMClient:
                 ),
             )
         return self._client
+
+
+_openai_loaded = False
+
+
+async def _load_openai() -> None:
+    """Import openai in a worker thread, once: the loop goes on serving meanwhile. A second
+    caller during the first import waits on Python's import lock for the whole module."""
+    global _openai_loaded
+    if not _openai_loaded:
+        await asyncio.to_thread(importlib.import_module, "openai")
+        _openai_loaded = True
 
 
 # -- reading a completion ------------------------------------------------------------------------

@@ -30,10 +30,9 @@ import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
-
-import bm25s
-import Stemmer
+from functools import cache
+from types import ModuleType
+from typing import TYPE_CHECKING, Protocol
 
 from digest_core import prompts
 from digest_core.config import Profile
@@ -42,10 +41,11 @@ from digest_core.llm import LLMClient, LLMError
 from digest_core.models import SOURCE_ABSTRACT, Answer, DeepDive, Paper
 from digest_core.sources.fulltext import FullText, Passage, estimate_tokens
 
+if TYPE_CHECKING:
+    import bm25s
+    import Stemmer
+
 log = logging.getLogger(__name__)
-# bm25s sets its own logger to DEBUG when imported, which would print "Building index from
-# tokens" on every question; its progress is no news to a user.
-logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 MAX_QUESTION_CHARS = 2000
 EXTRACTIVE_PASSAGES = 3
@@ -61,8 +61,25 @@ _TERMS_CACHE_SIZE = 512
 _ACK = "I have the paper material. What is your question?"
 _REF = re.compile(r"\b(table|tab|figure|fig|section|sec|appendix)\.?\s*([0-9]+|[A-Z]\b)", re.I)
 
-# One English stemmer for index and query alike, so "limitations" meets "limitation".
-_STEMMER = Stemmer.Stemmer("english")
+
+@cache
+def _bm25s() -> ModuleType:
+    """bm25s (with numpy), imported on the first question rather than with this module: a
+    digest or a `serve` that is never asked anything does not pay for it."""
+    import bm25s
+
+    # bm25s sets its own logger to DEBUG when imported, which would print "Building index
+    # from tokens" on every question; its progress is no news to a user.
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
+@cache
+def _stemmer() -> Stemmer.Stemmer:
+    """One English stemmer for index and query alike, so "limitations" meets "limitation"."""
+    import Stemmer
+
+    return Stemmer.Stemmer("english")
 
 
 @dataclass(frozen=True)
@@ -94,8 +111,8 @@ _TITLE_LINE_CHARS = 80
 
 
 def _tokens(texts: list[str], stopwords: object = "en") -> list[list[str]]:
-    return bm25s.tokenize(
-        texts, stopwords=stopwords, stemmer=_STEMMER, return_ids=False, show_progress=False
+    return _bm25s().tokenize(
+        texts, stopwords=stopwords, stemmer=_stemmer(), return_ids=False, show_progress=False
     )
 
 
@@ -106,7 +123,9 @@ def _heading(passage: Passage) -> str:
     return f"{passage_label(passage)} {title}"
 
 
-_STEMMED_QUESTION_WORDS = frozenset(_STEMMER.stemWords(sorted(_QUESTION_WORDS)))
+@cache
+def _stemmed_question_words() -> frozenset[str]:
+    return frozenset(_stemmer().stemWords(sorted(_QUESTION_WORDS)))
 
 
 class PassageIndex:
@@ -118,7 +137,7 @@ class PassageIndex:
         self._retriever: bm25s.BM25 | None = None
         if self.passages:
             corpus = [f"{passage_label(p)}\n{p.text}" for p in self.passages]
-            self._retriever = bm25s.BM25()
+            self._retriever = _bm25s().BM25()
             self._retriever.index(_tokens(corpus), show_progress=False)
             self._headings = [set(t) for t in _tokens([_heading(p) for p in self.passages])]
 
@@ -133,7 +152,7 @@ class PassageIndex:
         if self._retriever is None:
             return []
         query_tokens = [
-            t for t in _tokens([query])[0] if t not in _STEMMED_QUESTION_WORDS
+            t for t in _tokens([query])[0] if t not in _stemmed_question_words()
         ] or _tokens([query])[0]
         if not query_tokens:
             return []

@@ -2,7 +2,7 @@
 an FTS5 query. Pure functions and values; the index itself lives in the store
 (`Store.search`, the `search_docs` table and its `search_docs_fts` index, migration m050).
 
-Why this tokenization (measured on SQLite 3.40, see tests/test_search.py):
+Why this tokenization (measured on SQLite 3.40, see tests/test_history.py):
 
 - `unicode61` (the default) keeps a run of Chinese characters as one token, so "扩散模型"
   never matches "扩散模型用于视频生成";

@@ -6,8 +6,11 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# `pip install -e ".[test]" && pytest ...`, up to a comment or a shell `||`.
-COMMAND = re.compile(r'^\s*(pip install -e "\.\[test\]" && pytest\b[^#|\n]*)', re.MULTILINE)
+# `pip install uv && uv pip install -e ".[test]" && pytest ...` (or plain pip's), up to a
+# comment or a shell `||`.
+COMMAND = re.compile(
+    r'^\s*((?:pip install uv && uv )?pip install -e "\.\[test\]" && pytest\b[^#|\n]*)', re.MULTILINE
+)
 
 
 def test_ci_runs_the_readme_test_command() -> None:

@@ -374,3 +374,26 @@ async def test_telegram_a_failed_analysis_leaves_the_opening_line_and_stops_typi
 
     await asyncio.sleep(TYPING_EVERY * 3)
     assert len(env.tg.call_times("sendChatAction")) == count
+
+
+async def test_telegram_an_edit_that_timed_out_but_landed_is_taken_back_at_the_end(
+    env: Env,
+) -> None:
+    """The first stage edit is carried out by Telegram but answered after the client stopped
+    waiting: the display stops, and the line still ends as "✅ Analysed", not on that stage."""
+    bot = make_bot(env.tg.token, f"{env.tg.url}/bot", read_timeout=1.0)
+    await bot.initialize()
+    try:
+        channel = TelegramChannel(bot, "en")
+        channel.progress_interval = INTERVAL
+        channel.typing_every = TYPING_EVERY
+        env.tg_channel = channel
+        env.tg.delay_next(3.0, method="editMessageText")
+        req = await env.analyze_tg(TG_GROUP, PAPER)
+        opening = await env.opening_id(req)
+        edits = [p["text"] for p in env.tg.method_calls("editMessageText")]
+        assert "📥 Fetching the paper…" in edits[0]  # the one that timed out, yet landed
+        (shown,) = [m for m in env.tg.sent(TG_GROUP) if m["message_id"] == opening]
+        assert shown["visible"].startswith("✅ Analysed:")
+    finally:
+        await bot.shutdown()

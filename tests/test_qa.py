@@ -406,6 +406,10 @@ async def test_without_an_llm_a_chinese_question_is_told_to_ask_in_english() -> 
 def test_bm25s_does_not_print_its_progress() -> None:
     import logging
 
+    from digest_core.qa import PassageIndex
+
+    paper, text = qa_paper.paper_and_text("selfaware")
+    PassageIndex(text.passages()).rank("limitations")  # bm25s is imported on first use
     assert logging.getLogger("bm25s").getEffectiveLevel() >= logging.WARNING
 
 

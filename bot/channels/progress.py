@@ -36,11 +36,11 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from slack_sdk.errors import SlackApiError
-from telegram.constants import ChatAction
-from telegram.error import BadRequest, RetryAfter
-
 from digest_core.analysis import AnalysisStage, Stage
+
+# slack_sdk and telegram are imported where a platform's progress needs them: this module is
+# part of every `serve` (through bot.assistant), and a platform that is not configured is not
+# loaded.
 
 if TYPE_CHECKING:
     from bot.channels.slack import SlackChannel
@@ -159,12 +159,16 @@ class AnalysisProgress:
                     return
             want = (self.stage, self._still)
             if self.stage is not None and want != shown:
+                # Counted as shown before the call: one that times out on our side may still
+                # land, and then only the clear at the end takes it back.
+                before, self.shown = self.shown, True
                 try:
                     await self._show(self.stage, self._still)
                     self.calls += 1
-                    self.shown = True
                     shown = want
                 except Exception as exc:
+                    if not _may_have_landed(exc):
+                        self.shown = before  # the platform said no: nothing to take back
                     if not self._failed(exc):
                         self._dead = True
                         return
@@ -274,6 +278,9 @@ class TelegramAnalysisProgress(AnalysisProgress):
         return True
 
     async def _type(self) -> None:
+        from telegram.constants import ChatAction
+        from telegram.error import RetryAfter
+
         chat_id, topic = self.channel.target(self.chat)
         while not self._stop.is_set():
             try:
@@ -296,6 +303,8 @@ class TelegramAnalysisProgress(AnalysisProgress):
                 await self._typing
 
     async def _edit(self, text: str) -> None:
+        from telegram.error import BadRequest
+
         assert self.opening is not None
         chat_id, _ = self.channel.target(self.chat)
         try:
@@ -321,6 +330,8 @@ class TelegramAnalysisProgress(AnalysisProgress):
         await self._edit(final or self.opening[1])
 
     def _failed(self, exc: BaseException) -> bool:
+        from telegram.error import RetryAfter
+
         if isinstance(exc, RetryAfter):
             wait = exc.retry_after
             seconds = wait.total_seconds() if hasattr(wait, "total_seconds") else float(wait)
@@ -331,7 +342,28 @@ class TelegramAnalysisProgress(AnalysisProgress):
         return False
 
 
+# Failures after which a display call may still have reached the platform (we stopped
+# waiting, or the connection broke after sending): by class name along the MRO, so this module
+# needs neither platform's library (telegram's TimedOut and NetworkError, httpx's and aiohttp's
+# timeouts and client errors, asyncio's TimeoutError).
+_UNCERTAIN = {
+    "TimeoutError",
+    "TimedOut",
+    "NetworkError",
+    "TimeoutException",
+    "TransportError",
+    "ClientError",
+    "ServerTimeoutError",
+}
+
+
+def _may_have_landed(exc: BaseException) -> bool:
+    return any(cls.__name__ in _UNCERTAIN for cls in type(exc).__mro__)
+
+
 def _slack_code(exc: BaseException) -> str:
+    from slack_sdk.errors import SlackApiError
+
     if isinstance(exc, SlackApiError):
         data = getattr(exc.response, "data", None)
         code = data.get("error") if isinstance(data, dict) else None
@@ -344,6 +376,4 @@ def _slack_code(exc: BaseException) -> str:
 def _reason(exc: BaseException) -> str:
     """A short reason for a log line: an API error code or a class name, never a URL or
     token (exception texts can quote the request URL)."""
-    if isinstance(exc, SlackApiError):
-        return _slack_code(exc)
-    return type(exc).__name__
+    return _slack_code(exc)  # a Slack API error's code, else the class name

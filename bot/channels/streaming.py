@@ -30,12 +30,13 @@ import random
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from slack_sdk.errors import SlackApiError, SlackClientError
-from telegram.constants import ParseMode
-from telegram.error import BadRequest, TelegramError
 
 from bot.channels.base import STREAM_INTERVAL
 from digest_core.models import Answer
+
+# slack_sdk and telegram are imported inside the platform's own stream classes: this module is
+# part of every `serve` (through bot.assistant), and a platform that is not configured is not
+# loaded.
 
 if TYPE_CHECKING:
     from slack_sdk.web.async_chat_stream import AsyncChatStream
@@ -162,6 +163,8 @@ class SlackAnswerStream(AnswerStream):
         self._stream: AsyncChatStream | None = None
 
     async def _show(self, text: str, shown: str) -> None:
+        from slack_sdk.errors import SlackClientError
+
         from digest_core.render.slack import escape
 
         if self._stream is None:
@@ -181,6 +184,8 @@ class SlackAnswerStream(AnswerStream):
                 self.placeholder = placeholder
 
     async def _close(self) -> str | None:
+        from slack_sdk.errors import SlackClientError
+
         stream = self._stream
         if stream is None or not stream.ts:
             return self.placeholder
@@ -210,6 +215,8 @@ class SlackAnswerStream(AnswerStream):
 
 
 def _slack_code(exc: BaseException) -> str:
+    from slack_sdk.errors import SlackApiError
+
     if isinstance(exc, SlackApiError):
         data = getattr(exc.response, "data", None)
         code = data.get("error") if isinstance(data, dict) else None
@@ -240,6 +247,8 @@ class TelegramDraftStream(AnswerStream):
         self.draft_id = random.randint(1, 2**31 - 1)  # non-zero; one per answer
 
     async def _show(self, text: str, shown: str) -> None:
+        from telegram.constants import ParseMode
+
         await self.channel.bot.send_message_draft(
             chat_id=self.chat_id,
             draft_id=self.draft_id,
@@ -272,6 +281,9 @@ class TelegramEditStream(AnswerStream):
         self.message_id: str | None = None
 
     async def _show(self, text: str, shown: str) -> None:
+        from telegram.constants import ParseMode
+        from telegram.error import BadRequest
+
         html = telegram_preview(text)
         if self.message_id is None:
             self.message_id = await self.channel.send(self.chat, html, self.reply_to)
@@ -292,5 +304,7 @@ class TelegramEditStream(AnswerStream):
         return self.message_id
 
     def _failed(self, exc: BaseException) -> None:
+        from telegram.error import TelegramError
+
         reason = exc.message if isinstance(exc, TelegramError) else type(exc).__name__
         log.info("telegram streamed answer preview stopped: %s", reason)

@@ -9,8 +9,12 @@ tests can assert what the bot asked and what it did with the answer.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import re
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -194,23 +198,91 @@ def fast_config(**replace: str) -> str:
 
 
 async def run_cli(
-    args: list[str], env: dict[str, str], stdin: bytes | None = None
+    args: list[str], env: dict[str, str], stdin: bytes | None = None, *, fresh: bool = False
 ) -> tuple[int, str, str]:
-    """Run `digestbot ARGS` in a child process, as a user would, with only `env` (plus PATH)."""
+    """Run `digestbot ARGS` in a child process, as a user would, with only `env` (plus PATH).
+
+    The child is forked from a parent that has already imported the CLI (fakes/zygote.py):
+    a process of its own in every way a run can see, minus a CPU-second of imports.
+    `fresh=True` starts a new interpreter instead (`python -m bot.cli`), for tests whose
+    point is the start-up itself."""
     import asyncio
     import os
+    import signal
+    import tempfile
 
     full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot.cli",
-        *args,
-        env=full_env,
-        cwd=str(ROOT),
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate(stdin)
-    return proc.returncode or 0, out.decode(), err.decode()
+    if fresh:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bot.cli",
+            *args,
+            env=full_env,
+            cwd=str(ROOT),
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate(stdin)
+        return proc.returncode or 0, out.decode(), err.decode()
+    run = Path(tempfile.mkdtemp(prefix="digestbot-cli-"))
+    if stdin is not None:
+        (run / "stdin").write_bytes(stdin)
+    zygote = await asyncio.to_thread(_zygote)
+    request = {"dir": str(run), "args": args, "env": full_env, "cwd": str(ROOT)}
+    assert zygote.stdin is not None
+    zygote.stdin.write(json.dumps(request).encode() + b"\n")
+    zygote.stdin.flush()
+    try:
+        # The code file is another process's doing: nothing to wait on but the file.
+        while not (run / "code").exists():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    except BaseException:  # the test gave up (a timeout, cancellation): so does the run
+        pid = run / "pid"
+        if pid.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid.read_text()), signal.SIGKILL)
+        raise
+    try:
+        code = int((run / "code").read_text())
+        out = (run / "stdout").read_text(encoding="utf-8", errors="replace")
+        err = (run / "stderr").read_text(encoding="utf-8", errors="replace")
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+    return code, out, err
+
+
+_ZYGOTE: subprocess.Popen[bytes] | None = None
+
+
+def _stop_zygote(zygote: subprocess.Popen[bytes]) -> None:
+    """End of the test process: EOF ends the parent once its runs have ended."""
+    assert zygote.stdin is not None
+    zygote.stdin.close()
+    try:
+        zygote.wait(10)
+    except subprocess.TimeoutExpired:
+        zygote.kill()
+
+
+def _zygote() -> subprocess.Popen[bytes]:
+    """This test process's CLI parent (started once, with the environment a CLI run gets)."""
+    global _ZYGOTE
+    import os
+
+    if _ZYGOTE is None or _ZYGOTE.poll() is not None:
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")}
+        _ZYGOTE = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("zygote.py"))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=str(ROOT),
+            env=env,
+        )
+        assert _ZYGOTE.stdout is not None
+        ready = _ZYGOTE.stdout.readline()
+        if ready.strip() != b"ready":
+            raise RuntimeError("the CLI test parent (tests/fakes/zygote.py) did not start")
+        atexit.register(_stop_zygote, _ZYGOTE)
+    return _ZYGOTE
