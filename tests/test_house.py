@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import re
 import subprocess
@@ -35,6 +36,12 @@ def python_files(*packages: str) -> Iterator[Path]:
         yield from sorted((ROOT / package).rglob("*.py"))
 
 
+@functools.cache
+def parsed(path: Path) -> ast.Module:
+    """A module's syntax tree, parsed once for all the scans here."""
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
 def top_level(module: str) -> str:
     return module.split(".", 1)[0]
 
@@ -47,7 +54,7 @@ def test_core_modules_import_nothing_from_the_bot_or_chat_libraries() -> None:
     files = list(python_files("digest_core"))
     assert files, "no module found under digest_core/"
     for path in files:
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        tree = parsed(path)
         for node in ast.walk(tree):
             where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
             if isinstance(node, ast.Import):
@@ -126,6 +133,7 @@ def test_readme_documents_every_command_and_option() -> None:
 # ------------------------------------------------------------ environment variables in the docs
 
 
+@functools.cache
 def env_names_read_by_code() -> dict[str, str]:
     """Every environment variable the code reads, found by an AST scan of bot/ and digest_core/.
 
@@ -148,7 +156,7 @@ def env_names_read_by_code() -> dict[str, str]:
         return text in ("env", "environ", "os.environ", "environment") or text.endswith(".env")
 
     for path in python_files("bot", "digest_core"):
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        tree = parsed(path)
         for node in ast.walk(tree):
             if isinstance(node, ast.Subscript) and is_env(node.value):
                 note(node.slice, path)
