@@ -36,6 +36,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+from bot.channels.streaming import slack_error_code
 from digest_core.analysis import AnalysisStage, Stage
 
 # slack_sdk and telegram are imported where a platform's progress needs them: this module is
@@ -229,7 +230,7 @@ class SlackThreadStatus(AnalysisProgress):
         )
 
     def _failed(self, exc: BaseException) -> bool:
-        code = _slack_code(exc)
+        code = slack_error_code(exc)
         if code in SLACK_STATUS_REFUSED:
             self.channel.thread_status = False
             log.info("slack refused assistant.threads.setStatus (%s); no thread status", code)
@@ -361,19 +362,7 @@ def _may_have_landed(exc: BaseException) -> bool:
     return any(cls.__name__ in _UNCERTAIN for cls in type(exc).__mro__)
 
 
-def _slack_code(exc: BaseException) -> str:
-    from slack_sdk.errors import SlackApiError
-
-    if isinstance(exc, SlackApiError):
-        data = getattr(exc.response, "data", None)
-        code = data.get("error") if isinstance(data, dict) else None
-        if isinstance(code, str) and code.isidentifier():
-            return code
-        return f"http {getattr(exc.response, 'status_code', 0)}"
-    return type(exc).__name__
-
-
 def _reason(exc: BaseException) -> str:
     """A short reason for a log line: an API error code or a class name, never a URL or
     token (exception texts can quote the request URL)."""
-    return _slack_code(exc)  # a Slack API error's code, else the class name
+    return slack_error_code(exc)  # a Slack API error's code, else the class name

@@ -180,7 +180,7 @@ class SlackAnswerStream(AnswerStream):
             try:
                 await self.channel.client.chat_delete(channel=self.chat, ts=placeholder)
             except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
-                log.info("could not remove the placeholder: %s", _slack_code(exc))
+                log.info("could not remove the placeholder: %s", slack_error_code(exc))
                 self.placeholder = placeholder
 
     async def _close(self) -> str | None:
@@ -193,7 +193,7 @@ class SlackAnswerStream(AnswerStream):
             await stream.stop()
         except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
             # The message exists; chat.update replaces it all the same.
-            log.info("slack chat.stopStream failed: %s", _slack_code(exc))
+            log.info("slack chat.stopStream failed: %s", slack_error_code(exc))
         if self.placeholder is not None:  # could not be removed earlier: the answer stays one
             with contextlib.suppress(SlackClientError, aiohttp.ClientError, TimeoutError):
                 await self.channel.client.chat_delete(channel=self.chat, ts=self.placeholder)
@@ -205,7 +205,7 @@ class SlackAnswerStream(AnswerStream):
         return self.placeholder
 
     def _failed(self, exc: BaseException) -> None:
-        code = _slack_code(exc)
+        code = slack_error_code(exc)
         if code in SLACK_STREAM_REFUSED:
             # This workspace or token cannot stream: answer the normal way from now on.
             self.channel.streaming = False
@@ -214,7 +214,9 @@ class SlackAnswerStream(AnswerStream):
             log.info("slack streamed answer preview stopped: %s", code)
 
 
-def _slack_code(exc: BaseException) -> str:
+def slack_error_code(exc: BaseException) -> str:
+    """A Slack API error's code ("missing_scope"), else "http N" or the class name: short, and
+    never a URL or a token (exception texts can quote the request)."""
     from slack_sdk.errors import SlackApiError
 
     if isinstance(exc, SlackApiError):
