@@ -70,6 +70,9 @@ def build_slack_app(
 ) -> AsyncApp:
     """The Bolt app. `spawn` runs slow work as a tracked task, so shutdown can drain it."""
     app = AsyncApp(
+        # Named, or Bolt names the app after its caller's file by walking the whole stack with
+        # inspect.stack(): ~0.1 s of CPU for each app built.
+        name="digestbot",
         client=channel.client,
         signing_secret=signing_secret or "socket-mode-unused",
         request_verification_enabled=signing_secret is not None,

@@ -13,6 +13,12 @@ from types import FunctionType, ModuleType
 
 import pytest
 
+# Every xdist worker imports every test module, and pytest rewrites each module's asserts on
+# import: ~6 CPU seconds a worker. Its cache of rewritten modules (in __pycache__, git-ignored)
+# is skipped when bytecode writing is off (PYTHONDONTWRITEBYTECODE, set on some machines),
+# and then every worker of every run pays again. The tests' own cache is written regardless.
+sys.dont_write_bytecode = False
+
 # A test that starts a child process (the CLI through run_cli, `serve`, a second scheduler,
 # `python -c`, git) is `slow`: `pytest -m "not slow"` runs the fast, in-process layer. The
 # marker is found by reading the test's source and, transitively, the source of the module's
