@@ -471,6 +471,7 @@ class Assistant:
                 papers=list(post.papers),
                 thread=None if req.private else req.reply_to,
                 retry_permanent=True,
+                retry=self.settings.retry,
             )
             if not delivered.ok:
                 log.error("%s %s: roundup not posted: %s", req.platform, req.chat, delivered.error)
@@ -887,14 +888,19 @@ class Assistant:
         return picked[0] if len(picked) == 1 else (picked or papers)
 
     async def ask_which(
-        self, platform: str, chat: str, thread_ref: str, question: str, ids: list[str]
+        self,
+        platform: str,
+        chat: str,
+        thread_ref: str,
+        question: str,
+        titled: list[tuple[str, str]],
     ) -> str:
-        """The "which paper do you mean?" line. The question is kept, so a reply that only
-        names the paper ("2", an ID) gets it answered."""
+        """The "which paper do you mean?" line for these (arXiv ID, title) pairs. The
+        question is kept, so a reply that only names the paper ("2", an ID) gets it answered."""
         await self.chat.add_turn(
             platform, chat, thread_ref, "", PENDING, question.strip()[:MAX_QUESTION_CHARS]
         )
-        return await self.describe(ids)
+        return describe(titled)
 
     async def _ask_which(
         self, channel: Channel, req: Request, thread: ThreadRecord, ids: list[str]
@@ -903,7 +909,8 @@ class Assistant:
         question is kept twice over: as the thread's PENDING turn (for a typed reply) and as
         a choice whose short key the buttons carry (the question may be 4,000 characters)."""
         question = req.text.strip()[:MAX_QUESTION_CHARS]
-        text = await self.ask_which(req.platform, req.chat, thread.thread_ref, question, ids)
+        titled = await self._titled(ids)
+        text = await self.ask_which(req.platform, req.chat, thread.thread_ref, question, titled)
         line = channel.render_line(text)
         render = getattr(channel, "render_choices", None)
         if render is not None:
@@ -917,9 +924,7 @@ class Assistant:
                 question=question,
                 papers=ids,
             )
-            options = [
-                (pid, f"{n}. {title}") for n, (pid, title) in enumerate(await self._titled(ids), 1)
-            ]
+            options = [(pid, f"{n}. {title}") for n, (pid, title) in enumerate(titled, 1)]
             line = render(text, choice.key, options)
         await self._post(channel, req, [dataclasses.replace(line, key="ask")])
 
@@ -1030,10 +1035,10 @@ class Assistant:
         ref = await self._asked_ref(choice)
         if ref is None or choice.chosen is None:
             return
+        titled = await self._titled(list(choice.papers))
         n = choice.papers.index(choice.chosen) + 1
-        title = await self._title(choice.chosen)
-        text = await self.describe(list(choice.papers))
-        text += f"\n✅ Chosen: {n}. {title} (arXiv:{choice.chosen})"
+        title = titled[n - 1][1]
+        text = describe(titled) + f"\n✅ Chosen: {n}. {title} (arXiv:{choice.chosen})"
         try:
             await channel.replace(choice.chat, ref, channel.render_line(text).payload)
         except Exception as exc:  # cosmetic: the answer still comes, a press is still refused
@@ -1086,13 +1091,11 @@ class Assistant:
         await self.chat.add_turn(platform, chat, thread_ref, paper_id, "assistant", answer.text)
         return answer
 
-    async def describe(self, ids: list[str]) -> str:
-        """A short numbered list of papers, for 'which paper do you mean?'."""
-        lines = [
-            f"{i}. {title} (arXiv:{pid})"
-            for i, (pid, title) in enumerate(await self._titled(ids), start=1)
-        ]
-        return ASK_WHICH + "\n" + "\n".join(lines)
+
+def describe(titled: list[tuple[str, str]]) -> str:
+    """A short numbered list of (arXiv ID, title) pairs, for 'which paper do you mean?'."""
+    lines = [f"{i}. {title} (arXiv:{pid})" for i, (pid, title) in enumerate(titled, start=1)]
+    return ASK_WHICH + "\n" + "\n".join(lines)
 
 
 def _chosen_paper(choice: PaperChoice, paper: str) -> str | None:

@@ -312,13 +312,11 @@ class RoundupJob:
         daily: DailyJob,
         *,
         now: Callable[[], datetime] | None = None,
-        sleep: Callable[[float], Awaitable[Any]] | None = None,
     ) -> None:
         self.daily = daily
         self.settings = daily.settings
         self.owner = daily.owner
         self.now = now or daily.now
-        self.sleep = sleep or daily.sleep
         self.trigger = make_roundup_trigger(self.settings)
 
     @property

@@ -306,7 +306,7 @@ async def _analyze(
         if line
     ]
     if lines and done.thread:
-        link = await _permalink(channel, req.chat, done.thread)
+        link = await channel.permalink(req.chat, done.thread)
         lines[-1] += f" — <{link}|open the thread>" if link and _SAFE_LINK.match(link) else ""
     for line in lines:
         await _ephemeral(channel, req.chat, req.user, line, response_url)
@@ -373,11 +373,3 @@ async def _ephemeral(
             await send_to_response_url(response_url, text)
         except Exception as exc:  # the last way to reach the requester; say it failed
             log.warning("slack %s: response_url not reachable: %s", chat, type(exc).__name__)
-
-
-async def _permalink(channel: SlackChannel, chat: str, ts: str) -> str | None:
-    try:
-        answer = await channel.client.chat_getPermalink(channel=chat, message_ts=ts)
-        return answer.get("permalink")
-    except Exception:  # a link is a convenience; the thread exists either way
-        return None

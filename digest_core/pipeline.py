@@ -360,14 +360,13 @@ class Pipeline:
         profile = profile or self.profile
         language = profile.language
         key = analysis_cache_key(paper, self.analyst.prompt_version, self.model, language, profile)
-        if self.llm is not None:
-            cached = await self.store.get_analysis(key)
-            if cached is not None:
-                return cached
-        if self.llm is None:
+        if self.llm is None:  # the extractive analysis: nothing stored, nothing to claim
             return await _shared(
                 self._inflight, key, self._write(key, paper, language, profile, on_stage)
             )
+        cached = await self.store.get_analysis(key)
+        if cached is not None:
+            return cached
         return await _shared(
             self._inflight, key, self._claimed(key, paper, language, profile, on_stage)
         )

@@ -216,6 +216,8 @@ def m050_search_index(db: Database) -> None:
         pk="arxiv_id",
         if_not_exists=True,
     )
+    # Each paper's reasons are read by paper: without this index every rewrite scans scores.
+    db["scores"].create_index(["arxiv_id"], if_not_exists=True)
     with db.conn:
         _reindex(db, _all_paper_ids(db))
     docs.enable_fts(list(COLUMNS), tokenize=TOKENIZER, create_triggers=True, replace=True)
@@ -268,7 +270,11 @@ def _reindex(db: Database, arxiv_ids: Iterable[str]) -> None:
         conn.execute(
             "insert into search_docs(arxiv_id, title, reasons, dive, updated_at) "
             "values (?, ?, ?, ?, ?) on conflict(arxiv_id) do update set title = excluded.title, "
-            "reasons = excluded.reasons, dive = excluded.dive, updated_at = excluded.updated_at",
+            "reasons = excluded.reasons, dive = excluded.dive, updated_at = excluded.updated_at "
+            # Unchanged text leaves the row alone: the FTS trigger would re-index it for nothing.
+            "where search_docs.title is not excluded.title "
+            "or search_docs.reasons is not excluded.reasons "
+            "or search_docs.dive is not excluded.dive",
             [
                 arxiv_id,
                 index_text(title or ""),

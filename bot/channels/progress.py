@@ -36,7 +36,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from bot.channels.streaming import slack_error_code
+from bot.channels.streaming import SLACK_STREAM_REFUSED, slack_error_code
 from digest_core.analysis import AnalysisStage, Stage
 
 # slack_sdk and telegram are imported where a platform's progress needs them: this module is
@@ -58,21 +58,10 @@ TYPING_EVERY = 4.0
 FINISH_WAIT = 10.0
 
 # Slack's answers to setStatus that mean this workspace, app or token cannot use it.
-SLACK_STATUS_REFUSED = frozenset(
-    {
-        "unknown_method",
-        "not_allowed",
-        "missing_scope",
-        "not_allowed_token_type",
-        "method_deprecated",
-        "feature_not_enabled",
-        "channel_type_not_supported",
-        "method_not_supported_for_channel_type",
-        "team_not_allowed",
-        "not_supported",
-        "access_denied",
-    }
-)
+SLACK_STATUS_REFUSED = SLACK_STREAM_REFUSED | {
+    "method_not_supported_for_channel_type",
+    "access_denied",
+}
 
 _ICONS = {Stage.FETCHING: "📥", Stage.READING: "📖", Stage.WRITING: "✍️"}
 

@@ -217,6 +217,8 @@ class SlackAnswerStream(AnswerStream):
 def slack_error_code(exc: BaseException) -> str:
     """A Slack API error's code ("missing_scope"), else "http N" or the class name: short, and
     never a URL or a token (exception texts can quote the request)."""
+    if not type(exc).__module__.startswith("slack_sdk"):
+        return type(exc).__name__  # and a Telegram-only bot never loads slack_sdk for it
     from slack_sdk.errors import SlackApiError
 
     if isinstance(exc, SlackApiError):
