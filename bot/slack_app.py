@@ -33,6 +33,7 @@ from bot.assistant import (
     RESTARTING,
     UNRECORDED,
     Assistant,
+    Picked,
     Request,
 )
 from bot.channels.base import DeliveryError
@@ -195,15 +196,24 @@ async def _rate(
     if not chat or not ts or not user or not arxiv_id:
         log.warning("slack: a rating press without channel, message, user or paper was ignored")
         return
-    vote = await assistant.press(
-        "slack",
-        chat,
-        user,
-        arxiv_id,
-        action.get("action_id") == RATE_UP,
-        event_key=f"slack-press:{chat}:{ts}:{user}:{action.get('action_ts')}",
-        team=(body.get("team") or {}).get("id"),
-    )
+    try:
+        vote = await assistant.press(
+            "slack",
+            chat,
+            user,
+            arxiv_id,
+            action.get("action_id") == RATE_UP,
+            event_key=f"slack-press:{chat}:{ts}:{user}:{action.get('action_ts')}",
+            team=(body.get("team") or {}).get("id"),
+        )
+    except Exception:  # the database cannot be written: the presser is told so
+        log.exception("slack %s: a rating press not recorded", chat)
+        thread = message.get("thread_ts") or container.get("thread_ts")
+        try:
+            await channel.post_ephemeral(chat, user, escape(UNRECORDED), thread=thread)
+        except DeliveryError as exc:
+            log.warning("slack %s: the presser could not be told: %s", chat, exc.reason)
+        return
     blocks = message.get("blocks")
     if vote is None or not isinstance(blocks, list):
         return
@@ -239,16 +249,20 @@ async def _pick(
     line: str | None = PICK_STALE
     if ts and parsed is not None:
         name = (body.get("user") or {}).get("username")
-        picked = await assistant.pick(
-            "slack",
-            chat,
-            user,
-            *parsed,
-            message=str(ts),
-            event_key=f"slack-press:{chat}:{ts}:{user}:{action.get('action_ts')}",
-            team=(body.get("team") or {}).get("id"),
-            user_name=f"@{name}" if name else None,
-        )
+        try:
+            picked = await assistant.pick(
+                "slack",
+                chat,
+                user,
+                *parsed,
+                message=str(ts),
+                event_key=f"slack-press:{chat}:{ts}:{user}:{action.get('action_ts')}",
+                team=(body.get("team") or {}).get("id"),
+                user_name=f"@{name}" if name else None,
+            )
+        except Exception:  # the database cannot be written: the presser is told so
+            log.exception("slack %s: a paper pick not recorded", chat)
+            picked = Picked(UNRECORDED)
         line = picked.line
         if picked.request is not None:
             req, line = picked.request, None  # the chosen paper and the answer speak for it

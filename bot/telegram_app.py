@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from telegram import Message, Update
+from telegram import CallbackQuery, Message, Update
 from telegram.error import TelegramError
 from telegram.ext import (
     Application,
@@ -150,14 +150,19 @@ def install_handlers(
         if parsed is not None and message is not None and isinstance(message, Message):
             arxiv_id, liked = parsed
             chat = chat_key(message)
-            vote = await assistant.press(
-                "telegram",
-                chat,
-                str(query.from_user.id),
-                arxiv_id,
-                liked,
-                event_key=f"tg-callback:{query.id}",
-            )
+            try:
+                vote = await assistant.press(
+                    "telegram",
+                    chat,
+                    str(query.from_user.id),
+                    arxiv_id,
+                    liked,
+                    event_key=f"tg-callback:{query.id}",
+                )
+            except Exception:  # the database cannot be written: the presser is told so
+                log.exception("telegram %s: a rating press not recorded", chat)
+                await _toast(query, UNRECORDED)
+                return
         try:
             await query.answer(vote_line(vote) if vote is not None else None)
         except TelegramError as exc:  # a redelivered press whose query was already answered
@@ -182,15 +187,20 @@ def install_handlers(
         line: str | None = PICK_STALE
         if parsed is not None and isinstance(message, Message):
             person = query.from_user
-            picked = await assistant.pick(
-                "telegram",
-                chat_key(message),
-                str(person.id),
-                *parsed,
-                message=str(message.message_id),
-                event_key=f"tg-callback:{query.id}",
-                user_name=f"@{person.username}" if person.username else person.full_name,
-            )
+            try:
+                picked = await assistant.pick(
+                    "telegram",
+                    chat_key(message),
+                    str(person.id),
+                    *parsed,
+                    message=str(message.message_id),
+                    event_key=f"tg-callback:{query.id}",
+                    user_name=f"@{person.username}" if person.username else person.full_name,
+                )
+            except Exception:  # the database cannot be written: the presser is told so
+                log.exception("telegram %s: a paper pick not recorded", chat_key(message))
+                await _toast(query, UNRECORDED)
+                return
             if picked.line is None:
                 return  # a redelivered press: its first delivery answers the query
             line = picked.line
@@ -202,10 +212,7 @@ def install_handlers(
                 except Exception:
                     log.exception("telegram: a paper pick not recorded")
                     line = UNRECORDED
-        try:
-            await query.answer(truncate(line, TOAST_LIMIT) if line else None)
-        except TelegramError as exc:  # a redelivered press whose query was already answered
-            log.info("telegram: callback query not answered: %s", exc)
+        await _toast(query, line)
 
     app.add_handler(
         CommandHandler("analyze", on_analyze, filters=filters.UpdateType.MESSAGE, block=False)
@@ -220,6 +227,14 @@ def install_handlers(
             filters.UpdateType.MESSAGE & filters.TEXT & ~filters.COMMAND, on_text, block=False
         )
     )
+
+
+async def _toast(query: CallbackQuery, line: str | None) -> None:
+    """Answer a button press (a toast with `line`, or nothing shown)."""
+    try:
+        await query.answer(truncate(line, TOAST_LIMIT) if line else None)
+    except TelegramError as exc:  # a redelivered press whose query was already answered
+        log.info("telegram: callback query not answered: %s", exc)
 
 
 def _request(

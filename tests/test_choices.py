@@ -28,8 +28,9 @@ from test_interactive import (
     questions_in,
 )
 from test_ratings import BLOCK_ACTIONS, CALLBACK_QUERY, press_socket
+from test_request_reliability import read_only
 
-from bot.assistant import PICK_STALE
+from bot.assistant import PICK_STALE, UNRECORDED
 from bot.channels.base import Outgoing
 from bot.chatstore import ChatStore
 from bot.service import Destination
@@ -423,3 +424,37 @@ async def test_callback_data_fits_64_bytes_for_the_longest_ids(tmp_path: Path) -
             (key, longest[2]),
             (key, "4"),
         ]
+
+
+# == a database that cannot be written ===========================================================
+
+
+async def test_slack_press_on_a_read_only_database_tells_the_presser_and_posts_nothing(
+    tmp_path: Path,
+) -> None:
+    async with Bot(tmp_path, slack="socket") as bot:
+        root = await slack_digest(bot)
+        (ask,) = await bot.ask_slack(VAGUE, root)
+        before = len(bot.slack.thread("C1", root))
+        await read_only(bot)
+        await press_socket(bot, pick_payload(ask, "U2", 1))
+        await bot.settle()
+        assert ephemerals_in_thread(bot, "U2", root) == [UNRECORDED]
+        assert len(bot.slack.thread("C1", root)) == before
+        assert bot.llm_calls("answer") == []
+
+
+async def test_telegram_press_on_a_read_only_database_gets_a_toast_and_posts_nothing(
+    tmp_path: Path,
+) -> None:
+    async with Bot(tmp_path, slack=None, telegram=True) as bot:
+        _, ask = await tg_ask(bot, VAGUE)
+        await read_only(bot)
+        update = bot.tg.push_callback(
+            TG_GROUP, ask["message_id"], tg_keyboard(ask)[0][1], user=tg_person(800), query_id="ro"
+        )
+        await bot.consumed(update)
+        await bot.settle()
+        assert bot.tg.answered["ro"]["text"] == UNRECORDED
+        assert bot.tg_sent(TG_GROUP, after=ask["message_id"]) == []
+        assert bot.llm_calls("answer") == []

@@ -34,7 +34,9 @@ from test_interactive import (
     kind_of,
     sign,
 )
+from test_request_reliability import read_only
 
+from bot.assistant import UNRECORDED
 from bot.chatstore import ChatStore
 from bot.service import Destination, destination_profile, profile_ratings
 from digest_core.models import Rating
@@ -450,3 +452,24 @@ async def test_seen_days_zero_turns_the_check_off(tmp_path: Path) -> None:
         assert len(skipped.picked) == len(digest.picked)
         mark = next(e.seen for e in skipped.entries if e.paper.arxiv_id == first)
         assert mark == SeenMark("2026-01-01", None)
+
+
+# -- a database that cannot be written -------------------------------------------------------------
+
+
+async def test_rating_presses_on_a_read_only_database_tell_the_presser(tmp_path: Path) -> None:
+    async with Bot(tmp_path, slack="socket", telegram=True) as bot:
+        await bot.analysed_in_slack(PAPER, channel="C1")
+        await bot.tg_say(TG_GROUP, f"/analyze {PAPER}")
+        await eventually(lambda: any(m.get("reply_markup") for m in bot.tg.sent(TG_GROUP)), "keys")
+        await bot.settle()
+        slack_message, tg_message = rated_message(bot, "C1", PAPER), tg_rated(bot, TG_GROUP, PAPER)
+        await read_only(bot)
+
+        await press_socket(bot, press_payload(slack_message, "C1", "U1", up=True))
+        await tg_press(bot, TG_GROUP, tg_message, up=True, user=501, query_id="ro")
+        await bot.settle()
+        assert [e["text"] for e in bot.slack.ephemerals if e["user"] == "U1"][-1] == UNRECORDED
+        assert bot.tg.answered["ro"]["text"] == UNRECORDED
+        assert await counts(bot, "slack", "C1", PAPER) == (0, 0)
+        assert button_labels(rated_message(bot, "C1", PAPER)) == ["👍", "👎"]
