@@ -393,9 +393,6 @@ class Assistant:
         """The channel's display of an analysis's stages (bot.channels.progress), where it has
         one: where the opening line was posted (Telegram), it is edited with the stage.
         Otherwise the stages are only kept, for the "still working" line."""
-        make = getattr(channel, "analysis_progress", None)
-        if make is None:
-            return StagesOnly()
         try:
             opening: tuple[str, str] | None = None
             if not req.private:
@@ -403,7 +400,7 @@ class Assistant:
                 row = state.get("opening")
                 if row is not None and row.status is PostStatus.SENT and row.message_ref:
                     opening = (row.message_ref, line)
-            progress: AnalysisProgress | None = make(
+            progress = channel.analysis_progress(
                 req.chat, thread=req.status_thread, opening=opening
             )
         except Exception:  # a display: never the reason an analysis fails
@@ -561,16 +558,14 @@ class Assistant:
     ) -> AnswerStream | None:
         """The channel's poster that shows the answer as it is written, if it has one and the
         answer was not posted already (a retried request repeats nothing)."""
-        make = getattr(channel, "answer_stream", None)
-        if make is None or req.private or self.pipeline.llm is None:
+        if req.private or self.pipeline.llm is None:
             return None
         state = await self.chat.post_state(f"reply:{req.message}", req.platform, req.chat)
         if any(r.status is PostStatus.SENT for r in state.values()):
             return None
-        stream: AnswerStream | None = make(
+        return channel.answer_stream(
             req.chat, req.reply_to, placeholder=placeholder, user=req.user, team=req.team
         )
-        return stream
 
     async def _say(
         self,
@@ -912,8 +907,7 @@ class Assistant:
         titled = await self._titled(ids)
         text = await self.ask_which(req.platform, req.chat, thread.thread_ref, question, titled)
         line = channel.render_line(text)
-        render = getattr(channel, "render_choices", None)
-        if render is not None:
+        if channel.buttons:
             choice = await self.chat.save_choice(
                 req.platform,
                 req.chat,
@@ -925,7 +919,7 @@ class Assistant:
                 papers=ids,
             )
             options = [(pid, f"{n}. {title}") for n, (pid, title) in enumerate(titled, 1)]
-            line = render(text, choice.key, options)
+            line = channel.render_choices(text, choice.key, options)
         await self._post(channel, req, [dataclasses.replace(line, key="ask")])
 
     async def _typed_pick(

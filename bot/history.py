@@ -59,11 +59,12 @@ def short(title: str) -> str:
 
 async def linked(listing: Listing, channel: Channel, chat: str) -> Listing:
     """The listing with each thread's link, where the platform gives one (asked together)."""
-    permalink = getattr(channel, "permalink", None)
     refs = sorted({ln.thread for ln in listing.lines if ln.thread})
-    if permalink is None or not refs:
+    if not refs:
         return listing
-    found = await asyncio.gather(*(permalink(chat, ref) for ref in refs), return_exceptions=True)
+    found = await asyncio.gather(
+        *(channel.permalink(chat, ref) for ref in refs), return_exceptions=True
+    )
     urls = {
         ref: url
         for ref, url in zip(refs, found, strict=True)

@@ -150,9 +150,8 @@ async def for_destination(
     for arxiv_id, record in seen.items():
         if arxiv_id in ids:
             link = None
-            permalink = getattr(dest.channel, "permalink", None)
-            if permalink is not None and record.thread_ref:
-                link = await permalink(dest.chat, record.thread_ref)
+            if record.thread_ref:
+                link = await dest.channel.permalink(dest.chat, record.thread_ref)
             marks[arxiv_id] = SeenMark(record.date, link)
     profile = await destination_profile(pipeline.settings, chat, dest.channel.platform, dest.chat)
     return await pipeline.skip_seen(digest, marks, profile)

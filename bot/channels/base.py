@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from digest_core.models import Answer, Digest, DigestEntry, FigureImage
+
+if TYPE_CHECKING:
+    from bot.channels.progress import AnalysisProgress
+    from bot.channels.streaming import AnswerStream
 
 # A streamed answer makes at most one platform call per this many seconds: within Slack's
 # Tier 4 for chat.appendStream and Telegram's "about one message per second per chat". Each
@@ -70,6 +74,7 @@ class Channel(Protocol):
     # Whether `find_posted` can find a message again (Slack: by its metadata). Where it cannot
     # (Telegram), a send whose outcome is unknown is repeated at most a bounded number of times.
     searchable: bool
+    buttons: bool  # whether a message can carry buttons (render_choices)
 
     def render_digest(self, digest: Digest) -> list[Outgoing]:
         """Root message first, then every reply in thread order."""
@@ -115,6 +120,35 @@ class Channel(Protocol):
 
     async def replace(self, chat: str, ref: str, payload: Any) -> None:
         """Replace the content of message `ref` (a placeholder). Raises DeliveryError."""
+        ...
+
+    async def permalink(self, chat: str, ref: str) -> str | None:
+        """A link to message `ref`, or None where the platform has none."""
+        ...
+
+    def render_choices(self, text: str, key: str, options: list[tuple[str, str]]) -> Outgoing:
+        """The "which paper?" line with one button per (arXiv ID, label) of `options`, the
+        buttons naming the kept question by `key` (where `buttons`; else the line alone)."""
+        ...
+
+    def answer_stream(
+        self,
+        chat: str,
+        thread: str | None,
+        *,
+        placeholder: str | None,
+        user: str | None = None,
+        team: str | None = None,
+    ) -> AnswerStream | None:
+        """What shows a thread answer as it is written (bot.channels.streaming), or None
+        where the answer is posted whole."""
+        ...
+
+    def analysis_progress(
+        self, chat: str, *, thread: str | None, opening: tuple[str, str] | None = None
+    ) -> AnalysisProgress | None:
+        """What shows an analysis's stages (bot.channels.progress), or None where nothing
+        can show them."""
         ...
 
     async def aclose(self) -> None:

@@ -23,6 +23,7 @@ from digest_core.render.markdown import (
 class ConsoleChannel:
     platform = "console"
     searchable = False
+    buttons = False
 
     def __init__(self, stream: TextIO | None = None, language: str = "zh") -> None:
         self.stream = stream
@@ -58,6 +59,18 @@ class ConsoleChannel:
         await self.send(chat, payload, None)
 
     async def aclose(self) -> None:
+        return None
+
+    async def permalink(self, chat: str, ref: str) -> str | None:
+        return None
+
+    def render_choices(self, text: str, key: str, options: list[tuple[str, str]]) -> Outgoing:
+        return self.render_line(text)  # no buttons: the numbered list is answered by typing
+
+    def answer_stream(self, chat: str, thread: str | None, **_: Any) -> None:
+        return None  # the answer is posted whole
+
+    def analysis_progress(self, chat: str, **_: Any) -> None:
         return None
 
     async def send(

@@ -389,6 +389,7 @@ class SlackChannel:
 
     platform = "slack"
     searchable = True  # every post carries its key in message metadata
+    buttons = True
 
     def __init__(self, client: AsyncWebClient, language: str = "zh") -> None:
         self.client = client

@@ -354,6 +354,7 @@ class TelegramChannel:
 
     platform = "telegram"
     searchable = False  # the Bot API cannot list a chat's messages
+    buttons = True
 
     def __init__(
         self,
