@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import html
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,13 @@ from bot.channels.base import Channel, Outgoing
 
 # Slack's and Telegram's own links are plain https URLs; anything else is shown without one.
 _SAFE_URL = re.compile(r"^https://[A-Za-z0-9.-]+/[A-Za-z0-9/._~%?=&+-]*$")
+
+
+def safe_link(url: str | None) -> bool:
+    """An https link a platform gave us (a permalink) that is safe inside `<url|…>` or href."""
+    return bool(url) and _SAFE_URL.match(url or "") is not None
+
+
 MAX_TITLE_CHARS = 120
 
 
@@ -68,7 +74,7 @@ async def linked(listing: Listing, channel: Channel, chat: str) -> Listing:
     urls = {
         ref: url
         for ref, url in zip(refs, found, strict=True)
-        if isinstance(url, str) and _SAFE_URL.match(url)
+        if isinstance(url, str) and safe_link(url)
     }
     return dataclasses.replace(
         listing,
@@ -81,9 +87,7 @@ async def linked(listing: Listing, channel: Channel, chat: str) -> Listing:
 
 def slack_mrkdwn(listing: Listing) -> str:
     """Slack mrkdwn: `& < >` escaped, titles as `<url|title>`."""
-
-    def esc(text: str) -> str:
-        return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    from digest_core.render.slack import escape as esc
 
     out = []
     for ln in listing.lines:
@@ -95,14 +99,14 @@ def slack_mrkdwn(listing: Listing) -> str:
 
 def telegram_html(listing: Listing) -> str:
     """Telegram HTML: escaped text, titles as `<a href>`."""
+    from digest_core.render.telegram import escape
+
     out = []
     for ln in listing.lines:
-        title = html.escape(ln.title, quote=False)
+        title = escape(ln.title)
         if ln.url and title:
-            title = f'<a href="{html.escape(ln.url, quote=True)}">{title}</a>'
-        out.append(
-            f"{html.escape(ln.text, quote=False)}{title}{html.escape(ln.after, quote=False)}"
-        )
+            title = f'<a href="{escape(ln.url, quote=True)}">{title}</a>'
+        out.append(f"{escape(ln.text)}{title}{escape(ln.after)}")
     return "\n".join(out)
 
 

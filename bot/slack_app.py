@@ -38,7 +38,7 @@ from bot.assistant import (
 )
 from bot.channels.base import DeliveryError
 from bot.channels.slack import SlackChannel, send_to_response_url
-from bot.history import slack_mrkdwn
+from bot.history import safe_link, slack_mrkdwn
 from digest_core.render.slack import PICK_ACTION, RATE_DOWN, RATE_UP, escape, parse_pick_value
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 Spawn = Callable[[Coroutine[Any, Any, Any]], Any]
 
 _MENTION = re.compile(r"<@[A-Z0-9]+>")
-_SAFE_LINK = re.compile(r"^https://[A-Za-z0-9.-]+/[A-Za-z0-9/._-]*$")
 _QUESTION_SUBTYPES = (None, "thread_broadcast", "file_share")
 _RESPONSE_URL = re.compile(r"^https?://[^\s]+$")
 
@@ -321,7 +320,7 @@ async def _analyze(
     ]
     if lines and done.thread:
         link = await channel.permalink(req.chat, done.thread)
-        lines[-1] += f" — <{link}|open the thread>" if link and _SAFE_LINK.match(link) else ""
+        lines[-1] += f" — <{link}|open the thread>" if safe_link(link) else ""
     for line in lines:
         await _ephemeral(channel, req.chat, req.user, line, response_url)
 
