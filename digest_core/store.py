@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -802,18 +802,13 @@ class Store:
             )
             scores = _latest_scores(self.db, [r["arxiv_id"] for r in rows], fingerprint)
             hits = [
-                SearchHit(
-                    r["arxiv_id"],
-                    _title(self.db, r["arxiv_id"]),
-                    r["rank"],
-                    scores.get(r["arxiv_id"]),
-                    deep_dive=bool(r["dive"]),
-                )
+                SearchHit(r["arxiv_id"], "", r["rank"], scores.get(r["arxiv_id"]), bool(r["dive"]))
                 for r in rows
             ]
             hits.sort(key=lambda h: dates.get(h.arxiv_id, ""), reverse=True)  # ties: newer
             hits.sort(key=_relevance)
-            return hits[:limit]
+            # Titles only for the hits kept.
+            return [replace(h, title=_title(self.db, h.arxiv_id)) for h in hits[:limit]]
 
         return await self._run(read)
 
