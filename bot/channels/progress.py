@@ -293,20 +293,9 @@ class TelegramAnalysisProgress(AnalysisProgress):
                 await self._typing
 
     async def _edit(self, text: str) -> None:
-        from telegram.error import BadRequest
-
         assert self.opening is not None
-        chat_id, _ = self.channel.target(self.chat)
-        try:
-            await self.channel.bot.edit_message_text(
-                self.channel.render_line(text).payload,
-                chat_id=chat_id,
-                message_id=int(self.opening[0]),
-                parse_mode="HTML",
-            )
-        except BadRequest as exc:
-            if "not modified" not in exc.message.lower():
-                raise
+        html = self.channel.render_line(text).payload
+        await self.channel.edit_once(self.chat, self.opening[0], html)
 
     async def _show(self, stage: AnalysisStage, still: bool) -> None:
         assert self.opening is not None

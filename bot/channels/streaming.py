@@ -285,21 +285,11 @@ class TelegramEditStream(AnswerStream):
         self.message_id: str | None = None
 
     async def _show(self, text: str, shown: str) -> None:
-        from telegram.constants import ParseMode
-        from telegram.error import BadRequest
-
         html = telegram_preview(text)
         if self.message_id is None:
             self.message_id = await self.channel.send(self.chat, html, self.reply_to)
             return
-        chat_id, _ = self.channel.target(self.chat)
-        try:
-            await self.channel.bot.edit_message_text(
-                html, chat_id=chat_id, message_id=int(self.message_id), parse_mode=ParseMode.HTML
-            )
-        except BadRequest as exc:
-            if "not modified" not in exc.message.lower():
-                raise
+        await self.channel.edit_once(self.chat, self.message_id, html)
 
     async def _close(self) -> str | None:
         return self.message_id

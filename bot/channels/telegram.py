@@ -588,6 +588,19 @@ class TelegramChannel:
         except (TelegramError, DeliveryError) as exc:
             _log.info("telegram typing indicator failed in %s: %s", chat_id, self._reason(exc))
 
+    async def edit_once(self, chat: str, message_id: str, html: str) -> None:
+        """One `editMessageText` of a live display (a streamed preview, an analysis's stage):
+        no waiting out flood control (RetryAfter reaches the caller, whose pace decides), no
+        fallback; an edit to the same text is not an error."""
+        chat_id, _ = self.target(chat)
+        try:
+            await self.bot.edit_message_text(
+                html, chat_id=chat_id, message_id=int(message_id), parse_mode=ParseMode.HTML
+            )
+        except BadRequest as exc:
+            if "not modified" not in exc.message.lower():
+                raise
+
     async def edit(self, chat: str, message_id: str, payload: str) -> None:
         """Replace a message's text. Content beyond one message is sent as replies to it."""
         chat_id, topic = parse_chat(chat)
