@@ -34,7 +34,7 @@ from bot.service import (
 )
 from bot.settings import AppSettings as Settings
 from bot.team import Team
-from digest_core.models import Digest, Paper
+from digest_core.models import Paper
 from digest_core.pipeline import Pipeline
 from digest_core.retry import RetryPolicy, TryAgain
 from digest_core.sources import SourceError
@@ -207,9 +207,15 @@ class DailyJob:
                 plan,
                 papers=lambda: self.wait_for_papers(day),
             )
-            failed = await self._deliver_all(
-                [(dest, digests[profile.content_key]) for dest, profile in plan], day
-            )
+            pairs = {id(dest): digests[profile.content_key] for dest, profile in plan}
+
+            async def send(dest: Destination) -> Delivered:
+                digest = pairs[id(dest)]
+                return await deliver(
+                    self.store, dest, digest, self.settings, pipeline=self.pipeline
+                )
+
+            failed = await self.deliver_all([dest for dest, _ in plan], day, send)
             status = "failed" if failed else "done"
             detail = "; ".join(f"{r.destination}: {r.error}" for r in failed)
         except SourceError as exc:
@@ -261,12 +267,16 @@ class DailyJob:
             remaining -= step
             await self.store.heartbeat(day, self.owner)
 
-    async def _deliver_all(
-        self, pairs: Sequence[tuple[Destination, Digest]], day: str
+    async def deliver_all(
+        self,
+        destinations: Sequence[Destination],
+        run_key: str,
+        send: Callable[[Destination], Awaitable[Delivered | None]],
     ) -> list[Delivered]:
-        """Every destination its digest; transient failures are tried again a few times,
-        permanent ones are reported once and left."""
-        pending = list(pairs)
+        """`send` to every destination (None: nothing to send there); transient failures are
+        tried again a few times, permanent ones are reported once and left. Between rounds
+        the run `run_key` (a day, a week's roundup) keeps its lease."""
+        pending = list(destinations)
         last: dict[int, Delivered] = {}  # each destination's latest result, across rounds
         # Rounds a minute apart, then two: long enough for a platform's hiccup to pass.
         policy = RetryPolicy.from_settings(
@@ -280,22 +290,22 @@ class DailyJob:
         async def round_(_: int) -> None:
             nonlocal pending
             retry = []
-            for dest, digest in pending:
-                result = await deliver(
-                    self.store, dest, digest, self.settings, pipeline=self.pipeline
-                )
+            for dest in pending:
+                result = await send(dest)
+                if result is None:
+                    continue
                 last[id(dest)] = result
                 if not result.ok and result.retryable:
-                    retry.append((dest, digest))
+                    retry.append(dest)
             if retry:
                 pending = retry
                 raise TryAgain(f"{len(retry)} destination(s) failed for now")
 
         async def wait(seconds: float) -> None:
-            await self._wait(day, seconds)
+            await self._wait(run_key, seconds)
 
         try:
-            await policy.run(round_, what=f"delivery of {day}", sleep=wait)
+            await policy.run(round_, what=f"delivery of {run_key}", sleep=wait)
         except TryAgain:
             pass  # the last round's failures are reported below
         return [r for r in last.values() if not r.ok]
@@ -355,11 +365,12 @@ class RoundupJob:
             team = Team(self.settings, self.store)
             daily = self.daily
             destinations = await team.destinations(daily.destinations, daily.channels)
-            failed = []
-            for dest in destinations:
-                result = await self._post(team, dest, key, at)
-                if result is not None and not result.ok:
-                    failed.append(result)
+
+            async def send(dest: Destination) -> Delivered | None:
+                return await self._post(team, dest, key, at)
+
+            # Rounds like the daily digest's: a platform's hiccup does not lose the roundup.
+            failed = await daily.deliver_all(destinations, key, send)
             status = "failed" if failed else "done"
             detail = "; ".join(f"{r.destination}: {r.error}" for r in failed)
         except Exception as exc:  # the run must record its end whatever happened
@@ -386,6 +397,7 @@ class RoundupJob:
             [history.render(dest.channel, roundup, "roundup")],
             kind="roundup",
             papers=list(roundup.papers),
+            retry=self.settings.retry,
         )
 
 

@@ -621,6 +621,33 @@ async def test_a_roundup_missed_while_down_is_caught_up_once(tmp_path: Path) -> 
         assert len(bot.roots("C1")) == roots + 1
 
 
+async def test_a_roundup_that_fails_for_now_is_posted_on_the_next_round(tmp_path: Path) -> None:
+    """Slack answers 5xx to every try of one post: the roundup is not lost, it is posted once
+    after the job's pause, as the daily digest is."""
+    async with Bot(tmp_path, config={"day =": 'day = "mon"'}) as bot:
+        assert bot.slack_rt is not None
+        channel = bot.slack_rt.channel
+        await _deliver_digest(bot, [Destination(channel, "C1")])
+        trigger = make_roundup_trigger(bot.settings)
+        assert trigger is not None
+        due = trigger.get_next_fire_time(None, datetime.now(UTC))
+        assert due is not None
+        slept: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            slept.append(seconds)
+
+        daily = DailyJob(
+            bot.pipeline, [Destination(channel, "C1")], bot.settings, "host-a:1", sleep=sleep
+        )
+        roots = len(bot.roots("C1"))
+        bot.slack.server_error_next(3)  # this round's tries at the post all fail
+        assert await RoundupJob(daily, now=lambda: due).fire() == "done"
+        assert len(bot.roots("C1")) == roots + 1
+        assert bot.roots("C1")[-1]["text"].startswith("📅 This week here")
+        assert 60.0 <= sum(slept) <= 60.0 * (1 + bot.settings.retry.jitter)
+
+
 def test_help_readme_manifest_and_botfather_list_the_same_commands() -> None:
     from bot.team import HELP_COMMANDS
 
