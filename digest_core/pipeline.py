@@ -67,6 +67,11 @@ CLAIM_LEASE_SECONDS = 30.0
 CLAIM_POLL_SECONDS = 0.25
 # How long a caller with no deadline of its own (the daily job) waits for another writer.
 CLAIM_MAX_WAIT_SECONDS = 900.0
+# Papers whose links are looked up at once. Each lookup is four Hugging Face requests on the
+# one sources client (10 connections), which arXiv and the full texts share: fifty analyses
+# asked at once queued 200 requests ahead of theirs, and a lookup's deadline ran out in the
+# queue. Two at a time leave arXiv a connection, and a lookup takes well under a deep dive.
+LINK_LOOKUPS_AT_ONCE = 2
 
 
 class PaperNotFound(LookupError):
@@ -91,6 +96,7 @@ class Pipeline:
         self.http = http
         self.offline = offline  # the demo: no network at all, built-in analyser
         self.arxiv = ArxivClient(http, settings.sources)
+        self._link_lookups = asyncio.Semaphore(LINK_LOOKUPS_AT_ONCE)
         llm_on = settings.llm.enabled and not offline
         self.llm = (
             LLMClient(
@@ -493,11 +499,13 @@ class Pipeline:
 
     async def links(self, paper: Paper) -> tuple[Link, ...]:
         """The deep dive header's links (code, project page, Hugging Face models, datasets and
-        Spaces citing the paper). Bounded by `sources.extras_timeout_seconds`; never raises."""
+        Spaces citing the paper). Each request is bounded by `sources.extras_timeout_seconds`
+        once it runs; LINK_LOOKUPS_AT_ONCE papers are looked up at a time. Never raises."""
         if self.offline:
             return ()
         try:
-            return await fetch_paper_links(self.http, self.settings.sources, paper)
+            async with self._link_lookups:
+                return await fetch_paper_links(self.http, self.settings.sources, paper)
         except Exception:  # an extra: never the reason a deep dive fails
             log.warning("links of %s: lookup failed", paper.arxiv_id, exc_info=True)
             return ()

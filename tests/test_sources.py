@@ -456,6 +456,30 @@ async def test_requests_are_spaced_and_serialised(ax: FakeArxiv) -> None:
     assert ax.max_in_flight == 1
 
 
+async def test_spacing_counts_from_when_a_request_leaves_not_from_the_queue(
+    ax: FakeArxiv, hf: FakeHF
+) -> None:
+    """The one client's connections (10) are all held by slow Hugging Face requests, so the
+    first arXiv request waits for one after its pacing: the second must still reach arXiv the
+    interval after the first did, not the interval after the first began to wait."""
+    hf.hang, hf.hang_seconds = True, 0.5
+    settings = make_settings(hf=hf.url, arxiv=ax.url, interval=0.3)
+    async with make_http_client(settings) as client:
+        url = f"{hf.url}/api/daily_papers"
+        holders = [asyncio.create_task(client.get(url)) for _ in range(10)]
+        for _ in range(500):  # until every connection is taken
+            if len(hf.daily_requests()) == 10:
+                break
+            await asyncio.sleep(0.01)
+        arxiv = ArxivClient(client, settings)
+        await arxiv.fetch([ArxivId("2104.12255")])
+        await arxiv.fetch([ArxivId("1605.08386")])
+        await asyncio.gather(*holders)
+    first, second = ax.queries()
+    assert first.at - hf.daily_requests()[0].at >= 0.4  # it did wait for a connection
+    assert second.at - first.at >= 0.25, second.at - first.at
+
+
 async def test_503_and_empty_body_are_retried_spaced(ax: FakeArxiv) -> None:
     ax.fail_times, ax.empty_times = 1, 1
     now = [0.0]

@@ -107,10 +107,21 @@ class ArxivClient:
             deadline=None,  # the lock serialises callers; the callers' deadlines bound a fetch
         )
 
+        async def on_the_wire(event: str, info: object) -> None:
+            # httpcore's trace: the request's first bytes leave now. A request can wait for
+            # one of the shared client's connections (behind Hugging Face lookups) after
+            # `_pace`; arXiv's spacing counts from when it really went out.
+            if event.endswith(".send_request_headers.started"):
+                self._last_start = self._clock()
+
         async def attempt(_: int) -> list[Paper]:
             await self._pace(interval)
             try:
-                response = await self._client.get(self._settings.arxiv_api_url, params=params)
+                response = await self._client.get(
+                    self._settings.arxiv_api_url,
+                    params=params,
+                    extensions={"trace": on_the_wire},
+                )
             except httpx.TimeoutException:
                 raise TryAgain("arXiv did not answer in time") from None
             except httpx.TransportError as exc:
@@ -203,7 +214,8 @@ class ArxivClient:
 
     async def _pace(self, gap: float) -> None:
         """Wait until `gap` (at least the interval) has passed since the last request start,
-        and mark this moment as the next request's start."""
+        and mark this moment as the next request's start (until the transport reports when
+        the request really went out)."""
         await self._wait_gap(gap)
         self._last_start = self._clock()
 
