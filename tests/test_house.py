@@ -46,6 +46,25 @@ def top_level(module: str) -> str:
     return module.split(".", 1)[0]
 
 
+def last_name(node: ast.AST) -> str:
+    """The name a call's target ends with (`importlib.import_module` → `import_module`); what
+    `ast.unparse(node)` ends with for a name or an attribute, without unparsing every call."""
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+def dotted(node: ast.AST) -> str:
+    """`a.b.c` for a chain of names and attributes, "" for anything else."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return ""
+    return ".".join([node.id, *reversed(parts)])
+
+
 # ----------------------------------------------------------------------- the core's boundary
 
 
@@ -55,20 +74,21 @@ def test_core_modules_import_nothing_from_the_bot_or_chat_libraries() -> None:
     assert files, "no module found under digest_core/"
     for path in files:
         tree = parsed(path)
+        relative = path.relative_to(ROOT)
         for node in ast.walk(tree):
-            where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
-            elif isinstance(node, ast.Call) and ast.unparse(node.func).endswith(
+            elif isinstance(node, ast.Call) and last_name(node.func).endswith(
                 ("import_module", "__import__")
             ):
                 # a dynamic import would dodge the static check: the core needs none
-                offenders.append(f"{where} imports dynamically")
+                offenders.append(f"{relative}:{node.lineno} imports dynamically")
                 continue
             else:  # relative imports stay inside digest_core
                 continue
+            where = f"{relative}:{node.lineno}"
             offenders += [
                 f"{where} imports {name}" for name in names if top_level(name) in FORBIDDEN_IN_CORE
             ]
@@ -152,8 +172,9 @@ def env_names_read_by_code() -> dict[str, str]:
                 found.setdefault(node.value, f"{path.relative_to(ROOT)}:{node.lineno}")
 
     def is_env(node: ast.AST) -> bool:
-        text = ast.unparse(node)
-        return text in ("env", "environ", "os.environ", "environment") or text.endswith(".env")
+        if isinstance(node, ast.Attribute) and node.attr == "env":
+            return True
+        return dotted(node) in ("env", "environ", "os.environ", "environment")
 
     for path in python_files("bot", "digest_core"):
         tree = parsed(path)
@@ -162,7 +183,7 @@ def env_names_read_by_code() -> dict[str, str]:
                 note(node.slice, path)
             elif isinstance(node, ast.Call):
                 func = node.func
-                name = ast.unparse(func)
+                name = last_name(func)
                 if isinstance(func, ast.Attribute) and func.attr in ("get", "pop", "setdefault"):
                     if is_env(func.value) and node.args:
                         note(node.args[0], path)
