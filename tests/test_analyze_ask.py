@@ -86,7 +86,8 @@ def responder() -> Any:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    async with World(tmp_path, llm=FakeLLM(responder=responder())) as w:
+    # The core alone opens the database: one the bot had migrated would be "newer".
+    async with World(tmp_path, llm=FakeLLM(responder=responder()), new_db=True) as w:
         yield w
 
 

@@ -23,7 +23,14 @@ import pytest
 from fakes.slack import FakeSlack
 from fakes.telegram import DEFAULT_TOKEN as TELEGRAM_TOKEN
 from fakes.telegram import FakeTelegram, parse_html, utf16_len
-from fakes.world import CONFIG, World, fast_config, research_responder, run_cli
+from fakes.world import (
+    CONFIG,
+    World,
+    fast_config,
+    migrated_database,
+    research_responder,
+    run_cli,
+)
 from slack_sdk.http_retry.builtin_interval_calculators import FixedValueRetryIntervalCalculator
 
 from bot.channels.base import ErrorKind, Outgoing
@@ -241,7 +248,7 @@ async def live(servers: tuple[FakeSlack, FakeTelegram]) -> AsyncIterator[Live]:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[ChatStore]:
-    opened = await ChatStore.open(tmp_path / "ledger.db")
+    opened = await ChatStore.open(await migrated_database(tmp_path / "ledger.db"))
     yield opened
     await opened.close()
 

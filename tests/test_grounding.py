@@ -200,7 +200,8 @@ def planting_responder() -> Any:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    async with World(tmp_path, llm=FakeLLM(responder=planting_responder())) as w:
+    # The core alone opens the database: one the bot had migrated would be "newer".
+    async with World(tmp_path, llm=FakeLLM(responder=planting_responder()), new_db=True) as w:
         w.arxiv.html["1605.08386"] = arxiv_fixture("html_latexml_sample.html").decode()
         yield w
 

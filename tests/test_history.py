@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes.world import research_responder
+from fakes.world import migrated_database, research_responder
 from test_interactive import (
     DAY,
     PAPER,
@@ -71,7 +71,7 @@ async def found(store: Store, words: str, **kw: Any) -> list[str]:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await open_store(tmp_path / "search.db")
+    s = await open_store(await migrated_database(tmp_path / "search.db"))
     try:
         yield s
     finally:

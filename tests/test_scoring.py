@@ -28,7 +28,8 @@ DAY = "2026-01-23"  # 18 papers on Hugging Face; the digest scans the top 15
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    async with World(tmp_path) as w:
+    # The core alone opens the database: one the bot had migrated would be "newer".
+    async with World(tmp_path, new_db=True) as w:
         yield w
 
 

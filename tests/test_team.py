@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from fakes.recording import RecordingChannel
-from fakes.world import World, fast_config, profile_responder
+from fakes.world import World, fast_config, migrated_database, profile_responder
 from fakes.world import data_block as _block
 
 from bot.assistant import DIGEST, Assistant, Request
@@ -88,7 +88,8 @@ class Team_:
 
 async def _open(tmp: Path, world: World, env: dict[str, str] | None = None, **config: str) -> Team_:
     world.config.write_text(fast_config(**config) + PROFILES, encoding="utf-8")
-    pipeline = await open_pipeline(world.settings(DIGEST_DB=str(tmp / "t.db"), **(env or {})))
+    db = await migrated_database(tmp / "t.db")
+    pipeline = await open_pipeline(world.settings(DIGEST_DB=str(db), **(env or {})))
     assistant = Assistant(pipeline, pipeline.settings)
     return Team_(
         world,
