@@ -99,6 +99,60 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return 2 * len(os.sched_getaffinity(0))
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """`-n` without `--dist` hands tests out by work-stealing instead of xdist's fixed shares:
+    the suite's long waits (whole-second Retry-Afters, deadlines) land unevenly, and an idle
+    worker takes over a busy one's queue instead of waiting at the end. Runs before xdist's
+    own hook, which would otherwise pick `load`."""
+    option = config.option
+    if getattr(option, "numprocesses", None) and getattr(option, "dist", None) == "no":
+        option.dist = "worksteal"
+
+
+_FORKED_WORKERS: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """With `-n`, workers are forked from one parent that has imported what they would
+    (tests/fakes/workers.py) instead of each importing it anew. DIGESTBOT_FORK_WORKERS=0
+    starts them as plain interpreters."""
+    option = config.option
+    specs = getattr(option, "tx", None) or []
+    if (
+        os.environ.get("PYTEST_XDIST_WORKER")
+        or os.environ.get("DIGESTBOT_FORK_WORKERS") == "0"
+        or getattr(option, "dist", "no") == "no"
+        or not specs
+        or any(spec != "popen" for spec in specs)
+        or sys.platform != "linux"
+    ):
+        return
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="digestbot-workers-"))
+    path = folder / "workers.sock"
+    (folder / "workers.sock.starting").touch()
+    script = _TESTS / "fakes" / "workers.py"
+    server = subprocess.Popen(
+        [sys.executable, str(script), "server", str(path)], stdin=subprocess.PIPE, cwd=_TESTS.parent
+    )
+    _FORKED_WORKERS.append(server)
+    option.tx = [f"popen//python={sys.executable} {script} client {path}" for _ in specs]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for server in _FORKED_WORKERS:
+        assert server.stdin is not None
+        server.stdin.close()  # the server ends (and ends any worker left)
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    _FORKED_WORKERS.clear()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     cache: dict[str, set[str]] = {}
     for item in items:
