@@ -13,7 +13,7 @@ stage, edited within the throttle, then says it is done (or, after a failure, wh
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,12 +92,15 @@ class Env:
         )
         return req, await self.assistant.handle(self.slack_channel, req, opened=True)
 
-    async def slash(self, paper: str) -> tuple[list[str], Handled]:
+    async def slash(
+        self, paper: str, on_line: Callable[[str], None] = lambda line: None
+    ) -> tuple[list[str], Handled]:
         """`/analyze PAPER` in a channel: no thread; lines go to the requester alone."""
         told: list[str] = []
 
         async def tell(line: str) -> None:
             told.append(line)
+            on_line(line)
 
         req = Request(
             "slack", CHANNEL, "U1", paper, "trigger-1", command=ANALYZE, team=TEAM, private=True
@@ -277,8 +280,21 @@ async def test_slack_a_failed_analysis_clears_the_status_too(env: Env) -> None:
 async def test_slack_a_slash_command_has_no_thread_so_the_still_working_line_names_the_stage(
     env: Env,
 ) -> None:
-    env.world.llm.latency = LLM_LATENCY  # watched while the model works
-    told, done = await env.slash(PAPER)
+    # The still-working line comes after 1 s here, and the model answers only once it is out:
+    # by then the analysis has begun even on a loaded machine (before its first stage the line
+    # can only say that it is still working).
+    settings = env.pipeline.settings
+    interactive = settings.interactive.model_copy(update={"still_working_after_seconds": 1.0})
+    env.assistant = Assistant(
+        env.pipeline, settings.model_copy(update={"interactive": interactive})
+    )
+    env.world.llm.latency = 30
+
+    def on_line(line: str) -> None:
+        if line.startswith("⏳"):
+            env.world.llm.answer_now()
+
+    told, done = await env.slash(PAPER, on_line)
     assert env.slack.statuses == []  # no thread to show a status in
     (still,) = [line for line in told if line.startswith("⏳")]
     stage = still.removeprefix("⏳ Still working on it: ").removesuffix(
