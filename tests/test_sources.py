@@ -477,7 +477,7 @@ async def test_spacing_counts_from_when_a_request_leaves_not_from_the_queue(
         await asyncio.gather(*holders)
     first, second = ax.queries()
     assert first.at - hf.daily_requests()[0].at >= 0.4  # it did wait for a connection
-    assert second.at - first.at >= 0.25, second.at - first.at
+    assert second.at - first.at >= 0.2, second.at - first.at  # unpaced: ~0.002
 
 
 async def test_503_and_empty_body_are_retried_spaced(ax: FakeArxiv) -> None:
