@@ -9,6 +9,7 @@ first figure is `x1.png` under `<base href="/html/2501.11120v1/">`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -32,7 +33,8 @@ from bot.channels.telegram import TelegramChannel, make_bot, make_rate_limiter
 from bot.chatstore import ChatStore, PostRecord, PostStatus, open_pipeline
 from bot.service import Destination, deliver
 from digest_core.arxiv_id import parse_arxiv_id
-from digest_core.models import Digest
+from digest_core.models import Digest, Paper
+from digest_core.pipeline import LINK_LOOKUPS_AT_ONCE
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PAPER = "2601.15165"
@@ -265,6 +267,25 @@ async def test_a_bad_image_skips_the_figure_with_one_log_line(
 
 def digest_of(entry: Any) -> Digest:
     return Digest("2026-01-23", (entry,), "CV", "en", 60, None, 1)
+
+
+async def test_many_papers_links_are_looked_up_two_papers_at_a_time_and_all_arrive(
+    setup: Setup,
+) -> None:
+    """Each lookup is four Hugging Face requests on the sources client's 10 connections, which
+    arXiv shares: eight papers at once must not queue 32 (and arXiv behind them)."""
+    hf = setup.world.hf
+    hf.lookup_delay = 0.1
+    papers = [Paper(f"2601.{20000 + i}", f"Paper {i}", "abstract") for i in range(8)]
+    for paper in papers:
+        hf.repos[("models", paper.arxiv_id)] = [{**MODEL_ITEM, "id": f"lab/{paper.arxiv_id}"}]
+    pipeline = setup.assistant.pipeline
+    found = await asyncio.gather(*(pipeline.links(paper) for paper in papers))
+    assert [[link.url for link in links] for links in found] == [
+        [f"{hf.url}/lab/{paper.arxiv_id}"] for paper in papers
+    ]
+    per_paper = 4  # the paper API and three repo lists
+    assert per_paper < hf.lookups_max_in_flight <= per_paper * LINK_LOOKUPS_AT_ONCE
 
 
 async def test_markdown_export_has_the_links_from_the_hf_paper_api(setup: Setup) -> None:

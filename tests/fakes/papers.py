@@ -78,6 +78,11 @@ class FakeHF(FakeServer):
     # (kind: "models", "datasets", "spaces"); unknown: `[]`, as the Hub answers.
     repos: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
     repos_status: int | None = None  # answer the repo lists with this status instead
+    # The per-paper lookups (`/api/papers/{id}` and the repo lists) each take this long;
+    # `lookups_max_in_flight` records the most served at once.
+    lookup_delay: float = 0.0
+    lookups_max_in_flight: int = 0
+    _lookups_in_flight: int = 0
     status: int | None = None
     html_body: bool = False
     hang: bool = False
@@ -94,9 +99,22 @@ class FakeHF(FakeServer):
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/api/daily_papers", self._daily_papers)
-        app.router.add_get("/api/papers/{paper_id:.+}", self._paper)
+        app.router.add_get("/api/papers/{paper_id:.+}", self._lookup(self._paper))
         for kind in ("models", "datasets", "spaces"):
-            app.router.add_get(f"/api/{kind}", self._repo_list)
+            app.router.add_get(f"/api/{kind}", self._lookup(self._repo_list))
+
+    def _lookup(self, handler: Any) -> Any:
+        async def counted(request: web.Request) -> web.StreamResponse:
+            self._lookups_in_flight += 1
+            self.lookups_max_in_flight = max(self.lookups_max_in_flight, self._lookups_in_flight)
+            try:
+                if self.lookup_delay:
+                    await asyncio.sleep(self.lookup_delay)
+                return await handler(request)
+            finally:
+                self._lookups_in_flight -= 1
+
+        return counted
 
     async def stop(self) -> None:
         self._release.set()  # let hanging handlers finish so shutdown does not wait on them
