@@ -24,9 +24,10 @@ import contextlib
 import dataclasses
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from bot import history
 from bot.channels.base import Channel, Outgoing
@@ -1003,6 +1004,34 @@ class Assistant:
             user_name=user_name,
         )
         return Picked(f"Answering about: {title}", req)
+
+    async def start_pick(
+        self,
+        channel: Channel,
+        req: Request,
+        key: str,
+        spawn: Callable[[Coroutine[Any, Any, Any]], object],
+    ) -> bool:
+        """Record the answer of a won pick (`req`, from `pick`) in the journal under `key` and
+        start it with `spawn`. False when the journal cannot be written: the pick is undone,
+        so the question is not left marked answered with no answer, and a later press can
+        still answer it; the adapter tells the presser."""
+        try:
+            if await self.journal.admit(key, req):
+                spawn(self.journal.run(key, self.handle(channel, req)))
+            return True
+        except Exception:
+            log.exception("%s %s: a paper pick not recorded", req.platform, req.chat)
+        try:
+            await self.chat.release_choice(req.text, req.user)
+        except Exception:
+            log.warning(
+                "%s %s: a pick not recorded could not be undone either; the question stays"
+                " marked answered",
+                req.platform,
+                req.chat,
+            )
+        return False
 
     async def _picked(
         self,

@@ -858,6 +858,21 @@ class ChatStore:
 
         return await self.store.run(write)
 
+    async def release_choice(self, key: str, user: str) -> bool:
+        """Undo `user`'s pick of a "which paper?" question whose answer could not be started,
+        so that a later press (or a typed reply) still answers it. True when it was undone."""
+
+        def write() -> bool:
+            with self._db.conn:
+                cur = self._db.conn.execute(
+                    "update paper_choices set chosen = null, chosen_by = null, chosen_at = null "
+                    "where key = ? and chosen_by = ?",
+                    [key, user],
+                )
+            return cur.rowcount == 1
+
+        return await self.store.run(write)
+
     # -- ratings and "seen here" -----------------------------------------------------------------
 
     async def vote(

@@ -265,12 +265,7 @@ async def _pick(
         line = picked.line
         if picked.request is not None:
             req, line = picked.request, None  # the chosen paper and the answer speak for it
-            key = f"slack-pick:{req.text}"
-            try:
-                if await assistant.journal.admit(key, req):
-                    spawn(assistant.journal.run(key, assistant.handle(channel, req)))
-            except Exception:
-                log.exception("slack %s: a paper pick not recorded", chat)
+            if not await assistant.start_pick(channel, req, f"slack-pick:{req.text}", spawn):
                 line = UNRECORDED
     if line:
         try:

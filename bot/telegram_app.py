@@ -204,14 +204,11 @@ def install_handlers(
             if picked.line is None:
                 return  # a redelivered press: its first delivery answers the query
             line = picked.line
-            if picked.request is not None:
-                key = f"tg-pick:{picked.request.text}"
-                try:
-                    if await assistant.journal.admit(key, picked.request):
-                        spawn(assistant.journal.run(key, assistant.handle(channel, picked.request)))
-                except Exception:
-                    log.exception("telegram: a paper pick not recorded")
-                    line = UNRECORDED
+            req = picked.request
+            if req is not None and not await assistant.start_pick(
+                channel, req, f"tg-pick:{req.text}", spawn
+            ):
+                line = UNRECORDED
         await _toast(query, line)
 
     app.add_handler(

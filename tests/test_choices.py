@@ -458,3 +458,73 @@ async def test_telegram_press_on_a_read_only_database_gets_a_toast_and_posts_not
         assert bot.tg.answered["ro"]["text"] == UNRECORDED
         assert bot.tg_sent(TG_GROUP, after=ask["message_id"]) == []
         assert bot.llm_calls("answer") == []
+
+
+async def refuse_pick_answers(bot: Bot, refuse: bool) -> None:
+    """Make the database refuse (or take again) the journal record of a pick's answer, the
+    write that follows the pick's own: a database failing between the two."""
+    store = bot.pipeline.store
+
+    def change() -> None:
+        if refuse:
+            store.db.execute(
+                "create trigger refuse_pick_answers before insert on journal"
+                " when new.key like '%-pick:%'"
+                " begin select raise(abort, 'disk I/O error'); end"
+            )
+        else:
+            store.db.execute("drop trigger refuse_pick_answers")
+
+    await store.run(change)
+
+
+async def test_slack_a_pick_whose_answer_cannot_be_recorded_can_be_pressed_again(
+    tmp_path: Path,
+) -> None:
+    async with Bot(tmp_path, slack="socket") as bot:
+        root = await slack_digest(bot)
+        (ask,) = await bot.ask_slack(VAGUE, root)
+        before = len(bot.slack.thread("C1", root))
+        await refuse_pick_answers(bot, True)
+        await press_socket(bot, pick_payload(ask, "U2", 1))
+        await bot.settle()
+        assert ephemerals_in_thread(bot, "U2", root) == [UNRECORDED]
+        assert len(bot.slack.thread("C1", root)) == before
+        assert bot.llm_calls("answer") == []
+        assert pick_buttons(find(bot, ask["ts"])) != []  # still a question to choose for
+
+        await refuse_pick_answers(bot, False)
+        await press_socket(bot, pick_payload(ask, "U3", 2))  # not "already answered"
+        await bot.settle()
+        (call,) = bot.llm_calls("answer")
+        assert asked_about(call) == PICK_2
+        assert len(bot.slack.thread("C1", root)) == before + 1
+        assert ephemerals_in_thread(bot, "U3", root) == []
+
+
+async def test_telegram_a_pick_whose_answer_cannot_be_recorded_can_be_pressed_again(
+    tmp_path: Path,
+) -> None:
+    async with Bot(tmp_path, slack=None, telegram=True) as bot:
+        _, ask = await tg_ask(bot, VAGUE)
+        keyboard = tg_keyboard(ask)
+        await refuse_pick_answers(bot, True)
+        update = bot.tg.push_callback(
+            TG_GROUP, ask["message_id"], keyboard[0][1], user=tg_person(810), query_id="no-1"
+        )
+        await bot.consumed(update)
+        await bot.settle()
+        assert bot.tg.answered["no-1"]["text"] == UNRECORDED
+        assert bot.tg_sent(TG_GROUP, after=ask["message_id"]) == []
+        assert bot.llm_calls("answer") == []
+
+        await refuse_pick_answers(bot, False)
+        update = bot.tg.push_callback(
+            TG_GROUP, ask["message_id"], keyboard[1][1], user=tg_person(811), query_id="ok-2"
+        )
+        await bot.consumed(update)
+        await bot.settle()
+        (call,) = bot.llm_calls("answer")
+        assert asked_about(call) == PICK_2
+        assert bot.tg.answered["ok-2"]["text"] == "Answering about: " + titles_of_picks()[PICK_2]
+        assert len(bot.tg_sent(TG_GROUP, after=ask["message_id"])) == 1
