@@ -36,6 +36,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+from bot.channels.paced import PacedDisplay
 from bot.channels.streaming import SLACK_STREAM_REFUSED, slack_error_code
 from digest_core.analysis import AnalysisStage, Stage
 
@@ -72,28 +73,21 @@ def stage_line(stage: AnalysisStage) -> str:
     return f"{_ICONS[stage.stage]} {text[:1].upper()}{text[1:]}…"
 
 
-class AnalysisProgress:
+class AnalysisProgress(PacedDisplay):
     """Shows an analysis's newest stage on one platform; subclasses say how (`_show`,
     `_clear`)."""
 
     displays = True  # whether the requester sees the stages (else they are only kept)
 
     def __init__(self, interval: float = PROGRESS_INTERVAL) -> None:
-        self.interval = interval
+        super().__init__(interval)
         self.stage: AnalysisStage | None = None
         self.stages: list[AnalysisStage] = []  # every stage reported, in order (logs, benches)
         self.calls = 0  # display calls that went through
         self.shown = False  # whether anything is on display (and must be cleared)
         self._still = False
-        self._dead = False
-        self._wake = asyncio.Event()
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._on_display: tuple[AnalysisStage | None, bool] | None = None
         self._pause_until = 0.0
-
-    @property
-    def live(self) -> bool:
-        return not self._dead and not self._stop.is_set()
 
     def start(self) -> None:
         """Begin whatever the display does before the first stage (Telegram: typing)."""
@@ -102,11 +96,8 @@ class AnalysisProgress:
         """The analysis reached `stage` (the core's `on_stage`). Returns at once."""
         self.stage = stage
         self.stages.append(stage)
-        if not self.live:
-            return
-        if self._task is None:
-            self._task = asyncio.create_task(self._run())
-        self._wake.set()
+        if self.live:
+            self._poke()
 
     def still_working(self) -> bool:
         """The analysis is taking long: True when the display says so in place."""
@@ -115,8 +106,7 @@ class AnalysisProgress:
     async def finish(self, final: str | None = None) -> None:
         """Stop showing stages and clear the display. `final`: what the platform leaves in
         place of the stages, where it shows them in a message of its own."""
-        self._stop.set()
-        self._wake.set()
+        self._halt()
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), FINISH_WAIT)
@@ -133,40 +123,27 @@ class AnalysisProgress:
         except Exception as exc:
             log.info("analysis progress not cleared: %s", _reason(exc))
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        shown: tuple[AnalysisStage | None, bool] | None = None
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if self._stop.is_set() or self._dead:
-                return
-            pause = self._pause_until - loop.time()
-            if pause > 0:  # flood control: wait as long as the platform asked (or the end)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), pause)
-                if self._stop.is_set():
-                    return
-            want = (self.stage, self._still)
-            if self.stage is not None and want != shown:
-                # Counted as shown before the call: one that times out on our side may still
-                # land, and then only the clear at the end takes it back.
-                before, self.shown = self.shown, True
-                try:
-                    await self._show(self.stage, self._still)
-                    self.calls += 1
-                    shown = want
-                except Exception as exc:
-                    if not _may_have_landed(exc):
-                        self.shown = before  # the platform said no: nothing to take back
-                    if not self._failed(exc):
-                        self._dead = True
-                        return
-                    self._wake.set()  # paused: show the newest stage after the pause
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.interval)
-            if self._stop.is_set():
-                return
+    async def _update(self) -> bool:
+        pause = self._pause_until - asyncio.get_running_loop().time()
+        if pause > 0 and not await self._rest(pause):  # flood control: as long as asked
+            return True  # finished meanwhile: the task ends
+        want = (self.stage, self._still)
+        if self.stage is None or want == self._on_display:
+            return True
+        # Counted as shown before the call: one that times out on our side may still land,
+        # and then only the clear at the end takes it back.
+        before, self.shown = self.shown, True
+        try:
+            await self._show(self.stage, self._still)
+            self.calls += 1
+            self._on_display = want
+        except Exception as exc:
+            if not _may_have_landed(exc):
+                self.shown = before  # the platform said no: nothing to take back
+            if not self._failed(exc):
+                return False
+            self._wake.set()  # paused: show the newest stage after the pause
+        return True
 
     async def _show(self, stage: AnalysisStage, still: bool) -> None:
         raise NotImplementedError

@@ -23,7 +23,6 @@ answer is posted the normal way; any other failure only ends this preview.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import random
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from bot.channels.base import STREAM_INTERVAL
+from bot.channels.paced import PacedDisplay
 from digest_core.models import Answer
 
 # slack_sdk and telegram are imported inside the platform's own stream classes: this module is
@@ -62,39 +62,27 @@ SLACK_STREAM_REFUSED = frozenset(
 )
 
 
-class AnswerStream:
+class AnswerStream(PacedDisplay):
     """Shows a growing answer on one platform; subclasses say how (`_show`, `_close`)."""
 
     def __init__(self, interval: float = STREAM_INTERVAL) -> None:
-        self.interval = interval
+        super().__init__(interval)
         self.text = ""
         self.calls = 0  # platform calls made to show the preview (for benches and logs)
         self._shown = ""
-        self._wake = asyncio.Event()
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._dead = False
-
-    @property
-    def live(self) -> bool:
-        """Still showing the answer as it comes (False once finished or failed)."""
-        return not self._dead and not self._stop.is_set()
 
     async def push(self, delta: str) -> None:
         """More of the answer. Returns at once; the text is shown by the background task."""
         if not self.live:
             return
         self.text += delta
-        if self._task is None:
-            self._task = asyncio.create_task(self._run())
-        self._wake.set()
+        self._poke()
 
     async def finish(self) -> str | None:
         """Stop showing; returns the reference of the message the final answer replaces, or
         None to post it as a new message. Waits for a call in flight (never cancels one: a
         message sent but not known would stay behind)."""
-        self._stop.set()
-        self._wake.set()
+        self._halt()
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await self._task
@@ -104,27 +92,18 @@ class AnswerStream:
             log.warning("ending a streamed answer failed: %s", type(exc).__name__)
             return self._fallback_ref()
 
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if self._stop.is_set() or self._dead:
-                return
-            snapshot = self.text
-            if snapshot.strip() and snapshot != self._shown:
-                try:
-                    await self._show(snapshot, self._shown)
-                    self.calls += 1
-                except Exception as exc:
-                    self._dead = True
-                    self._failed(exc)
-                    return
-                self._shown = snapshot
-            # The spacing between calls; finish() cuts it short.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.interval)
-            if self._stop.is_set():
-                return
+    async def _update(self) -> bool:
+        snapshot = self.text
+        if snapshot.strip() and snapshot != self._shown:
+            try:
+                await self._show(snapshot, self._shown)
+                self.calls += 1
+            except Exception as exc:
+                self._dead = True
+                self._failed(exc)
+                return False
+            self._shown = snapshot
+        return True
 
     async def _show(self, text: str, shown: str) -> None:
         raise NotImplementedError
