@@ -12,6 +12,7 @@ stage, edited within the throttle, then says it is done (or, after a failure, wh
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -318,8 +319,28 @@ async def test_slack_a_cached_analysis_shows_no_stages(env: Env) -> None:
 async def test_telegram_types_while_working_and_edits_the_opening_line_within_the_throttle(
     env: Env,
 ) -> None:
-    env.world.llm.latency = LLM_LATENCY  # watched while the model works
+    # The model answers once it has worked LLM_LATENCY and the opening line has said "still
+    # working" (paced, that edit can come after a fixed latency on a loaded machine); the
+    # moment comes after 1 s, when the analysis has reported a stage even on a loaded machine.
+    settings = env.pipeline.settings
+    interactive = settings.interactive.model_copy(update={"still_working_after_seconds": 1.0})
+    env.assistant = Assistant(
+        env.pipeline, settings.model_copy(update={"interactive": interactive})
+    )
+    env.world.llm.latency = 30
+
+    async def answer_when_still_working_was_shown() -> None:
+        await asyncio.sleep(LLM_LATENCY)
+        for _ in range(1500):  # the edit is the fake's record: nothing to wait on but it
+            edits = env.tg.method_calls("editMessageText")
+            if any("⏳ still working" in p["text"] for p in edits):
+                break
+            await asyncio.sleep(0.02)
+        env.world.llm.answer_now()
+
+    watcher = asyncio.create_task(answer_when_still_working_was_shown())
     req = await env.analyze_tg(TG_GROUP, PAPER)
+    watcher.cancel()
     opening = await env.opening_id(req)
     edits = [
         (p["text"], at)
@@ -355,8 +376,6 @@ async def test_telegram_types_while_working_and_edits_the_opening_line_within_th
     assert len(typing) >= int(LLM_LATENCY / TYPING_EVERY) - 2
     assert max(typing) < edits[-1][1]
     count = len(typing)
-    import asyncio
-
     await asyncio.sleep(TYPING_EVERY * 3)
     assert len(env.tg.call_times("sendChatAction")) == count
 
@@ -390,6 +409,31 @@ async def test_telegram_a_failed_analysis_leaves_the_opening_line_and_stops_typi
 
     await asyncio.sleep(TYPING_EVERY * 3)
     assert len(env.tg.call_times("sendChatAction")) == count
+
+
+async def test_telegram_still_working_right_after_the_first_stage_is_said_with_its_edit(
+    env: Env,
+) -> None:
+    """The "still working" moment can come after a stage is reported but before its edit has
+    gone out (a busy loop): the display still says it in place, with that edit."""
+    sent = await env.tg_channel.send(
+        str(TG_GROUP), env.tg_channel.render_line("🔎 Analysing"), None
+    )
+    progress = env.tg_channel.analysis_progress(
+        str(TG_GROUP), thread=None, opening=(sent, "🔎 Analysing")
+    )
+    progress.report(AnalysisStage(Stage.FETCHING))
+    assert progress.still_working()  # the edit has not been made yet
+    for _ in range(500):  # until the display made its edit (the fake's record)
+        if env.tg.method_calls("editMessageText"):
+            break
+        await asyncio.sleep(0.01)
+    await progress.finish("✅ Analysed")
+    edits = [p["text"] for p in env.tg.method_calls("editMessageText")]
+    assert edits == [
+        "🔎 Analysing\n📥 Fetching the paper… ⏳ still working; the analysis will follow.",
+        "✅ Analysed",
+    ]
 
 
 async def test_telegram_an_edit_that_timed_out_but_landed_is_taken_back_at_the_end(

@@ -238,10 +238,13 @@ class TelegramAnalysisProgress(AnalysisProgress):
         super().report(stage)
 
     def still_working(self) -> bool:
-        if not (self.live and self.shown):
+        # Said in place once a stage is known: on the line now, or with the next edit (on a
+        # loaded machine the first edit can still be on its way). Before any stage there is
+        # nothing to say it with: the flow posts its own line.
+        if not (self.live and self.opening is not None and self.stage is not None):
             return False
         self._still = True
-        self._wake.set()
+        self._poke()
         return True
 
     async def _type(self) -> None:
