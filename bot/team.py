@@ -340,7 +340,7 @@ class Team:
             key=lambda aid: (scores[aid], posted[aid].deep_dive, posted[aid].date),
             reverse=True,
         )[:top]
-        titles = await self._titles([*best, *(x.arxiv_id for x in liked)])
+        titles = await self.chat.store.titles([*best, *(x.arxiv_id for x in liked)])
         tz = self.settings.digest.tz
         first, last = since.astimezone(tz).date(), now.astimezone(tz).date()
         dived = sum(1 for p in posted.values() if p.deep_dive)
@@ -373,14 +373,6 @@ class Team:
                 )
         papers = tuple(dict.fromkeys([*best, *(x.arxiv_id for x in liked)]))
         return Listing(tuple(lines), papers)
-
-    async def _titles(self, arxiv_ids: Sequence[str]) -> dict[str, str]:
-        out = {}
-        for aid in dict.fromkeys(arxiv_ids):
-            paper = await self.chat.store.get_paper(aid)
-            if paper is not None:
-                out[aid] = paper.title
-        return out
 
 
 def _paper_line(i: int, title: str, arxiv_id: str, score: int | None, where: PaperThread) -> Line:

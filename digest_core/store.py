@@ -443,6 +443,21 @@ class Store:
         if rows:
             await self._run(write)
 
+    async def titles(self, arxiv_ids: Sequence[str]) -> dict[str, str]:
+        """Stored papers' titles by ID, in one query; IDs with no stored paper are absent."""
+        wanted = list(dict.fromkeys(arxiv_ids))
+
+        def read() -> dict[str, str]:
+            if not wanted:
+                return {}
+            marks = ", ".join("?" * len(wanted))
+            rows = self.db.execute(
+                f"select arxiv_id, title from papers where arxiv_id in ({marks})", wanted
+            ).fetchall()
+            return {str(aid): str(title) for aid, title in rows}
+
+        return await self._run(read)
+
     async def get_paper(self, arxiv_id: str) -> Paper | None:
         def read() -> Paper | None:
             rows = list(self.db["papers"].rows_where("arxiv_id = ?", [arxiv_id]))

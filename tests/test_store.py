@@ -102,3 +102,16 @@ async def test_latest_analysis_matches_model_and_prompt_version(tmp_path: Path) 
     assert await store.latest_analysis("2602.14941", "en") is None
     assert await store.latest_analysis("2602.14941", "zh") is not None
     await store.close()
+
+
+async def test_titles_of_stored_papers_in_one_read(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "t.db")
+    try:
+        await store.save_papers(
+            [Paper("2601.00001", "First", "a"), Paper("2601.00002", "Two", "b")]
+        )
+        found = await store.titles(["2601.00002", "2601.99999", "2601.00001", "2601.00002"])
+        assert found == {"2601.00001": "First", "2601.00002": "Two"}
+        assert await store.titles([]) == {}
+    finally:
+        await store.close()
