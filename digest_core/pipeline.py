@@ -261,9 +261,7 @@ class Pipeline:
         async def one(key: str, paper: Paper) -> tuple[DeepDive, tuple[Link, ...]]:
             nonlocal done
             # The links are looked up while the analysis runs, within their own short deadline.
-            dive, links = await asyncio.gather(
-                self.deep_dive(paper, plans[key][0]), self.links(paper)
-            )
+            dive, links = await self._beside_links(paper, self.deep_dive(paper, plans[key][0]))
             done += 1
             progress("analyse", done, len(jobs))
             return dive, links
@@ -591,12 +589,29 @@ class Pipeline:
     async def _analyze_paper(
         self, paper: Paper, profile: ResearchProfile | None = None, on_stage: OnStage | None = None
     ) -> DigestEntry:
-        score, dive, links = await asyncio.gather(
-            self.score_one(paper, profile),
-            self.deep_dive(paper, profile, on_stage),
-            self.links(paper),
+        work = asyncio.gather(
+            self.score_one(paper, profile), self.deep_dive(paper, profile, on_stage)
         )
+        (score, dive), links = await self._beside_links(paper, work)
         return DigestEntry(paper, score, dive, links)
+
+    async def _beside_links(self, paper: Paper, work: Awaitable[T]) -> tuple[T, tuple[Link, ...]]:
+        """`work`'s result, and the paper's links looked up meanwhile. The links wait their
+        turn (LINK_LOOKUPS_AT_ONCE) and may then take `extras_timeout_seconds`, but once the
+        work is done they get at most that long again: with Hugging Face hanging and fifty
+        papers queued, the analyses are not held up, they come without links."""
+        lookup = asyncio.ensure_future(self.links(paper))
+        try:
+            result = await work
+        except BaseException:
+            lookup.cancel()
+            raise
+        done, _ = await asyncio.wait({lookup}, timeout=self.settings.sources.extras_timeout_seconds)
+        if not done:
+            lookup.cancel()
+            log.warning("links of %s: not looked up in time; left out", paper.arxiv_id)
+            return result, ()
+        return result, lookup.result()
 
     async def cached_analysis(
         self, id_or_url: str | ArxivId, profile: ResearchProfile | None = None

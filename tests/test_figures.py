@@ -288,6 +288,28 @@ async def test_many_papers_links_are_looked_up_two_papers_at_a_time_and_all_arri
     assert per_paper < hf.lookups_max_in_flight <= per_paper * LINK_LOOKUPS_AT_ONCE
 
 
+async def test_with_hugging_face_hanging_an_analysis_comes_without_links_not_after_the_queue(
+    tmp_path: Path,
+) -> None:
+    """Twenty papers' lookups are queued ahead (two at a time, each running out its deadline
+    on a Hugging Face that does not answer): the analysis asked after them is posted without
+    links once its deep dive is done, not when its turn comes."""
+    extras = {"extras_timeout_seconds =": "extras_timeout_seconds = 0.3"}
+    async with make_setup(tmp_path, **extras) as setup:
+        setup.world.hf.lookup_delay = 60
+        pipeline = setup.assistant.pipeline
+        queued = [
+            asyncio.ensure_future(pipeline.links(Paper(f"2601.{30000 + i}", "t", "a")))
+            for i in range(20)
+        ]
+        entry = await pipeline.analyze(PAPER)
+        assert entry.deep_dive.llm_used and entry.links == ()
+        assert not all(lookup.done() for lookup in queued)  # the queue was not waited out
+        for lookup in queued:
+            lookup.cancel()
+        await asyncio.gather(*queued, return_exceptions=True)
+
+
 async def test_markdown_export_has_the_links_from_the_hf_paper_api(setup: Setup) -> None:
     s = setup
     pipeline = s.assistant.pipeline

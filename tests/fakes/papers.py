@@ -13,6 +13,7 @@ recorded in `requests` (see FakeServer), with its arrival time in `at`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -108,8 +109,9 @@ class FakeHF(FakeServer):
             self._lookups_in_flight += 1
             self.lookups_max_in_flight = max(self.lookups_max_in_flight, self._lookups_in_flight)
             try:
-                if self.lookup_delay:
-                    await asyncio.sleep(self.lookup_delay)
+                if self.lookup_delay:  # cut short when the fake stops
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._release.wait(), self.lookup_delay)
                 return await handler(request)
             finally:
                 self._lookups_in_flight -= 1
