@@ -110,7 +110,8 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         option.dist = "worksteal"
 
 
-_FORKED_WORKERS: list[subprocess.Popen[bytes]] = []
+_FORKED_WORKERS: list[tuple[subprocess.Popen[bytes], Path]] = []
+_RUN_FOLDER = pytest.StashKey[str]()
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -118,6 +119,15 @@ def pytest_configure(config: pytest.Config) -> None:
     """With `-n`, workers are forked from one parent that has imported what they would
     (tests/fakes/workers.py) instead of each importing it anew. DIGESTBOT_FORK_WORKERS=0
     starts them as plain interpreters."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        import tempfile
+
+        # A folder for what the whole run shares and pytest's tmp_path does not hold (the
+        # migrated template database of tests/fakes/world.py), removed at the end of the run:
+        # workers may end without running their exit handlers.
+        shared = tempfile.mkdtemp(prefix="digestbot-tests-")
+        config.stash[_RUN_FOLDER] = shared
+        os.environ["DIGESTBOT_TESTS_FOLDER"] = shared
     option = config.option
     specs = getattr(option, "tx", None) or []
     if (
@@ -127,8 +137,13 @@ def pytest_configure(config: pytest.Config) -> None:
         or not specs
         or any(spec != "popen" for spec in specs)
         or sys.platform != "linux"
+        or any(  # no tests will run: no workers to start
+            getattr(option, name, False)
+            for name in ("collectonly", "help", "version", "showfixtures", "markers")
+        )
     ):
         return
+    import shlex
     import tempfile
 
     folder = Path(tempfile.mkdtemp(prefix="digestbot-workers-"))
@@ -138,18 +153,27 @@ def pytest_configure(config: pytest.Config) -> None:
     server = subprocess.Popen(
         [sys.executable, str(script), "server", str(path)], stdin=subprocess.PIPE, cwd=_TESTS.parent
     )
-    _FORKED_WORKERS.append(server)
-    option.tx = [f"popen//python={sys.executable} {script} client {path}" for _ in specs]
+    _FORKED_WORKERS.append((server, folder))
+    python = shlex.join([sys.executable, str(script), "client", str(path)])  # execnet splits it
+    option.tx = [f"popen//python={python}" for _ in specs]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    for server in _FORKED_WORKERS:
+    import shutil
+
+    shared = config.stash.get(_RUN_FOLDER, None)
+    if shared is not None:
+        shutil.rmtree(shared, ignore_errors=True)
+        os.environ.pop("DIGESTBOT_TESTS_FOLDER", None)
+
+    for server, folder in _FORKED_WORKERS:
         assert server.stdin is not None
         server.stdin.close()  # the server ends (and ends any worker left)
         try:
             server.wait(10)
         except subprocess.TimeoutExpired:
             server.kill()
+        shutil.rmtree(folder, ignore_errors=True)
     _FORKED_WORKERS.clear()
 
 

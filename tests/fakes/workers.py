@@ -13,9 +13,12 @@ stdin, stdout and stderr (the execnet channel), working directory and environmen
 bootstrap as `python -u -c` would, and its exit code becomes the client's.
 
 A worker is still a process of its own. Test modules are not imported here: each worker
-imports (and pytest rewrites) them itself, as before. The server never starts a thread or an
-event loop, so forking it is safe. Whatever goes wrong on the way (no server, a refused
+imports (and pytest rewrites) them itself, as before. Whatever goes wrong on the way (no server, a refused
 connection) the client runs the bootstrap in a new interpreter, as xdist would have.
+
+The server runs no thread of its own and no event loop. Its imports leave one: numpy's OpenBLAS
+starts a thread pool, and registers fork handlers for it (numpy under multiprocessing's fork
+relies on the same).
 """
 
 from __future__ import annotations
@@ -68,12 +71,17 @@ def client(path: str, argv: list[str]) -> None:
     header = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
     try:
         socket.send_fds(conn, [struct.pack("!I", len(header)) + header], [0, 1, 2])
-        forked = conn.recv(1) == b"+"
+        reply = conn.makefile("rb").readline()  # b"+PID\n" once forked
     except OSError:
-        forked = False
-    if not forked:  # nothing read from the channel yet: a new interpreter can still take it
+        reply = b""
+    if not reply.startswith(b"+") or not reply[1:].strip().isdigit():
+        # Nothing read from the channel yet: a new interpreter can still take it.
         os.execv(sys.executable, [sys.executable, *argv])
-    # The worker has the channel now: this process must neither read nor hold it.
+    child = int(reply[1:])
+    # The worker has the channel now: this process must neither read nor hold it. Ctrl-C
+    # reaches the worker itself (the same process group); a TERM for this process is for it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(child, signal.SIGTERM))
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1):
         os.dup2(null, fd)
@@ -181,7 +189,7 @@ def _fork(conn: socket.socket, listener: socket.socket, running: dict[int, socke
         os.close(fd)
     if pid:
         try:
-            conn.sendall(b"+")
+            conn.sendall(b"+%d\n" % pid)
         except OSError:
             pass  # the client is gone: the child's watch ends it
     return pid
@@ -219,18 +227,27 @@ def _worker(request: dict, fds: list[int], conn: socket.socket) -> None:
         argv = request["argv"]
         source = argv[argv.index("-c") + 1]
         sys.argv = ["-c", *argv[argv.index("-c") + 2 :]]
-        import __main__
+        import types
 
-        exec(compile(source, "<string>", "exec"), vars(__main__))  # noqa: S102
+        main = types.ModuleType("__main__")  # as `-c` runs it: a fresh __main__, no __file__
+        sys.modules["__main__"] = main
+        exec(compile(source, "<string>", "exec"), vars(main))  # noqa: S102
         code = 0
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, int) or exc.code is None:
+            code = exc.code or 0
+        else:  # what the interpreter does with sys.exit("text")
+            print(exc.code, file=sys.stderr)
+            code = 1
     except BaseException:
         import traceback
 
         traceback.print_exc()
     finally:
         try:
+            import atexit
+
+            atexit._run_exitfuncs()  # as an interpreter's exit would (os._exit skips them)
             sys.stdout.flush()
             sys.stderr.flush()
         finally:

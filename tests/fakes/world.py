@@ -135,10 +135,13 @@ async def migrated_database(path: Path) -> Path:
     if not _TEMPLATE:
         from bot.chatstore import open_store
 
-        folder = Path(tempfile.mkdtemp(prefix="digestbot-template-"))
-        owner = os.getpid()
-        # Forked children (the CLI runs, tests/fakes/zygote.py) leave it to this process.
-        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, True))
+        # In the test run's folder (tests/conftest.py removes it at the end); outside a run,
+        # removed when this process exits (forked children leave it to this process).
+        shared = os.environ.get("DIGESTBOT_TESTS_FOLDER")
+        folder = Path(tempfile.mkdtemp(prefix="digestbot-template-", dir=shared))
+        if shared is None:
+            owner = os.getpid()
+            atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, True))
         store = await open_store(folder / "migrated.db")
         await store.close()  # the last connection closed: the WAL is folded into the file
         _TEMPLATE.append(folder / "migrated.db")
