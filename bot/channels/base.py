@@ -154,3 +154,26 @@ class Channel(Protocol):
     async def aclose(self) -> None:
         """Release the channel's HTTP client."""
         ...
+
+
+class PlainText:
+    """What a destination without buttons, message links or live displays (the terminal, a
+    file, the tests' recording channel) answers for them: none of each. Its `render_line`
+    renders the "which paper?" list, which is then answered by typing."""
+
+    buttons = False
+
+    def render_line(self, text: str) -> Outgoing:
+        raise NotImplementedError
+
+    async def permalink(self, chat: str, ref: str) -> str | None:
+        return None
+
+    def render_choices(self, text: str, key: str, options: list[tuple[str, str]]) -> Outgoing:
+        return self.render_line(text)
+
+    def answer_stream(self, chat: str, thread: str | None, **_: Any) -> None:
+        return None  # the answer is posted whole
+
+    def analysis_progress(self, chat: str, **_: Any) -> None:
+        return None

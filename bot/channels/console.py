@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot.channels.base import Outgoing
+from bot.channels.base import Outgoing, PlainText
 from digest_core.models import Answer, Digest, DigestEntry, FigureImage
 from digest_core.render.markdown import (
     answer_markdown,
@@ -20,10 +20,9 @@ from digest_core.render.markdown import (
 )
 
 
-class ConsoleChannel:
+class ConsoleChannel(PlainText):
     platform = "console"
     searchable = False
-    buttons = False
 
     def __init__(self, stream: TextIO | None = None, language: str = "zh") -> None:
         self.stream = stream
@@ -59,18 +58,6 @@ class ConsoleChannel:
         await self.send(chat, payload, None)
 
     async def aclose(self) -> None:
-        return None
-
-    async def permalink(self, chat: str, ref: str) -> str | None:
-        return None
-
-    def render_choices(self, text: str, key: str, options: list[tuple[str, str]]) -> Outgoing:
-        return self.render_line(text)  # no buttons: the numbered list is answered by typing
-
-    def answer_stream(self, chat: str, thread: str | None, **_: Any) -> None:
-        return None  # the answer is posted whole
-
-    def analysis_progress(self, chat: str, **_: Any) -> None:
         return None
 
     async def send(

@@ -12,7 +12,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from bot.channels.base import Outgoing
+from bot.channels.base import Outgoing, PlainText
 from digest_core.models import Answer, Digest, DigestEntry
 
 
@@ -25,11 +25,10 @@ class Sent:
     text: str
 
 
-class RecordingChannel:
+class RecordingChannel(PlainText):
     def __init__(self, platform: str = "slack", *, placeholder: bool | None = None) -> None:
         self.platform = platform
         self.searchable = platform == "slack"
-        self.buttons = False  # the fast layer's conversations answer typed choices
         self.placeholder = platform == "slack" if placeholder is None else placeholder
         self.sent: list[Sent] = []
         self.typing = 0
@@ -62,18 +61,6 @@ class RecordingChannel:
         ref = f"m{next(self._refs)}"
         self.sent.append(Sent(chat, ref, thread, key, f"[image {image.filename}] {caption}"))
         return ref
-
-    async def permalink(self, chat: str, ref: str) -> str | None:
-        return None
-
-    def render_choices(self, text: str, key: str, options: list[tuple[str, str]]) -> Outgoing:
-        return self.render_line(text)  # no buttons: the numbered list is answered by typing
-
-    def answer_stream(self, chat: str, thread: str | None, **_: Any) -> None:
-        return None  # the answer is posted whole
-
-    def analysis_progress(self, chat: str, **_: Any) -> None:
-        return None
 
     async def find_posted(self, chat: str, thread: str | None, key: str) -> str | None:
         if not self.searchable:
