@@ -93,6 +93,18 @@ class Env:
         )
         return req, await self.assistant.handle(self.slack_channel, req, opened=True)
 
+    def hold_the_model_with_still_working_after(self, seconds: float) -> None:
+        """The "still working" moment after `seconds`, and the model holding its answer (for
+        the test to release with `world.llm.answer_now()` once it has seen what it waits for)."""
+        settings = self.pipeline.settings
+        interactive = settings.interactive.model_copy(
+            update={"still_working_after_seconds": seconds}
+        )
+        self.assistant = Assistant(
+            self.pipeline, settings.model_copy(update={"interactive": interactive})
+        )
+        self.world.llm.latency = 30
+
     async def slash(
         self, paper: str, on_line: Callable[[str], None] = lambda line: None
     ) -> tuple[list[str], Handled]:
@@ -284,12 +296,7 @@ async def test_slack_a_slash_command_has_no_thread_so_the_still_working_line_nam
     # The still-working line comes after 1 s here, and the model answers only once it is out:
     # by then the analysis has begun even on a loaded machine (before its first stage the line
     # can only say that it is still working).
-    settings = env.pipeline.settings
-    interactive = settings.interactive.model_copy(update={"still_working_after_seconds": 1.0})
-    env.assistant = Assistant(
-        env.pipeline, settings.model_copy(update={"interactive": interactive})
-    )
-    env.world.llm.latency = 30
+    env.hold_the_model_with_still_working_after(1.0)
 
     def on_line(line: str) -> None:
         if line.startswith("⏳"):
@@ -322,12 +329,7 @@ async def test_telegram_types_while_working_and_edits_the_opening_line_within_th
     # The model answers once it has worked LLM_LATENCY and the opening line has said "still
     # working" (paced, that edit can come after a fixed latency on a loaded machine); the
     # moment comes after 1 s, when the analysis has reported a stage even on a loaded machine.
-    settings = env.pipeline.settings
-    interactive = settings.interactive.model_copy(update={"still_working_after_seconds": 1.0})
-    env.assistant = Assistant(
-        env.pipeline, settings.model_copy(update={"interactive": interactive})
-    )
-    env.world.llm.latency = 30
+    env.hold_the_model_with_still_working_after(1.0)
 
     async def answer_when_still_working_was_shown() -> None:
         await asyncio.sleep(LLM_LATENCY)
