@@ -420,25 +420,17 @@ def start_scheduler(
     trigger = make_trigger(settings)
     scheduler = AsyncIOScheduler(timezone=settings.digest.tz)
     weekly = make_roundup_trigger(settings)
+    # Both jobs: one run at a time, missed runs folded into one, and late by up to 15 minutes
+    # still run (catching up beyond that is the jobs' own `catch_up`).
+    once: dict[str, Any] = {
+        "replace_existing": True,
+        "coalesce": True,
+        "max_instances": 1,
+        "misfire_grace_time": 15 * 60,
+    }
     if weekly is not None and roundup is not None:
-        scheduler.add_job(
-            roundup_target or roundup.fire,
-            weekly,
-            id="weekly_roundup",
-            replace_existing=True,
-            coalesce=True,
-            max_instances=1,
-            misfire_grace_time=15 * 60,
-        )
+        scheduler.add_job(roundup_target or roundup.fire, weekly, id="weekly_roundup", **once)
     if trigger is not None:
-        scheduler.add_job(
-            target or job.fire,
-            trigger,
-            id="daily_digest",
-            replace_existing=True,
-            coalesce=True,
-            max_instances=1,
-            misfire_grace_time=15 * 60,
-        )
+        scheduler.add_job(target or job.fire, trigger, id="daily_digest", **once)
     scheduler.start()
     return scheduler
