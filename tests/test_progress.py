@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 from fakes.slack import FakeSlack
 from fakes.telegram import FakeTelegram
-from fakes.world import World, fast_config, research_responder
+from fakes.world import World, fast_config, platform_channels, research_responder
 
 from bot.assistant import ANALYZE, Assistant, Handled, Request
-from bot.channels.slack import SlackChannel, line_message, make_slack_client
-from bot.channels.telegram import TelegramChannel, make_bot, make_rate_limiter
+from bot.channels.slack import SlackChannel, line_message
+from bot.channels.telegram import TelegramChannel, make_bot
 from bot.chatstore import PostStatus, open_pipeline
 from digest_core.analysis import AnalysisStage, Stage
 from digest_core.arxiv_id import parse_arxiv_id
@@ -163,27 +163,13 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         }
         world.config.write_text(fast_config(**still), encoding="utf-8")
         pipeline = await open_pipeline(world.settings(DIGEST_DB=":memory:"))
-        slack_channel = SlackChannel(make_slack_client(slack.token, slack.url + "/api/"), "en")
-        slack_channel.progress_interval = INTERVAL
-        limiter = make_rate_limiter(group_max_rate=100_000, overall_max_rate=100_000)
-        bot = make_bot(tg.token, f"{tg.url}/bot", rate_limiter=limiter)
-        await bot.initialize()
-        tg_channel = TelegramChannel(bot, "en")
-        tg_channel.progress_interval = INTERVAL
-        tg_channel.typing_every = TYPING_EVERY
         try:
-            yield Env(
-                world,
-                pipeline,
-                Assistant(pipeline, pipeline.settings),
-                slack,
-                tg,
-                slack_channel,
-                tg_channel,
-            )
+            async with platform_channels(slack, tg) as (slack_channel, tg_channel):
+                slack_channel.progress_interval = tg_channel.progress_interval = INTERVAL
+                tg_channel.typing_every = TYPING_EVERY
+                assistant = Assistant(pipeline, pipeline.settings)
+                yield Env(world, pipeline, assistant, slack, tg, slack_channel, tg_channel)
         finally:
-            await slack_channel.aclose()
-            await bot.shutdown()
             await pipeline.aclose()
             await tg.stop()
 

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from fakes.slack import FakeSlack
 from fakes.telegram import FakeTelegram
-from fakes.world import World, fast_config, research_responder
+from fakes.world import World, fast_config, platform_channels, research_responder
 
 from bot.assistant import Assistant, Request
-from bot.channels.slack import SlackChannel, make_slack_client
+from bot.channels.slack import SlackChannel
 from bot.channels.streaming import STREAM_INTERVAL
-from bot.channels.telegram import TelegramChannel, make_bot, make_rate_limiter
+from bot.channels.telegram import TelegramChannel
 from bot.chatstore import PostStatus, ThreadRecord, open_pipeline
 from digest_core.llm import LLMClient
 from digest_core.pipeline import Pipeline
@@ -155,25 +155,12 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         await tg.start()
         world.config.write_text(fast_config(), encoding="utf-8")
         pipeline = await open_pipeline(world.settings(DIGEST_DB=":memory:"))
-        slack_channel = SlackChannel(make_slack_client(slack.token, slack.url + "/api/"), "en")
-        limiter = make_rate_limiter(group_max_rate=100_000, overall_max_rate=100_000)
-        bot = make_bot(tg.token, f"{tg.url}/bot", rate_limiter=limiter)
-        await bot.initialize()
-        tg_channel = TelegramChannel(bot, "en")
-        slack_channel.stream_interval = tg_channel.stream_interval = INTERVAL
         try:
-            yield Env(
-                world,
-                pipeline,
-                Assistant(pipeline, pipeline.settings),
-                slack,
-                tg,
-                slack_channel,
-                tg_channel,
-            )
+            async with platform_channels(slack, tg) as (slack_channel, tg_channel):
+                slack_channel.stream_interval = tg_channel.stream_interval = INTERVAL
+                assistant = Assistant(pipeline, pipeline.settings)
+                yield Env(world, pipeline, assistant, slack, tg, slack_channel, tg_channel)
         finally:
-            await slack_channel.aclose()
-            await bot.shutdown()
             await pipeline.aclose()
             await tg.stop()
 

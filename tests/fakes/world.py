@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -324,3 +324,21 @@ def _zygote() -> subprocess.Popen[bytes]:
             raise RuntimeError("the CLI test parent (tests/fakes/zygote.py) did not start")
         atexit.register(_stop_zygote, _ZYGOTE)
     return _ZYGOTE
+
+
+@contextlib.asynccontextmanager
+async def platform_channels(slack: Any, tg: Any, language: str = "en") -> AsyncIterator[Any]:
+    """The real SlackChannel and TelegramChannel (with Telegram's group pacing lifted) pointed
+    at a started FakeSlack and FakeTelegram; both closed at the end. Yields (slack, telegram)."""
+    from bot.channels.slack import SlackChannel, make_slack_client
+    from bot.channels.telegram import TelegramChannel, make_bot, make_rate_limiter
+
+    slack_channel = SlackChannel(make_slack_client(slack.token, slack.url + "/api/"), language)
+    limiter = make_rate_limiter(group_max_rate=100_000, overall_max_rate=100_000)
+    bot = make_bot(tg.token, f"{tg.url}/bot", rate_limiter=limiter)
+    await bot.initialize()
+    try:
+        yield slack_channel, TelegramChannel(bot, language)
+    finally:
+        await slack_channel.aclose()
+        await bot.shutdown()
