@@ -120,12 +120,12 @@ def render(channel: Channel, listing: Listing, key: str) -> Outgoing:
     summary = (listing.lines[0].text + listing.lines[0].title)[:80] if listing.lines else key
     payload: Any
     if isinstance(channel, SlackChannel):
-        from digest_core.render.slack import SlackMessage
+        from digest_core.render.slack import SlackMessage, mrkdwn_sections
 
         text = slack_mrkdwn(listing)
-        # One section holds 3,000 characters; a listing is bounded well under it.
-        block = {"type": "section", "text": {"type": "mrkdwn", "text": text[:2900]}}
-        payload = SlackMessage(text[:3000], [block])
+        # A section holds 3,000 characters: a long roundup (two lists of up to ten linked
+        # titles) takes several, each line whole. The text keeps every line.
+        payload = SlackMessage(text, mrkdwn_sections(text.split("\n")))
     elif isinstance(channel, TelegramChannel):
         payload = telegram_html(listing)
     else:

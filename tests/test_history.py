@@ -663,3 +663,28 @@ def test_help_readme_manifest_and_botfather_list_the_same_commands() -> None:
     assert botfather is not None
     for verb in verbs - {"help", "unsubscribe", "dislike"}:
         assert verb in hint.group(1) and verb in botfather.group(1), verb
+
+
+def test_a_long_slack_listing_takes_several_sections_with_every_line_whole() -> None:
+    """Two lists of ten linked titles run past one section's 3,000 characters: the roundup
+    is split between sections at line ends, and nothing is cut off."""
+    from bot import history
+    from bot.channels.slack import SlackChannel, make_slack_client
+
+    title = "A long paper title about diffusion transformers and their scaling laws " * 2
+    lines = [history.Line("📅 This week here")] + [
+        history.Line(f"{i}. ", title.strip(), f" · score 9{i % 10} · arXiv:2601.{10000 + i}")
+        for i in range(20)
+    ]
+    lines = [
+        history.Line(ln.text, ln.title, ln.after, url=f"https://fake.slack.com/archives/C1/p{i}")
+        if ln.title
+        else ln
+        for i, ln in enumerate(lines)
+    ]
+    channel = SlackChannel(make_slack_client("xoxb-test", "http://127.0.0.1:9/api/"), "en")
+    message = history.render(channel, history.Listing(tuple(lines)), "roundup").payload
+    sections = [block["text"]["text"] for block in message.blocks]
+    assert len(sections) >= 2 and all(len(s) <= 3000 for s in sections)
+    assert "\n".join(sections).split("\n") == message.text.split("\n")
+    assert len(message.text.split("\n")) == 21 and "arXiv:2601.10019" in sections[-1]

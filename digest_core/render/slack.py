@@ -269,7 +269,7 @@ def _clip(text: str, limit: int) -> str:
     return text[:cut].rstrip() + "…"
 
 
-def _sections(lines: Sequence[str]) -> list[dict]:
+def mrkdwn_sections(lines: Sequence[str]) -> list[dict]:
     """Escaped mrkdwn lines → as few sections as fit, each ≤ SECTION_LIMIT."""
     sections: list[str] = []
     for line in lines:
@@ -391,7 +391,7 @@ def _toc_blocks(
         head.append(escape(label(lang, "quiet", threshold=digest.threshold)))
     elif digest.picked:
         head.append(escape(label(lang, "in_thread")))
-    blocks = _sections(head)
+    blocks = mrkdwn_sections(head)
 
     picked: list[str] = []
     for i, entry in enumerate(digest.picked, start=1):
@@ -399,7 +399,7 @@ def _toc_blocks(
         reason = truncate(one_line(entry.score.reason), reason_max) if reason_max else ""
         picked.append(line + (f"\n↳ {_text(reason)}" if reason else ""))
     if picked:
-        blocks += _sections([_bold(escape(label(lang, "quick_view")))] + picked)
+        blocks += mrkdwn_sections([_bold(escape(label(lang, "quick_view")))] + picked)
 
     others: list[str] = []
     for entry in digest.others:
@@ -409,7 +409,7 @@ def _toc_blocks(
             name = _text(truncate(one_line(entry.paper.title), other_max))
         others.append(f"• {name} · {entry.score.score}{_seen_note(entry, lang)}")
     if others:
-        blocks += _sections([_bold(escape(label(lang, "others")))] + others)
+        blocks += mrkdwn_sections([_bold(escape(label(lang, "others")))] + others)
     return blocks
 
 
@@ -469,11 +469,11 @@ def render_deep_dive(
     note = _score_note(entry, language)
     if note:
         header.append(escape(note))
-    blocks = _sections(header)
+    blocks = mrkdwn_sections(header)
     if entry.deep_dive is not None:
         blocks += markdown_to_blocks(entry.deep_dive.body_markdown())
     else:
-        blocks += _sections([_text(one_line(entry.score.reason)) or "—"])
+        blocks += mrkdwn_sections([_text(one_line(entry.score.reason)) or "—"])
     if rating:
         blocks.append(rating_block(entry.paper.arxiv_id))
     fallback = f"{index}. {one_line(entry.paper.title)} — {entry.score.score}/100"
@@ -496,7 +496,7 @@ def render_paper_root(entry: DigestEntry, language: str) -> SlackMessage:
     if note:
         lines.append(_text(note))
     fallback = f"{one_line(paper.title)} — {entry.score.score}/100"
-    return SlackMessage(_fallback(fallback), _clip_blocks(_sections(lines)))
+    return SlackMessage(_fallback(fallback), _clip_blocks(mrkdwn_sections(lines)))
 
 
 def figure_comment(caption: str, limit: int = 1000) -> str:
