@@ -161,41 +161,82 @@ class DailyJob:
 
     async def catch_up(self) -> str | None:
         """At start-up: run the last due digest if it was missed and is still within the window."""
-        if self.trigger is None:
-            return None
-        now = self.now().astimezone(self.settings.digest.tz)
-        due = last_due(self.trigger, now)
-        # Elapsed real time, in UTC: in one zone, aware datetimes subtract by wall clock, which
-        # is an hour off across a daylight-saving change.
-        late = now.astimezone(UTC) - due.astimezone(UTC) if due is not None else None
-        if late is None or late > timedelta(hours=self.settings.digest.catch_up_hours):
+        due = self.missed(self.trigger)
+        if due is None:
             return None
         day = digest_day(due)
         if await self.store.run_status(day) == "done":
             return None
         log.info("catching up the digest of %s (due %s)", day, due.isoformat())
+        return await self.catching_up(day, due, lambda: self.run(day))
+
+    def missed(
+        self, trigger: CronTrigger | None, days: int = 2, now: datetime | None = None
+    ) -> datetime | None:
+        """`trigger`'s last fire time (looking back `days` days from `now`) when it is at most
+        `catch_up_hours` ago, else None."""
+        if trigger is None:
+            return None
+        now = (now or self.now()).astimezone(self.settings.digest.tz)
+        due = last_due(trigger, now, days=days)
+        # Elapsed real time, in UTC: in one zone, aware datetimes subtract by wall clock, which
+        # is an hour off across a daylight-saving change.
+        late = now.astimezone(UTC) - due.astimezone(UTC) if due is not None else None
+        if late is None or late > timedelta(hours=self.settings.digest.catch_up_hours):
+            return None
+        return due
+
+    async def catching_up(
+        self,
+        key: str,
+        due: datetime,
+        run: Callable[[], Awaitable[str]],
+        now: Callable[[], datetime] | None = None,
+    ) -> str:
+        """`run` the missed run `key` (due at `due`; `now`: the caller's clock). Claimed by
+        another owner, alive or dead (a hard kill) with its lease not yet lapsed: look again
+        when it would have lapsed, until the catch-up window closes, so a killed run is not
+        lost."""
         window_end = due.astimezone(UTC) + timedelta(hours=self.settings.digest.catch_up_hours)
         while True:
-            status = await self.run(day)
-            # Claimed by another owner: alive, or dead (a hard kill) with its lease not yet
-            # lapsed. Look again when it would have lapsed, so a killed run is not lost.
-            if status != "skipped" or await self.store.run_status(day) != "running":
+            status = await run()
+            if status != "skipped" or await self.store.run_status(key) != "running":
                 return status
-            if self.now().astimezone(UTC) >= window_end:
+            if (now or self.now)().astimezone(UTC) >= window_end:
                 return status
             await self.sleep(LEASE_SECONDS / 2)
 
-    async def run(self, day: str) -> str:
-        await self.store.prune()  # once a day is often enough for the dedupe and rate tables
-        if not await self.store.claim_run(day, self.owner, LEASE_SECONDS):
-            log.info("digest %s already claimed or done: not posting", day)
+    async def claimed(
+        self, key: str, work: Callable[[], Awaitable[tuple[str, str]]], what: str = ""
+    ) -> str:
+        """Run `work` (which returns its status and detail) under the claim of `key` in the runs
+        table, once: "skipped" when another owner holds or finished it. The lease is renewed
+        for the whole run (building against a slow LLM or waiting out a flood limit can take
+        longer than the lease, and a second process must not take a live run over), and the
+        run's end is recorded whatever happened. `what` names the run in log lines."""
+        what = what or key
+        if not await self.store.claim_run(key, self.owner, LEASE_SECONDS):
+            log.info("%s already claimed or done: not posting", what)
             return "skipped"
         status, detail = "failed", ""
-        # The lease is renewed for the whole run: building against a slow LLM or waiting out
-        # a flood limit can take longer than the lease, and a second process must not take a
-        # live run over.
-        keep_alive = asyncio.get_running_loop().create_task(self._keep_alive(day))
+        keep_alive = asyncio.get_running_loop().create_task(self._keep_alive(key))
         try:
+            status, detail = await work()
+        except SourceError as exc:
+            detail = str(exc)
+            log.error("%s failed: %s", what, exc)
+        except Exception as exc:
+            detail = type(exc).__name__
+            log.exception("%s failed", what)
+        finally:
+            keep_alive.cancel()
+            await self.store.finish_run(key, status, detail[:500], owner=self.owner)
+        return status
+
+    async def run(self, day: str) -> str:
+        await self.store.prune()  # once a day is often enough for the dedupe and rate tables
+
+        async def work() -> tuple[str, str]:
             # Each destination with its profile; one digest per distinct profile.
             team = Team(self.settings, self.store)
             destinations = await team.destinations(self.destinations, self.channels)
@@ -216,18 +257,9 @@ class DailyJob:
                 )
 
             failed = await self.deliver_all([dest for dest, _ in plan], day, send)
-            status = "failed" if failed else "done"
-            detail = "; ".join(f"{r.destination}: {r.error}" for r in failed)
-        except SourceError as exc:
-            detail = str(exc)
-            log.error("digest %s failed: %s", day, exc)
-        except Exception as exc:  # the job must record its end whatever happened
-            detail = type(exc).__name__
-            log.exception("digest %s failed", day)
-        finally:
-            keep_alive.cancel()
-            await self.store.finish_run(day, status, detail[:500], owner=self.owner)
-        return status
+            return failed_status(failed)
+
+        return await self.claimed(day, work, f"digest {day}")
 
     async def _keep_alive(self, day: str) -> None:
         """Renew the day's lease on the real clock until cancelled."""
@@ -339,29 +371,21 @@ class RoundupJob:
 
     async def catch_up(self) -> str | None:
         """At start-up: post the last due roundup if it was missed, within the digest's
-        catch-up window."""
-        if self.trigger is None:
-            return None
-        now = self.now().astimezone(self.settings.digest.tz)
-        due = last_due(self.trigger, now, days=8)
+        catch-up window (waiting out a killed run's lease, as the digest does)."""
+        due = self.daily.missed(self.trigger, days=8, now=self.now())
         if due is None:
             return None
-        late = now.astimezone(UTC) - due.astimezone(UTC)
-        if late > timedelta(hours=self.settings.digest.catch_up_hours):
-            return None
-        if await self.store.run_status(roundup_key(due)) == "done":
+        key = roundup_key(due.astimezone(self.settings.digest.tz))
+        if await self.store.run_status(key) == "done":
             return None
         log.info("catching up the weekly roundup due %s", due.isoformat())
-        return await self.run(due)
+        return await self.daily.catching_up(key, due, lambda: self.run(due), self.now)
 
     async def run(self, at: datetime) -> str:
         """The roundup of the seven days before `at`, to every destination, once."""
         key = roundup_key(at.astimezone(self.settings.digest.tz))
-        if not await self.store.claim_run(key, self.owner, LEASE_SECONDS):
-            log.info("%s already claimed or done: not posting", key)
-            return "skipped"
-        status, detail = "failed", ""
-        try:
+
+        async def work() -> tuple[str, str]:
             team = Team(self.settings, self.store)
             daily = self.daily
             destinations = await team.destinations(daily.destinations, daily.channels)
@@ -370,15 +394,9 @@ class RoundupJob:
                 return await self._post(team, dest, key, at)
 
             # Rounds like the daily digest's: a platform's hiccup does not lose the roundup.
-            failed = await daily.deliver_all(destinations, key, send)
-            status = "failed" if failed else "done"
-            detail = "; ".join(f"{r.destination}: {r.error}" for r in failed)
-        except Exception as exc:  # the run must record its end whatever happened
-            detail = type(exc).__name__
-            log.exception("%s failed", key)
-        finally:
-            await self.store.finish_run(key, status, detail[:500], owner=self.owner)
-        return status
+            return failed_status(await daily.deliver_all(destinations, key, send))
+
+        return await self.daily.claimed(key, work)
 
     async def _post(
         self, team: Team, dest: Destination, key: str, at: datetime
@@ -399,6 +417,12 @@ class RoundupJob:
             papers=list(roundup.papers),
             retry=self.settings.retry,
         )
+
+
+def failed_status(failed: list[Delivered]) -> tuple[str, str]:
+    """A run's status and detail from the destinations that failed in its last round."""
+    detail = "; ".join(f"{r.destination}: {r.error}" for r in failed)
+    return ("failed" if failed else "done"), detail
 
 
 def roundup_key(at: datetime) -> str:

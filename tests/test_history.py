@@ -621,6 +621,53 @@ async def test_a_roundup_missed_while_down_is_caught_up_once(tmp_path: Path) -> 
         assert len(bot.roots("C1")) == roots + 1
 
 
+async def test_a_roundup_cut_off_by_a_killed_process_is_caught_up_once_its_lease_lapses(
+    tmp_path: Path,
+) -> None:
+    """A process that claimed the week's roundup was killed: its lease is still fresh at the
+    restart, so catch-up posts nothing yet and looks again when the lease would have lapsed,
+    then posts the roundup once (as the daily digest's catch-up does)."""
+    from bot.scheduler import LEASE_SECONDS, roundup_key
+
+    async with Bot(tmp_path, config={"day =": 'day = "mon"'}) as bot:
+        assert bot.slack_rt is not None
+        channel = bot.slack_rt.channel
+        await _deliver_digest(bot, [Destination(channel, "C1")])
+        trigger = make_roundup_trigger(bot.settings)
+        assert trigger is not None
+        due = trigger.get_next_fire_time(None, datetime.now(UTC))
+        assert due is not None
+        key = roundup_key(due.astimezone(bot.settings.digest.tz))
+        store = ChatStore(bot.pipeline.store)
+        assert await store.claim_run(key, "host-killed:9", LEASE_SECONDS)  # then kill -9
+        roots = len(bot.roots("C1"))
+        slept: list[float] = []
+
+        async def lease_lapses(seconds: float) -> None:
+            slept.append(seconds)
+            db = bot.pipeline.store.db
+            await bot.pipeline.store.run(
+                lambda: db.execute(
+                    "update runs set heartbeat_at = '2000-01-01T00:00:00+00:00'"
+                    " where digest_date = ?",
+                    [key],
+                )
+            )
+
+        daily = DailyJob(
+            bot.pipeline,
+            [Destination(channel, "C1")],
+            bot.settings,
+            "host-b:2",
+            sleep=lease_lapses,
+        )
+        restarted = RoundupJob(daily, now=lambda: due + timedelta(hours=1))
+        assert await restarted.catch_up() == "done"
+        assert slept == [LEASE_SECONDS / 2]
+        assert len(bot.roots("C1")) == roots + 1
+        assert await restarted.catch_up() is None
+
+
 async def test_a_roundup_that_fails_for_now_is_posted_on_the_next_round(tmp_path: Path) -> None:
     """Slack answers 5xx to every try of one post: the roundup is not lost, it is posted once
     after the job's pause, as the daily digest is."""
