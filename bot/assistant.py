@@ -459,17 +459,14 @@ class Assistant:
             else:
                 await self._post(channel, req, [history.render(channel, listing, "search")])
         if post is not None:
-            post = await history.linked(post, channel, req.chat)
-            delivered = await post_thread(
+            delivered = await history.post_roundup(
                 self.chat,
                 Destination(channel, req.chat),
                 f"roundup:{req.message}",
-                [history.render(channel, post, "roundup")],
-                kind="roundup",
-                papers=list(post.papers),
+                post,
+                self.settings.retry,
                 thread=None if req.private else req.reply_to,
                 retry_permanent=True,
-                retry=self.settings.retry,
             )
             if not delivered.ok:
                 log.error("%s %s: roundup not posted: %s", req.platform, req.chat, delivered.error)
@@ -1082,7 +1079,8 @@ class Assistant:
         return paper.title if paper else pid
 
     async def _titled(self, ids: list[str]) -> list[tuple[str, str]]:
-        return [(pid, await self._title(pid)) for pid in ids]
+        titles = await self.store.titles(ids)  # one read for the whole list
+        return [(pid, titles.get(pid, pid)) for pid in ids]
 
     async def answer(
         self,

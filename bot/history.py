@@ -16,9 +16,14 @@ import asyncio
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.channels.base import Channel, Outgoing
+
+if TYPE_CHECKING:
+    from bot.chatstore import ChatStore
+    from bot.service import Delivered, Destination
+    from digest_core.config import RetrySettings
 
 # Slack's and Telegram's own links are plain https URLs; anything else is shown without one.
 _SAFE_URL = re.compile(r"^https://[A-Za-z0-9.-]+/[A-Za-z0-9/._~%?=&+-]*$")
@@ -131,3 +136,31 @@ def render(channel: Channel, listing: Listing, key: str) -> Outgoing:
     else:
         return dataclasses.replace(channel.render_line(listing.plain()), key=key)
     return Outgoing(key, payload, summary)
+
+
+async def post_roundup(
+    store: ChatStore,
+    dest: Destination,
+    scope: str,
+    roundup: Listing,
+    retry: RetrySettings,
+    *,
+    thread: str | None = None,
+    retry_permanent: bool = False,
+) -> Delivered:
+    """Post a week's roundup in `dest` through the ledger under `scope`, each paper linked to
+    its thread there: the scheduled roundup (bot.scheduler) and `/digest week` (bot.assistant)."""
+    from bot.service import post_thread
+
+    roundup = await linked(roundup, dest.channel, dest.chat)
+    return await post_thread(
+        store,
+        dest,
+        scope,
+        [render(dest.channel, roundup, "roundup")],
+        kind="roundup",
+        papers=list(roundup.papers),
+        thread=thread,
+        retry=retry,
+        retry_permanent=retry_permanent,
+    )

@@ -30,7 +30,6 @@ from bot.service import (
     Destination,
     deliver,
     digests_for,
-    post_thread,
 )
 from bot.settings import AppSettings as Settings
 from bot.team import Team
@@ -407,16 +406,7 @@ class RoundupJob:
         if roundup is None:
             log.info("%s: nothing posted in %s this week: no roundup", key, dest.label)
             return None
-        roundup = await history.linked(roundup, dest.channel, dest.chat)
-        return await post_thread(
-            self.store,
-            dest,
-            key,
-            [history.render(dest.channel, roundup, "roundup")],
-            kind="roundup",
-            papers=list(roundup.papers),
-            retry=self.settings.retry,
-        )
+        return await history.post_roundup(self.store, dest, key, roundup, self.settings.retry)
 
 
 def failed_status(failed: list[Delivered]) -> tuple[str, str]:
@@ -443,7 +433,7 @@ def start_scheduler(
     `job.fire` (`roundup.fire`) as what runs (serve wraps them so shutdown can drain them)."""
     trigger = make_trigger(settings)
     scheduler = AsyncIOScheduler(timezone=settings.digest.tz)
-    weekly = make_roundup_trigger(settings)
+    weekly = roundup.trigger if roundup is not None else None
     # Both jobs: one run at a time, missed runs folded into one, and late by up to 15 minutes
     # still run (catching up beyond that is the jobs' own `catch_up`).
     once: dict[str, Any] = {
