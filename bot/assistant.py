@@ -957,7 +957,37 @@ class Assistant:
         budget) and returns the request that answers the kept question about that paper.
         Every other press gets one line and nothing is posted: a redelivery (no line), a
         second press or one after a typed reply ("already answered"), a button that is not
-        this chat's, not this message's or not this question's (stale or forged)."""
+        this chat's, not this message's or not this question's (stale or forged). A database
+        that cannot be written gets the presser the UNRECORDED line."""
+        try:
+            return await self._pick(
+                platform,
+                chat,
+                user,
+                key,
+                paper,
+                message=message,
+                event_key=event_key,
+                team=team,
+                user_name=user_name,
+            )
+        except Exception:
+            log.exception("%s %s: a paper pick not recorded", platform, chat)
+            return Picked(UNRECORDED)
+
+    async def _pick(
+        self,
+        platform: str,
+        chat: str,
+        user: str,
+        key: str,
+        paper: str,
+        *,
+        message: str,
+        event_key: str,
+        team: str | None,
+        user_name: str | None,
+    ) -> Picked:
         if not self.allowed(platform, team=team, chat=chat):
             return Picked(f"⚠️ {NOT_ENABLED}")
         if not await self.chat.first_sight(event_key):

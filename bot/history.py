@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bot.channels.base import Channel, Outgoing
+from digest_core.render.parse import one_line, truncate
 
 if TYPE_CHECKING:
     from bot.chatstore import ChatStore
@@ -64,8 +65,8 @@ class Listing:
 
 
 def short(title: str) -> str:
-    title = " ".join(title.split())
-    return title if len(title) <= MAX_TITLE_CHARS else title[: MAX_TITLE_CHARS - 1] + "…"
+    """A title on one line, at most MAX_TITLE_CHARS (never halving an emoji)."""
+    return truncate(one_line(title), MAX_TITLE_CHARS)
 
 
 async def linked(listing: Listing, channel: Channel, chat: str) -> Listing:

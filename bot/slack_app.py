@@ -33,7 +33,6 @@ from bot.assistant import (
     RESTARTING,
     UNRECORDED,
     Assistant,
-    Picked,
     Request,
 )
 from bot.channels.base import DeliveryError
@@ -248,20 +247,16 @@ async def _pick(
     line: str | None = PICK_STALE
     if ts and parsed is not None:
         name = (body.get("user") or {}).get("username")
-        try:
-            picked = await assistant.pick(
-                "slack",
-                chat,
-                user,
-                *parsed,
-                message=str(ts),
-                event_key=f"slack-press:{chat}:{ts}:{user}:{action.get('action_ts')}",
-                team=(body.get("team") or {}).get("id"),
-                user_name=f"@{name}" if name else None,
-            )
-        except Exception:  # the database cannot be written: the presser is told so
-            log.exception("slack %s: a paper pick not recorded", chat)
-            picked = Picked(UNRECORDED)
+        picked = await assistant.pick(
+            "slack",
+            chat,
+            user,
+            *parsed,
+            message=str(ts),
+            event_key=f"slack-press:{chat}:{ts}:{user}:{action.get('action_ts')}",
+            team=(body.get("team") or {}).get("id"),
+            user_name=f"@{name}" if name else None,
+        )
         line = picked.line
         if picked.request is not None:
             req, line = picked.request, None  # the chosen paper and the answer speak for it

@@ -36,6 +36,7 @@ from digest_core.config import (
     MAX_TOPICS,
 )
 from digest_core.models import ResearchProfile
+from digest_core.render.parse import one_line, truncate
 from digest_core.search import BadQuery, fts_query
 
 log = logging.getLogger(__name__)
@@ -300,8 +301,7 @@ class Team:
         except BadQuery as exc:
             return Reply([str(exc)])
         posted = await self.chat.paper_threads(platform, chat)
-        shown = " ".join(words.split())
-        shown = shown if len(shown) <= 60 else shown[:59] + "…"
+        shown = truncate(one_line(words), 60)
         if not posted:
             return Reply([f"No paper matches “{shown}”: nothing has been posted here yet."])
         profile = await self.profile_for(platform, chat)

@@ -187,20 +187,15 @@ def install_handlers(
         line: str | None = PICK_STALE
         if parsed is not None and isinstance(message, Message):
             person = query.from_user
-            try:
-                picked = await assistant.pick(
-                    "telegram",
-                    chat_key(message),
-                    str(person.id),
-                    *parsed,
-                    message=str(message.message_id),
-                    event_key=f"tg-callback:{query.id}",
-                    user_name=f"@{person.username}" if person.username else person.full_name,
-                )
-            except Exception:  # the database cannot be written: the presser is told so
-                log.exception("telegram %s: a paper pick not recorded", chat_key(message))
-                await _toast(query, UNRECORDED)
-                return
+            picked = await assistant.pick(
+                "telegram",
+                chat_key(message),
+                str(person.id),
+                *parsed,
+                message=str(message.message_id),
+                event_key=f"tg-callback:{query.id}",
+                user_name=f"@{person.username}" if person.username else person.full_name,
+            )
             if picked.line is None:
                 return  # a redelivered press: its first delivery answers the query
             line = picked.line
