@@ -52,7 +52,7 @@ from digest_core.sources.arxiv import ArxivClient
 from digest_core.sources.figure import fetch_figure_image
 from digest_core.sources.fulltext import FULLTEXT_CACHE_VERSION, FullText, fetch_fulltext
 from digest_core.sources.hf import fetch_daily_papers, fetch_hf_paper, fetch_paper_links
-from digest_core.store import Store, process_owner
+from digest_core.store import Store, claim_failed_since, process_owner
 
 log = logging.getLogger(__name__)
 
@@ -432,12 +432,7 @@ class Pipeline:
             if cached is not None:
                 return cached
             state = await self.store.claim_state(key)
-            if (
-                state is not None
-                and state[0] == "failed"
-                and state[1]
-                and datetime.fromisoformat(state[1]) >= since
-            ):
+            if state is not None and claim_failed_since(*state, since):
                 reason = "the model did not answer for another request just now"
                 return extractive_deep_dive(paper, profile, language, reason)
             if asyncio.get_running_loop().time() >= give_up:

@@ -445,18 +445,7 @@ class Store:
 
     async def titles(self, arxiv_ids: Sequence[str]) -> dict[str, str]:
         """Stored papers' titles by ID, in one query; IDs with no stored paper are absent."""
-        wanted = list(dict.fromkeys(arxiv_ids))
-
-        def read() -> dict[str, str]:
-            if not wanted:
-                return {}
-            marks = ", ".join("?" * len(wanted))
-            rows = self.db.execute(
-                f"select arxiv_id, title from papers where arxiv_id in ({marks})", wanted
-            ).fetchall()
-            return {str(aid): str(title) for aid, title in rows}
-
-        return await self._run(read)
+        return await self._run(lambda: _paper_titles(self.db, arxiv_ids))
 
     async def get_paper(self, arxiv_id: str) -> Paper | None:
         def read() -> Paper | None:
@@ -596,14 +585,9 @@ class Store:
                 "where cache_key = ?",
                 [cache_key],
             ).fetchone()
-            if (
-                row is not None
-                and row[1] == "failed"
-                and failed_since is not None
-                and row[3]
-                and datetime.fromisoformat(row[3]) >= failed_since
-            ):
-                return False
+            if row is not None and failed_since is not None:
+                if claim_failed_since(row[1], row[3], failed_since):
+                    return False
             if row is not None and row[1] == "running" and row[0] != owner:
                 fresh = row[2] >= _stamp(now - lease_seconds)
                 if fresh and not owner_gone(row[0]):
@@ -822,8 +806,14 @@ class Store:
             ]
             hits.sort(key=lambda h: dates.get(h.arxiv_id, ""), reverse=True)  # ties: newer
             hits.sort(key=_relevance)
-            # Titles only for the hits kept.
-            return [replace(h, title=_title(self.db, h.arxiv_id)) for h in hits[:limit]]
+            # Titles only for the hits kept, in one read (a paper not stored: its analysis's).
+            kept = hits[:limit]
+            titles = _paper_titles(self.db, [h.arxiv_id for h in kept])
+
+            def title(aid: str) -> str:
+                return " ".join((titles.get(aid) or _analysis_title(self.db, aid)).split())
+
+            return [replace(h, title=title(h.arxiv_id)) for h in kept]
 
         return await self._run(read)
 
@@ -872,13 +862,28 @@ def _relevance(hit: SearchHit) -> float:
     return round(hit.rank * (1 + score / 100) * (1.5 if hit.deep_dive else 1.0), 9)
 
 
-def _title(db: Database, arxiv_id: str) -> str:
-    row = db.execute(
-        "select title from papers where arxiv_id = ? union all "
-        "select title from analyses where arxiv_id = ? limit 1",
-        [arxiv_id, arxiv_id],
-    ).fetchone()
-    return " ".join(str(row[0]).split()) if row else arxiv_id
+def claim_failed_since(status: str, finished_at: str | None, since: datetime) -> bool:
+    """Whether an analysis claim (its status and `finished_at`) ended in failure at or after
+    `since`: its writer gave up while a waiter waited, so the waiter does not try again."""
+    return status == "failed" and bool(finished_at) and datetime.fromisoformat(finished_at) >= since
+
+
+def _paper_titles(db: Database, arxiv_ids: Sequence[str]) -> dict[str, str]:
+    """Stored papers' titles by ID, in one query; IDs with no stored paper are absent."""
+    wanted = list(dict.fromkeys(arxiv_ids))
+    if not wanted:
+        return {}
+    marks = ", ".join("?" * len(wanted))
+    rows = db.execute(
+        f"select arxiv_id, title from papers where arxiv_id in ({marks})", wanted
+    ).fetchall()
+    return {str(aid): str(title) for aid, title in rows}
+
+
+def _analysis_title(db: Database, arxiv_id: str) -> str:
+    """The title of a paper that is not stored, from its analysis; else the ID."""
+    row = db.execute("select title from analyses where arxiv_id = ? limit 1", [arxiv_id]).fetchone()
+    return str(row[0]) if row else arxiv_id
 
 
 # -- serialization ------------------------------------------------------------------------------
