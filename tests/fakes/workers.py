@@ -31,6 +31,7 @@ import socket
 import struct
 import sys
 import time
+from typing import NoReturn
 
 MAX_HEADER = 1 << 20
 CONNECT_WITHIN = 60.0  # the server is still importing when the first clients start
@@ -57,6 +58,38 @@ def preload() -> None:
                 importlib.import_module(info.name)
     for name in ("openai", "bm25s", "telegram.ext", "slack_bolt.async_app", "aiohttp.web"):
         importlib.import_module(name)
+
+
+# -- what a forked child does to become a process of its own (here and in fakes/zygote.py) -----
+
+
+def become(cwd: str, env: dict[str, str]) -> None:
+    """Take on a process's working directory, environment and time zone."""
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    time.tzset()
+
+
+def exit_code(code: object) -> int:
+    """What the interpreter makes of `sys.exit(code)`: a text goes to stderr and means 1."""
+    if code is None or isinstance(code, int):
+        return code or 0
+    print(code, file=sys.stderr)
+    return 1
+
+
+def finish(code: int) -> NoReturn:
+    """End as an interpreter ends: the exit handlers (logging's among them) run and the
+    streams are flushed; `os._exit`, so nothing of the forking parent runs on."""
+    try:
+        import atexit
+
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
 
 
 # -- the client (xdist's "python") -------------------------------------------------------------
@@ -206,10 +239,7 @@ def _worker(request: dict, fds: list[int], conn: socket.socket) -> None:
         for fd, target in zip(fds, (0, 1, 2), strict=True):
             os.dup2(fd, target)
             os.close(fd)
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        time.tzset()
+        become(request["cwd"], request["env"])
         # As `-u` makes them: text streams on the new fds, stdout and stderr unbuffered.
         sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
         sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
@@ -234,24 +264,13 @@ def _worker(request: dict, fds: list[int], conn: socket.socket) -> None:
         exec(compile(source, "<string>", "exec"), vars(main))  # noqa: S102
         code = 0
     except SystemExit as exc:
-        if isinstance(exc.code, int) or exc.code is None:
-            code = exc.code or 0
-        else:  # what the interpreter does with sys.exit("text")
-            print(exc.code, file=sys.stderr)
-            code = 1
+        code = exit_code(exc.code)
     except BaseException:
         import traceback
 
         traceback.print_exc()
     finally:
-        try:
-            import atexit
-
-            atexit._run_exitfuncs()  # as an interpreter's exit would (os._exit skips them)
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
+        finish(code)
 
 
 if __name__ == "__main__":

@@ -45,15 +45,12 @@ def _write(path: Path, text: str) -> None:
 
 def _child(request: dict[str, Any]) -> None:
     """In the forked child: become the run, then exit with its code. Never returns."""
-    code: Any = 1
+    from fakes.workers import become, exit_code, finish
+
+    code = 1
     try:
         run = Path(request["dir"])
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        import time
-
-        time.tzset()
+        become(request["cwd"], request["env"])
         stdin = run / "stdin"
         fd = os.open(stdin if stdin.exists() else os.devnull, os.O_RDONLY)
         os.dup2(fd, 0)
@@ -63,32 +60,23 @@ def _child(request: dict[str, Any]) -> None:
         sys.argv = ["digestbot", *request["args"]]
         import bot.cli
 
-        code = bot.cli.main(request["args"])
+        code = exit_code(bot.cli.main(request["args"]))
     except SystemExit as exc:  # argparse, and sys.exit inside a command
-        code = exc.code
+        code = exit_code(exc.code)
     except BaseException:
         import traceback
 
         traceback.print_exc()
-        code = 1
     finally:
-        if isinstance(code, str):  # what the interpreter does with sys.exit("text")
-            print(code, file=sys.stderr)
-            code = 1
-        try:
-            import logging
-
-            logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(int(code or 0))
+        finish(code)
 
 
 def serve() -> None:
     # Run as a script, this file's folder (tests/fakes, with its telegram.py and slack.py)
     # would be first on the path; `python -m bot.cli` has the working directory there.
-    sys.path[0] = os.getcwd()
+    sys.path[0:1] = [os.getcwd(), str(Path(__file__).resolve().parent.parent)]
+    import fakes.workers  # noqa: F401 - what each child ends with (become, finish)
+
     preload()
     print("ready", flush=True)
     running: dict[int, Path] = {}
