@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bot.channels.base import Channel, Outgoing
 from digest_core.render.parse import one_line, truncate
@@ -56,6 +56,11 @@ class Listing:
 
     lines: tuple[Line, ...]
     papers: tuple[str, ...] = ()
+
+    def summary(self, key: str) -> str:
+        """What the ledger records of it: the first line's start, else `key`."""
+        first = self.lines[0] if self.lines else None
+        return (first.text + first.title)[:80] if first else key
 
     def plain(self) -> str:
         """The text without markup, links written out after their titles."""
@@ -117,26 +122,8 @@ def telegram_html(listing: Listing) -> str:
 
 
 def render(channel: Channel, listing: Listing, key: str) -> Outgoing:
-    """The one message of a listing on this channel's platform. Told apart by the channel's
-    class, so the channels themselves need no new method; any other channel (the console, a
-    test's recording channel) gets the plain text through its `render_line`."""
-    from bot.channels.slack import SlackChannel
-    from bot.channels.telegram import TelegramChannel
-
-    summary = (listing.lines[0].text + listing.lines[0].title)[:80] if listing.lines else key
-    payload: Any
-    if isinstance(channel, SlackChannel):
-        from digest_core.render.slack import SlackMessage, mrkdwn_sections
-
-        text = slack_mrkdwn(listing)
-        # A section holds 3,000 characters: a long roundup (two lists of up to ten linked
-        # titles) takes several, each line whole. The text keeps every line.
-        payload = SlackMessage(text, mrkdwn_sections(text.split("\n")))
-    elif isinstance(channel, TelegramChannel):
-        payload = telegram_html(listing)
-    else:
-        return dataclasses.replace(channel.render_line(listing.plain()), key=key)
-    return Outgoing(key, payload, summary)
+    """The one message of a listing on this channel's platform (`Channel.render_listing`)."""
+    return channel.render_listing(listing, key)
 
 
 async def post_roundup(

@@ -6,6 +6,7 @@ A channel never calls the LLM and never decides what to post: the service walks 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -15,6 +16,7 @@ from digest_core.models import Answer, Digest, DigestEntry, FigureImage
 if TYPE_CHECKING:
     from bot.channels.progress import AnalysisProgress
     from bot.channels.streaming import AnswerStream
+    from bot.history import Listing
 
 # A streamed answer makes at most one platform call per this many seconds: within Slack's
 # Tier 4 for chat.appendStream and Telegram's "about one message per second per chat". Each
@@ -131,6 +133,11 @@ class Channel(Protocol):
         buttons naming the kept question by `key` (where `buttons`; else the line alone)."""
         ...
 
+    def render_listing(self, listing: Listing, key: str) -> Outgoing:
+        """A listing (bot.history: search results, a week's roundup) as one message, each
+        title linked to its thread where the listing has the link."""
+        ...
+
     def answer_stream(
         self,
         chat: str,
@@ -171,6 +178,9 @@ class PlainText:
 
     def render_choices(self, text: str, key: str, options: list[tuple[str, str]]) -> Outgoing:
         return self.render_line(text)
+
+    def render_listing(self, listing: Listing, key: str) -> Outgoing:
+        return dataclasses.replace(self.render_line(listing.plain()), key=key)
 
     def answer_stream(self, chat: str, thread: str | None, **_: Any) -> None:
         return None  # the answer is posted whole

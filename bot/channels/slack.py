@@ -51,6 +51,7 @@ from digest_core.render.slack import SlackMessage, escape, figure_comment
 if TYPE_CHECKING:
     from bot.channels.progress import SlackThreadStatus
     from bot.channels.streaming import AnswerStream
+    from bot.history import Listing
 from digest_core.retry import retry_after
 
 log = logging.getLogger(__name__)
@@ -451,6 +452,17 @@ class SlackChannel:
     def render_line(self, text: str) -> Outgoing:
         """A short line from the bot, as one mrkdwn section (never parsed for links or pings)."""
         return Outgoing(key="line", payload=line_message(text), summary=text.splitlines()[0][:80])
+
+    def render_listing(self, listing: Listing, key: str) -> Outgoing:
+        """mrkdwn, titles as `<url|title>`. A section holds 3,000 characters: a long roundup
+        (two lists of up to ten linked titles) takes several, each line whole; the text
+        keeps every line."""
+        from bot.history import slack_mrkdwn
+        from digest_core.render.slack import mrkdwn_sections
+
+        text = slack_mrkdwn(listing)
+        payload = SlackMessage(text, mrkdwn_sections(text.split("\n")))
+        return Outgoing(key, payload, listing.summary(key))
 
     def render_choices(self, text: str, key: str, options: list[tuple[str, str]]) -> Outgoing:
         """The "which paper do you mean?" line with one button per paper (`options`: arXiv ID

@@ -62,6 +62,7 @@ from digest_core.sources import quiet_http_logs
 if TYPE_CHECKING:
     from bot.channels.progress import TelegramAnalysisProgress
     from bot.channels.streaming import AnswerStream
+    from bot.history import Listing
 
 _log = logging.getLogger(__name__)
 
@@ -422,6 +423,12 @@ class TelegramChannel:
     def render_line(self, text: str) -> Outgoing:
         """A short line from the bot, escaped so nothing in it is read as markup."""
         return Outgoing("line", _render().escape(text), text.splitlines()[0][:80])
+
+    def render_listing(self, listing: Listing, key: str) -> Outgoing:
+        """Telegram HTML, titles as `<a href>`."""
+        from bot.history import telegram_html
+
+        return Outgoing(key, telegram_html(listing), listing.summary(key))
 
     def render_choices(self, text: str, key: str, options: list[tuple[str, str]]) -> Outgoing:
         """The "which paper do you mean?" line with an inline keyboard, one paper per row
