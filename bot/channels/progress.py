@@ -82,8 +82,6 @@ class AnalysisProgress(PacedDisplay):
     def __init__(self, interval: float = PROGRESS_INTERVAL) -> None:
         super().__init__(interval)
         self.stage: AnalysisStage | None = None
-        self.stages: list[AnalysisStage] = []  # every stage reported, in order (logs, benches)
-        self.calls = 0  # display calls that went through
         self.shown = False  # whether anything is on display (and must be cleared)
         self._still = False
         self._on_display: tuple[AnalysisStage | None, bool] | None = None
@@ -95,9 +93,13 @@ class AnalysisProgress(PacedDisplay):
     def report(self, stage: AnalysisStage) -> None:
         """The analysis reached `stage` (the core's `on_stage`). Returns at once."""
         self.stage = stage
-        self.stages.append(stage)
-        if self.live:
+        if self._edits and self.live:
             self._poke()
+
+    @property
+    def _edits(self) -> bool:
+        """Whether a stage is shown by a display call (else it is only kept)."""
+        return self.displays
 
     def still_working(self) -> bool:
         """The analysis is taking long: True when the display says so in place."""
@@ -135,7 +137,6 @@ class AnalysisProgress(PacedDisplay):
         before, self.shown = self.shown, True
         try:
             await self._show(self.stage, self._still)
-            self.calls += 1
             self._on_display = want
         except Exception as exc:
             if not _may_have_landed(exc):
@@ -165,10 +166,6 @@ class StagesOnly(AnalysisProgress):
     the stages are only kept, for the "still working" line to name."""
 
     displays = False
-
-    def report(self, stage: AnalysisStage) -> None:
-        self.stage = stage
-        self.stages.append(stage)
 
 
 class SlackThreadStatus(AnalysisProgress):
@@ -223,19 +220,15 @@ class TelegramAnalysisProgress(AnalysisProgress):
         # (message id, plain text) of the opening line, when it was posted.
         self.opening = opening
         self.typing_every = typing_every
-        self.typing_sent = 0
         self._typing: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self._typing is None:
             self._typing = asyncio.create_task(self._type())
 
-    def report(self, stage: AnalysisStage) -> None:
-        if self.opening is None:  # nothing to edit: the typing action is the display
-            self.stage = stage
-            self.stages.append(stage)
-            return
-        super().report(stage)
+    @property
+    def _edits(self) -> bool:
+        return self.opening is not None  # else the typing action is the whole display
 
     def still_working(self) -> bool:
         # Said in place once a stage is known: on the line now, or with the next edit (on a
@@ -257,7 +250,6 @@ class TelegramAnalysisProgress(AnalysisProgress):
                 await self.channel.bot.send_chat_action(
                     chat_id=chat_id, action=ChatAction.TYPING, message_thread_id=topic
                 )
-                self.typing_sent += 1
             except RetryAfter as exc:  # never queue behind flood control: skip a beat
                 log.info("telegram typing paused by flood control: %s", exc.retry_after)
             except Exception as exc:  # cosmetic: the analysis goes on
