@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import CodeType, FunctionType, ModuleType
 
@@ -41,10 +42,15 @@ def _code_names(code: CodeType) -> frozenset[str]:
     return frozenset(names)
 
 
+def _unwrap(obj: object) -> object:
+    """A fixture's own function; anything else as it is."""
+    wrapped = getattr(obj, "_get_wrapped_function", None)
+    return wrapped() if wrapped is not None else obj
+
+
 def _refers_to(obj: object) -> frozenset[str]:
     """Names a function, a fixture or a class (all its methods) refers to."""
-    if hasattr(obj, "_get_wrapped_function"):  # a fixture: read its own function
-        obj = obj._get_wrapped_function()
+    obj = _unwrap(obj)
     if isinstance(obj, FunctionType):
         return _code_names(obj.__code__)
     if isinstance(obj, type):
@@ -60,8 +66,7 @@ def _refers_to(obj: object) -> frozenset[str]:
 def _ours(obj: object) -> bool:
     """Whether `obj` is defined under tests/: only the tests' own code starts child processes
     (the product never does), so imported library and product code need not be read."""
-    if hasattr(obj, "_get_wrapped_function"):
-        obj = obj._get_wrapped_function()
+    obj = _unwrap(obj)
     module = sys.modules.get(getattr(obj, "__module__", None) or "")
     path = getattr(module, "__file__", None)
     return bool(path) and Path(path).resolve().is_relative_to(_TESTS)
@@ -110,7 +115,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         option.dist = "worksteal"
 
 
-_FORKED_WORKERS: list[tuple[subprocess.Popen[bytes], Path]] = []
+_FORKED_WORKERS: list[subprocess.Popen[bytes]] = []
 _RUN_FOLDER = pytest.StashKey[str]()
 
 
@@ -120,11 +125,9 @@ def pytest_configure(config: pytest.Config) -> None:
     (tests/fakes/workers.py) instead of each importing it anew. DIGESTBOT_FORK_WORKERS=0
     starts them as plain interpreters."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
-        import tempfile
-
         # A folder for what the whole run shares and pytest's tmp_path does not hold (the
-        # migrated template database of tests/fakes/world.py), removed at the end of the run:
-        # workers may end without running their exit handlers.
+        # migrated template database of tests/fakes/world.py, the forked workers' socket),
+        # removed at the end of the run: workers may end without running their exit handlers.
         shared = tempfile.mkdtemp(prefix="digestbot-tests-")
         config.stash[_RUN_FOLDER] = shared
         os.environ["DIGESTBOT_TESTS_FOLDER"] = shared
@@ -144,16 +147,14 @@ def pytest_configure(config: pytest.Config) -> None:
     ):
         return
     import shlex
-    import tempfile
 
-    folder = Path(tempfile.mkdtemp(prefix="digestbot-workers-"))
-    path = folder / "workers.sock"
-    (folder / "workers.sock.starting").touch()
+    path = Path(config.stash[_RUN_FOLDER]) / "workers.sock"
+    Path(f"{path}.starting").touch()
     script = _TESTS / "fakes" / "workers.py"
     server = subprocess.Popen(
         [sys.executable, str(script), "server", str(path)], stdin=subprocess.PIPE, cwd=_TESTS.parent
     )
-    _FORKED_WORKERS.append((server, folder))
+    _FORKED_WORKERS.append(server)
     python = shlex.join([sys.executable, str(script), "client", str(path)])  # execnet splits it
     option.tx = [f"popen//python={python}" for _ in specs]
 
@@ -161,20 +162,18 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     import shutil
 
-    shared = config.stash.get(_RUN_FOLDER, None)
-    if shared is not None:
-        shutil.rmtree(shared, ignore_errors=True)
-        os.environ.pop("DIGESTBOT_TESTS_FOLDER", None)
-
-    for server, folder in _FORKED_WORKERS:
+    for server in _FORKED_WORKERS:
         assert server.stdin is not None
         server.stdin.close()  # the server ends (and ends any worker left)
         try:
             server.wait(10)
         except subprocess.TimeoutExpired:
             server.kill()
-        shutil.rmtree(folder, ignore_errors=True)
     _FORKED_WORKERS.clear()
+    shared = config.stash.get(_RUN_FOLDER, None)
+    if shared is not None:
+        shutil.rmtree(shared, ignore_errors=True)
+        os.environ.pop("DIGESTBOT_TESTS_FOLDER", None)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
