@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -104,6 +105,23 @@ def parse_rating(text: str) -> tuple[bool, str] | None:
     if verb.lower() not in ("like", "dislike"):
         return None
     return verb.lower() == "like", rest.strip()
+
+
+def _told_when_not_recorded(
+    pick: Callable[..., Awaitable[Picked]],
+) -> Callable[..., Awaitable[Picked]]:
+    """`Assistant.pick`, but a press the database cannot record gets the presser the
+    UNRECORDED line (logged once) instead of an error, on every platform."""
+
+    @functools.wraps(pick)
+    async def told(self: Assistant, platform: str, chat: str, *args: Any, **kw: Any) -> Picked:
+        try:
+            return await pick(self, platform, chat, *args, **kw)
+        except Exception:
+            log.exception("%s %s: a paper pick not recorded", platform, chat)
+            return Picked(UNRECORDED)
+
+    return told
 
 
 def still_working_line(progress: AnalysisProgress) -> str:
@@ -938,6 +956,7 @@ class Assistant:
         if await self.chat.claim_choice(choice.key, target, req.user):
             await self.show_choice(channel, dataclasses.replace(choice, chosen=target))
 
+    @_told_when_not_recorded
     async def pick(
         self,
         platform: str,
@@ -959,35 +978,6 @@ class Assistant:
         second press or one after a typed reply ("already answered"), a button that is not
         this chat's, not this message's or not this question's (stale or forged). A database
         that cannot be written gets the presser the UNRECORDED line."""
-        try:
-            return await self._pick(
-                platform,
-                chat,
-                user,
-                key,
-                paper,
-                message=message,
-                event_key=event_key,
-                team=team,
-                user_name=user_name,
-            )
-        except Exception:
-            log.exception("%s %s: a paper pick not recorded", platform, chat)
-            return Picked(UNRECORDED)
-
-    async def _pick(
-        self,
-        platform: str,
-        chat: str,
-        user: str,
-        key: str,
-        paper: str,
-        *,
-        message: str,
-        event_key: str,
-        team: str | None,
-        user_name: str | None,
-    ) -> Picked:
         if not self.allowed(platform, team=team, chat=chat):
             return Picked(f"⚠️ {NOT_ENABLED}")
         if not await self.chat.first_sight(event_key):
